@@ -1,0 +1,23 @@
+"""latentbasis: the Riemannian geometry of a diffusion model's latent space, and edits along it.
+
+Python API:
+    model = load_model("digits")                       # bundled name, local folder, or cached hub id
+    x_t = sample_to(model, seed=0, t=0.6)              # DDIM from x_T ~ N(0, I) down to t
+    basis = latent_basis(model, x_t, t=0.6, k=8)       # top-k latent / tangent basis of J = dh/dx_t
+    save_basis(basis, "basis.safetensors")
+"""
+__version__ = "0.1.0"
+
+from .basis import Basis, latent_basis, pullback_basis
+from .basisfile import load_basis, save_basis
+from .errors import LatentBasisError
+from .gaussian import GaussianModel
+from .grassmann import chordal_distance, geodesic_distance, principal_angles
+from .models import DiffusionModel, load_model, resolve_timestep
+from .sampling import ddim_timesteps, sample_to
+
+__all__ = [
+    "Basis", "DiffusionModel", "GaussianModel", "LatentBasisError", "chordal_distance", "ddim_timesteps",
+    "geodesic_distance", "latent_basis", "load_basis", "load_model", "principal_angles", "pullback_basis",
+    "resolve_timestep", "sample_to", "save_basis",
+]

@@ -1,0 +1,244 @@
+"""The local pullback basis: top-k singular triplets of J = df_t/dx_t from Jacobian-vector products alone.
+
+    J = U S V^T (thin, top k).  latent basis: rows v_i of V^T (unit vectors in X, what an edit moves along);
+    tangent basis: rows u_i = J v_i / s_i (unit vectors in H); singular values s_1 >= ... >= s_k.
+
+J is never formed. A JVP (J v, forward mode) costs about three VJPs (J^T u, reverse mode) through a pullback that
+is built once per (x_t, t) and reused, so the algorithms count both and prefer VJPs.
+
+Two algorithms behind `pullback_basis`:
+- "krylov" (default): block Golub-Kahan-Lanczos with full reorthogonalisation and Rayleigh-Ritz. It keeps a
+  right basis K (rows, in X), a left basis Q spanning J K (rows, in H) and Z = J^T Q, so every Ritz triplet's
+  residual r_i = ||J^T u_i - s_i v_i|| is known without extra evaluations. It stops when r_i / s_i <= tol for
+  the top k, expands only along the residuals of the unconverged Ritz vectors, and restarts thickly (keeping
+  the best Ritz vectors) when the basis grows past `max_dim`. Started from J^T of a random block (cheap VJPs),
+  or from a warm-start basis.
+- "subspace": the published block subspace iteration (Park et al. 2023, method.md): V0 = QR(randn);
+  repeat {Y = J V; Z = J^T Y; V = right singular vectors of Z^T} until allclose(V_prev, V, atol=1e-4) and at
+  least 12 iterations (at most 50); then u = J v / ||J v||. Kept for reference and comparison.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch.func import jvp, vjp, vmap
+
+from .errors import LatentBasisError
+from .features import FeatureMap
+
+ALGORITHMS = ("krylov", "subspace")
+
+
+@dataclass
+class Basis:
+    """A local basis at one point x_t. Rows are unit vectors; see the module docstring for the math."""
+
+    latent: torch.Tensor            # [k, *x_shape]  right singular vectors v_i
+    tangent: torch.Tensor           # [k, *h_shape]  left singular vectors u_i
+    singular_values: torch.Tensor   # [k]            descending
+    point: torch.Tensor             # [*x_shape]     the x_t the basis was computed at
+    residuals: torch.Tensor         # [k]            ||J^T u_i - s_i v_i|| / s_i
+    jvps: int = 0
+    vjps: int = 0
+    algorithm: str = "krylov"
+    seed: int = 0
+    iterations: int = 0
+    seconds: float = 0.0
+    timestep: int | None = None
+    t_fraction: float | None = None
+    prompt: str | None = None
+    layer: str = "mid_block"
+    model: str = ""
+    model_hash: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        return int(self.singular_values.shape[0])
+
+
+class JacobianOperator:
+    """J of f at x as two batched maps on row blocks, counted:
+    jvp: V [b, D_x] -> J V^T as rows [b, D_h];  vjp: U [b, D_h] -> J^T U^T as rows [b, D_x]. float64 in and out.
+    """
+
+    def __init__(self, f: FeatureMap, x: torch.Tensor, chunk_size: int | None = 16):
+        self.x = x.detach().to(torch.float32)
+        self.h, pullback = vjp(f, self.x)  # built once, reused by every VJP
+        self.x_shape, self.h_shape = tuple(self.x.shape), tuple(self.h.shape)
+        self.n, self.m = self.x.numel(), self.h.numel()
+        self.jvps = self.vjps = 0
+        x0 = self.x
+        self._push = vmap(lambda v: jvp(f, (x0,), (v,))[1], chunk_size=chunk_size)
+        self._pull = vmap(lambda u: pullback(u)[0], chunk_size=chunk_size)
+
+    def jvp(self, V: torch.Tensor) -> torch.Tensor:
+        self.jvps += V.shape[0]
+        out = self._push(V.to(torch.float32).reshape(-1, *self.x_shape))
+        return out.reshape(V.shape[0], -1).to(torch.float64)
+
+    def vjp(self, U: torch.Tensor) -> torch.Tensor:
+        self.vjps += U.shape[0]
+        out = self._pull(U.to(torch.float32).reshape(-1, *self.h_shape))
+        return out.reshape(U.shape[0], -1).to(torch.float64)
+
+
+def orth_rows(A: torch.Tensor, against: torch.Tensor | None = None, rtol: float = 1e-6) -> torch.Tensor:
+    """Orthonormal rows spanning rowspace(A) minus its projection on `against` (orthonormal rows).
+
+    Two passes of classical Gram-Schmidt against `against`, then an SVD that drops directions whose weight is
+    below rtol times A's largest row norm (what is left there is rounding, not signal). Returns [r, D], r <= len(A).
+    """
+    scale = A.norm(dim=1).max() if A.numel() else torch.tensor(0.0)
+    if scale == 0:
+        return A[:0]
+    for _ in range(2):
+        if against is not None and against.shape[0]:
+            A = A - (A @ against.T) @ against
+    _, s, Vh = torch.linalg.svd(A, full_matrices=False)
+    Q = Vh[s > rtol * scale]
+    if against is not None and against.shape[0] and Q.shape[0]:
+        Q = Q - (Q @ against.T) @ against
+        Q = torch.linalg.qr(Q.T)[0].T
+    return Q
+
+
+def _fix_signs(V: torch.Tensor, U: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Singular vectors are defined up to a joint sign: make each v_i's largest-magnitude entry positive."""
+    idx = V.abs().argmax(dim=1)
+    sign = torch.sign(V.gather(1, idx[:, None])).clamp(min=0) * 2 - 1
+    return V * sign, U * sign
+
+
+def _residuals(JtU: torch.Tensor, s: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """r_i = ||J^T u_i - s_i v_i|| / s_i (s_i floored at 1e-12 s_1 so a rank-deficient J does not divide by 0)."""
+    floor = s.max().clamp(min=1e-30) * 1e-12
+    return (JtU - s[:, None] * V).norm(dim=1) / s.clamp(min=floor)
+
+
+def _krylov(op: JacobianOperator, k: int, *, tol: float, gen: torch.Generator, init: torch.Tensor | None,
+            block: int, max_dim: int, max_iters: int, callback) -> tuple:
+    n, m = op.n, op.m
+    # Start block in X: the warm start, filled up with J^T of random vectors in H (row space of J).
+    starts = [] if init is None else [init.reshape(init.shape[0], -1).to(torch.float64)]
+    fill = block - (0 if init is None else init.shape[0])
+    if fill > 0:
+        starts.append(op.vjp(torch.randn(fill, m, generator=gen, dtype=torch.float64)))
+    K = orth_rows(torch.cat(starts))[:block]
+    Y = op.jvp(K)                      # rows J k_j
+    Q = orth_rows(Y)                   # left basis, spans J K
+    Z = op.vjp(Q)                      # rows J^T q_j
+    it = 0
+    while True:
+        it += 1
+        # Rayleigh-Ritz: J restricted to span(K) is Q^T B with B = Q J K^T; SVD B = P diag(s) W^T.
+        P, s, W = torch.linalg.svd(Q @ Y.T, full_matrices=False)
+        V, Uh, JtU = W @ K, P.T @ Q, P.T @ Z
+        res = _residuals(JtU, s, V)
+        top = min(k, len(s))
+        if callback:
+            callback({"iteration": it, "jvps": op.jvps, "vjps": op.vjps, "residual": float(res[:top].max())})
+        if (top == k and bool((res[:k] <= tol).all())) or K.shape[0] >= n or it >= max_iters:
+            break
+        wanted = [i for i in range(min(block, len(s))) if res[i] > tol]
+        new = orth_rows(JtU[wanted] - s[wanted, None] * V[wanted], against=K)
+        if new.shape[0] == 0:
+            break
+        new = new[: n - K.shape[0]]
+        if K.shape[0] + new.shape[0] > max_dim:  # thick restart: keep the best Ritz vectors (J v_i = s_i u_i)
+            keep = max(max_dim - new.shape[0], k)
+            K, Y, Q, Z = V[:keep], s[:keep, None] * Uh[:keep], Uh[:keep], JtU[:keep]
+            new = orth_rows(new, against=K)
+        Ynew = op.jvp(new)
+        Qnew = orth_rows(Ynew, against=Q)
+        K, Y = torch.cat([K, new]), torch.cat([Y, Ynew])
+        Q, Z = torch.cat([Q, Qnew]), torch.cat([Z, op.vjp(Qnew)])
+    return V[:k], Uh[:k], s[:k], res[:k], it
+
+
+def _subspace(op: JacobianOperator, k: int, *, gen: torch.Generator, init: torch.Tensor | None,
+              atol: float = 1e-4, min_iters: int = 12, max_iters: int = 50, callback=None) -> tuple:
+    V = (init.reshape(init.shape[0], -1).to(torch.float64) if init is not None
+         else torch.randn(k, op.n, generator=gen, dtype=torch.float64))
+    V = torch.linalg.qr(V.T)[0].T
+    it = 0
+    for it in range(1, max_iters + 1):
+        Zr = op.vjp(op.jvp(V))                 # rows J^T J v_i
+        Vnew = torch.linalg.svd(Zr, full_matrices=False)[2][:k]
+        converged = torch.allclose(V, Vnew, atol=atol)
+        V = Vnew
+        if callback:
+            callback({"iteration": it, "jvps": op.jvps, "vjps": op.vjps, "residual": float("nan")})
+        if converged and it >= min_iters:
+            break
+    Y = op.jvp(V)
+    s = Y.norm(dim=1)
+    order = torch.argsort(s, descending=True)
+    V, Y, s = V[order], Y[order], s[order]
+    Uh = Y / s.clamp(min=1e-30)[:, None]
+    res = _residuals(op.vjp(Uh), s, V)
+    return V, Uh, s, res, it
+
+
+def pullback_basis(f: FeatureMap, x: torch.Tensor, k: int, *, algorithm: str = "krylov", seed: int = 0,
+                   tol: float = 1e-3, init: torch.Tensor | None = None, oversample: int | None = None,
+                   max_iters: int = 200, max_dim: int | None = None, chunk_size: int | None = 16,
+                   callback: Callable[[dict], None] | None = None) -> Basis:
+    """Top-k singular triplets of J = df/dx at x, for any feature map f (U-Net or closed-form).
+
+    x: [*x_shape]; f maps [*x_shape] -> [*h_shape] and must work under torch.func.
+    tol: ("krylov") stop when ||J^T u_i - s_i v_i|| / s_i <= tol for i < k.
+    init: a warm start, [k0, *x_shape] (e.g. the basis at a neighbouring timestep); seed: the random start.
+    oversample: extra block vectors beyond k ("krylov"; default max(2, k // 4)).
+    Returns a Basis (float32) with its cost (jvps, vjps) and final residuals.
+    """
+    if algorithm not in ALGORITHMS:
+        raise LatentBasisError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(int(seed))
+    op = JacobianOperator(f, x, chunk_size=chunk_size)
+    if not 1 <= k <= min(op.n, op.m):
+        raise LatentBasisError(f"k = {k} is out of range: J is {op.m} x {op.n}, so 1 <= k <= {min(op.n, op.m)}")
+    if init is not None:
+        if tuple(init.shape[1:]) != op.x_shape:
+            raise LatentBasisError(f"warm start has vectors of shape {tuple(init.shape[1:])}, x_t has {op.x_shape}")
+        init = init[: k + (oversample or max(2, k // 4))]
+    if algorithm == "krylov":
+        block = min(k + (oversample if oversample is not None else max(2, k // 4)), op.n)
+        max_dim = min(op.n, max_dim or max(4 * block, k + 48))
+        V, Uh, s, res, it = _krylov(op, k, tol=tol, gen=gen, init=init, block=block, max_dim=max_dim,
+                                    max_iters=max_iters, callback=callback)
+    else:
+        V, Uh, s, res, it = _subspace(op, k, gen=gen, init=None if init is None else init[:k], callback=callback)
+    V, Uh = _fix_signs(V, Uh)
+    return Basis(latent=V.to(torch.float32).reshape(k, *op.x_shape),
+                 tangent=Uh.to(torch.float32).reshape(k, *op.h_shape),
+                 singular_values=s.to(torch.float32), point=op.x.clone(), residuals=res.to(torch.float32),
+                 jvps=op.jvps, vjps=op.vjps, algorithm=algorithm, seed=int(seed), iterations=it,
+                 seconds=time.perf_counter() - t0)
+
+
+def latent_basis(model, x_t: torch.Tensor, *, t: float | None = None, timestep: int | None = None, k: int = 8,
+                 prompt: str | None = None, layer: str = "mid_block", **kwargs) -> Basis:
+    """The pullback basis of a model (DiffusionModel or GaussianModel) at x_t and a timestep.
+
+    t: fraction of T in [0, 1] (or timestep: integer step). x_t: [*model.x_shape] or [1, *model.x_shape].
+    Other keyword arguments go to pullback_basis (algorithm, seed, tol, init, chunk_size, callback, ...).
+    """
+    from .models import resolve_timestep
+
+    ts, frac = resolve_timestep(model.num_train_timesteps, fraction=t, timestep=timestep)
+    x = x_t[0] if x_t.dim() == len(model.x_shape) + 1 and x_t.shape[0] == 1 else x_t
+    if tuple(x.shape) != tuple(model.x_shape):
+        raise LatentBasisError(f"x_t has shape {tuple(x_t.shape)}, the model expects {tuple(model.x_shape)}")
+    D = int(torch.tensor(model.x_shape).prod())
+    if not 1 <= k <= D:
+        raise LatentBasisError(f"k = {k} is out of range: x_t has {D} dimensions, so 1 <= k <= {D}")
+    f = model.features(ts, prompt=prompt, layer=layer)
+    b = pullback_basis(f, x, k, **kwargs)
+    b.timestep, b.t_fraction, b.prompt, b.layer = ts, frac, prompt, layer
+    b.model, b.model_hash = model.name, model.model_hash
+    return b

@@ -1,0 +1,126 @@
+"""The `latentbasis` command: a thin layer over the Python API. Bad input: one line on stderr, exit 2."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import LatentBasisError
+
+
+def _positive_int(s: str) -> int:
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {s}")
+    return v
+
+
+def _cmd_basis(a) -> None:
+    import torch
+    from tqdm.auto import tqdm
+
+    from .basis import latent_basis
+    from .basisfile import save_basis
+    from .models import load_model, resolve_timestep
+    from .sampling import predict_eps, sample_to
+
+    if a.t is None and a.timestep is None:
+        a.t = 0.6
+    out = Path(a.out)
+    if not out.parent.is_dir():
+        raise LatentBasisError(f"cannot write {out}: folder {out.parent} does not exist")
+    model = load_model(a.model)
+    ts, frac = resolve_timestep(model.num_train_timesteps, fraction=a.t, timestep=a.timestep)
+    if a.prompt and not model.conditional:
+        raise LatentBasisError(f"model {model.name!r} is not text-conditioned; drop --prompt")
+    x_t = sample_to(model, a.seed, timestep=ts, num_steps=a.steps, prompt=a.prompt, guidance=a.guidance)
+    bar = tqdm(desc="basis", unit=" it", disable=a.quiet, leave=False)
+
+    def progress(info):
+        bar.update(1)
+        bar.set_postfix(jvps=info["jvps"], vjps=info["vjps"], residual=f"{info['residual']:.1e}")
+
+    b = latent_basis(model, x_t, timestep=ts, k=a.k, prompt=a.prompt, layer=a.layer, algorithm=a.algorithm,
+                     seed=a.seed, tol=a.tol, callback=progress)
+    b.t_fraction = frac
+    bar.close()
+    save_basis(b, out)
+    png = Path(a.png) if a.png else out.with_suffix(".png")
+    if a.png != "":
+        from .viz import render_basis
+
+        ab = model.alphas_cumprod[ts]
+        eps = predict_eps(model, x_t[None], ts, a.prompt)[0]
+        x0 = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+        render_basis(b, png, x0=x0 if model.x_shape[0] in (1, 3) else None,
+                     title=f"{model.name}  seed {a.seed}  t={ts} ({frac:.2f} T)")
+    s = ", ".join(f"{float(v):.4g}" for v in b.singular_values)
+    print(f"model {model.name} (weights {model.model_hash}), timestep {ts} ({frac:.3f} T), k = {b.k}")
+    print(f"singular values: {s}")
+    print(f"cost: {b.jvps} JVPs + {b.vjps} VJPs, {b.iterations} iterations, {b.seconds:.2f} s ({b.algorithm}); "
+          f"max residual {float(b.residuals.max()):.1e}")
+    print(f"wrote {out}" + (f" and {png}" if a.png != "" else ""))
+
+
+def _cmd_train(a) -> None:
+    import dataclasses
+
+    from .train import PRESETS, train
+
+    if a.dataset not in PRESETS:
+        raise LatentBasisError(f"unknown dataset {a.dataset!r}; available: {', '.join(PRESETS)}")
+    cfg = PRESETS[a.dataset]
+    if a.steps:
+        cfg = dataclasses.replace(cfg, steps=a.steps)
+    train(cfg, a.out, progress=not a.quiet)
+    print(f"wrote {a.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="latentbasis", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("basis", help="compute the latent/tangent basis at x_t of a seed's trajectory and save it")
+    b.add_argument("--model", default="digits", help="bundled model name, local diffusers folder or cached hub id")
+    b.add_argument("--seed", type=int, default=0, help="seed of x_T (and of the algorithm's random start)")
+    b.add_argument("--t", type=float, default=None, help="timestep as a fraction of T in [0, 1] (default 0.6)")
+    b.add_argument("--timestep", type=int, default=None, help="timestep as an integer step instead of --t")
+    b.add_argument("--k", type=_positive_int, default=8, help="number of directions")
+    b.add_argument("--prompt", default=None, help="prompt, for text-conditioned models")
+    b.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance while sampling to x_t")
+    b.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps of a full trajectory")
+    b.add_argument("--algorithm", choices=("krylov", "subspace"), default="krylov")
+    b.add_argument("--tol", type=float, default=1e-3, help="krylov: stop at residual ||J^T u - s v|| / s <= tol")
+    b.add_argument("--layer", default="mid_block", help="U-Net module whose output is h")
+    b.add_argument("--out", default="basis.safetensors", help="basis file to write")
+    b.add_argument("--png", default=None, help="picture of the directions (default: OUT with .png; '' for none)")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(run=_cmd_basis)
+
+    t = sub.add_parser("train", help="train a bundled model (seeded, resumable from OUT/checkpoint.pt)")
+    t.add_argument("--dataset", required=True, help="digits")
+    t.add_argument("--out", required=True, help="model folder to write")
+    t.add_argument("--steps", type=_positive_int, default=None, help="override the preset's number of steps")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(run=_cmd_train)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except LatentBasisError as e:
+        print(f"latentbasis: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"latentbasis: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("latentbasis: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

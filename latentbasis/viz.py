@@ -1,0 +1,62 @@
+"""Pictures: a basis's latent directions as images, with their singular values."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def direction_image(v: torch.Tensor) -> np.ndarray:
+    """A latent vector [C, H, W] as an image: 1 channel -> signed values for a diverging map (in [-1, 1]);
+    3 channels -> RGB centred on grey; other channel counts -> the first three channels centred on grey."""
+    v = v.detach().float()
+    v = v / v.abs().max().clamp(min=1e-12)
+    if v.shape[0] == 1:
+        return v[0].numpy()
+    rgb = v[:3] if v.shape[0] >= 3 else torch.cat([v, v[:1].expand(3 - v.shape[0], -1, -1)])
+    return (0.5 + 0.5 * rgb).permute(1, 2, 0).clamp(0, 1).numpy()
+
+
+def to_display(x: torch.Tensor) -> np.ndarray:
+    """An image tensor [C, H, W] in [-1, 1] -> [H, W] or [H, W, 3] in [0, 1]."""
+    x = ((x.detach().float().clamp(-1, 1) + 1) / 2)
+    return x[0].numpy() if x.shape[0] == 1 else x[:3].permute(1, 2, 0).numpy()
+
+
+def render_basis(basis, path: str | os.PathLike, x0: torch.Tensor | None = None, title: str | None = None) -> Path:
+    """PNG: (optionally the denoised image x0_hat at the base point, then) each latent direction v_i, titled s_i."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = basis.k
+    panels = k + (1 if x0 is not None else 0)
+    cols = min(panels, 8)
+    rows = (panels + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    flat = list(axes.flat)
+    if x0 is not None:
+        img = to_display(x0)
+        flat[0].imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+        flat[0].set_title("x0 at x_t", fontsize=8)
+    for i in range(k):
+        ax = flat[i + (1 if x0 is not None else 0)]
+        img = direction_image(basis.latent[i])
+        if img.ndim == 2:
+            ax.imshow(img, cmap="RdBu_r", vmin=-1, vmax=1)
+        else:
+            ax.imshow(img)
+        ax.set_title(f"v{i + 1}  s={float(basis.singular_values[i]):.3g}", fontsize=8)
+    fig.suptitle(title or f"latent basis, {basis.model} t={basis.timestep}", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,152 @@
+"""The heart: both algorithms against closed forms (theory.md) and against dense Jacobians (torch.func.jacfwd)."""
+import math
+
+import pytest
+import torch
+from torch.func import jacfwd
+
+from latentbasis import GaussianModel, LatentBasisError, latent_basis, load_model, principal_angles, pullback_basis
+
+ALGS = ["krylov", "subspace"]
+
+
+def well_separated(s: torch.Tensor, k: int, rel_gap: float) -> list[int]:
+    """Indices i < k whose singular value is separated from both neighbours by rel_gap * s_i."""
+    out = []
+    for i in range(k):
+        lo = s[i] - s[i + 1] if i + 1 < len(s) else s[i]
+        hi = s[i - 1] - s[i] if i > 0 else math.inf
+        if min(lo, hi) > rel_gap * s[i]:
+            out.append(i)
+    return out
+
+
+def angle_deg(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(principal_angles(a[None], b[None]).max().rad2deg())
+
+
+@pytest.fixture(scope="module")
+def gaussian():
+    lam = torch.cat([10 * 0.5 ** torch.arange(6.0), torch.logspace(-1, -3, 58)])  # a clear gap among the top six
+    return GaussianModel.random(x_shape=(1, 8, 8), h_dim=80, lam=lam, seed=3)
+
+
+@pytest.mark.parametrize("alg", ALGS)
+@pytest.mark.parametrize("timestep", [200, 500, 800, 950])
+def test_gaussian_closed_form(gaussian, alg, timestep):
+    k = 4
+    latent, tangent, s = gaussian.exact_basis(timestep, 64)
+    b = latent_basis(gaussian, torch.randn(gaussian.x_shape), timestep=timestep, k=k, algorithm=alg, tol=1e-6, seed=1)
+    sep = well_separated(s, k, 0.02)
+    assert sep, "the test model must have a usable gap"
+    for i in sep:
+        assert angle_deg(b.latent[i], latent[i]) < 0.1
+        assert angle_deg(b.tangent[i], tangent[i]) < 0.1
+    assert torch.allclose(b.singular_values.double(), s[:k], rtol=1e-4)
+    # the sign convention: J v_i = s_i u_i with the same sign
+    J = gaussian.P * (gaussian.w * gaussian.gains(timestep)) @ gaussian.U.T
+    Jv = (J @ b.latent.reshape(k, -1).double().T).T
+    assert torch.allclose(Jv, b.singular_values[:, None].double() * b.tangent.double(), atol=1e-4)
+
+
+@pytest.mark.parametrize("alg", ALGS)
+def test_gaussian_crossing_order(alg):
+    """lam = (4, 0.25), w = (1, 6): the singular values swap order at abar = 1/3 (theory.md)."""
+    g = GaussianModel.random(x_shape=(2,), h_dim=2, lam=[4.0, 0.25], w=[1.0, 6.0], seed=0)
+    ab = g.alphas_cumprod
+    cross = int((ab - 1 / 3).abs().argmin())
+    tops = []
+    for ts in (cross - 150, cross + 150):
+        b = latent_basis(g, torch.randn(2), timestep=ts, k=1, algorithm=alg, tol=1e-6)
+        latent, _, s = g.exact_basis(ts, 1)
+        assert angle_deg(b.latent[0], latent[0]) < 0.1
+        assert float(b.singular_values[0]) == pytest.approx(float(s[0]), rel=1e-5)
+        tops.append(b.latent[0])
+    # large abar (small t): g_i ~ 1, so w = 6 (u_2) leads; small abar: g_i ~ sqrt(abar) lam_i, so lam = 4 (u_1) leads
+    assert angle_deg(tops[0], g.U[:, 1]) < 0.1 and angle_deg(tops[1], g.U[:, 0]) < 0.1
+
+
+def test_krylov_converges_where_subspace_does_not():
+    """A flat spectrum (many near-equal singular values): the published iteration with exactly k vectors stalls."""
+    g = GaussianModel.random(x_shape=(1, 8, 8), h_dim=64, lam=torch.logspace(1, -2, 64), seed=3)
+    ts = 60  # small t: g_i ~ 1/sqrt(abar) for every large lam_i, a nearly flat top of the spectrum
+    latent, _, s = g.exact_basis(ts, 64)
+    kry = latent_basis(g, torch.randn(g.x_shape), timestep=ts, k=4, tol=1e-6)
+    assert float(kry.residuals.max()) <= 1e-6 * 10
+    sub = latent_basis(g, torch.randn(g.x_shape), timestep=ts, k=4, algorithm="subspace")
+    assert float(sub.residuals.max()) > float(kry.residuals.max())
+
+
+def dense_svd(f, x):
+    J = jacfwd(f)(x)
+    h = f(x)
+    U, S, Vh = torch.linalg.svd(J.reshape(h.numel(), x.numel()).double(), full_matrices=False)
+    return U, S, Vh
+
+
+@pytest.mark.parametrize("alg", ALGS)
+@pytest.mark.parametrize("which", ["pixel", "sd"])
+def test_matches_dense_jacobian(tiny_unet_dir, tiny_sd_dir, alg, which):
+    model = load_model(str(tiny_unet_dir if which == "pixel" else tiny_sd_dir))
+    prompt = "the digit seven" if which == "sd" else None
+    ts, k = 600, 4
+    x = torch.randn(model.x_shape, generator=torch.Generator().manual_seed(5))
+    U, S, Vh = dense_svd(model.features(ts, prompt), x)
+    b = latent_basis(model, x, timestep=ts, k=k, prompt=prompt, algorithm=alg, tol=1e-5)
+    assert torch.allclose(b.singular_values.double(), S[:k], rtol=1e-3)
+    sep = well_separated(S, k, 0.02)
+    assert sep
+    for i in sep:
+        assert angle_deg(b.latent[i], Vh[i]) < 1.0
+        assert angle_deg(b.tangent[i].reshape(-1), U[:, i]) < 1.0
+    assert b.jvps > 0 and b.vjps > 0 and b.residuals.shape == (k,)
+    assert b.model_hash == model.model_hash and b.timestep == ts and b.prompt == prompt
+
+
+def test_cost_is_reported_and_far_below_dense(tiny_unet_dir):
+    model = load_model(str(tiny_unet_dir))
+    x = torch.randn(model.x_shape)
+    b = latent_basis(model, x, t=0.5, k=4)
+    assert 0 < b.jvps < 64 and 0 < b.vjps  # D_x = 64: a dense Jacobian costs 64 JVPs
+    assert float(b.residuals.max()) <= 1e-3
+
+
+def test_seeded_and_chunk_independent(tiny_unet_dir):
+    model = load_model(str(tiny_unet_dir))
+    x = torch.randn(model.x_shape)
+    a = latent_basis(model, x, t=0.5, k=3, seed=7)
+    b = latent_basis(model, x, t=0.5, k=3, seed=7)
+    c = latent_basis(model, x, t=0.5, k=3, seed=7, chunk_size=2)
+    assert torch.equal(a.latent, b.latent)
+    assert torch.allclose(a.latent, c.latent, atol=1e-5)
+
+
+def test_warm_start_from_neighbouring_timestep_is_cheaper(gaussian):
+    x = torch.randn(gaussian.x_shape)
+    cold = latent_basis(gaussian, x, timestep=520, k=4, tol=1e-6)
+    near = latent_basis(gaussian, x, timestep=500, k=4, tol=1e-6)
+    warm = latent_basis(gaussian, x, timestep=520, k=4, tol=1e-6, init=near.latent)
+    assert warm.jvps + warm.vjps < cold.jvps + cold.vjps
+    assert torch.allclose(warm.singular_values, cold.singular_values, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"k": 0}, "out of range"), ({"k": 65}, "out of range"), ({"t": 1.5}, "outside the schedule"),
+    ({"timestep": 1000}, "outside the schedule"), ({"algorithm": "magic"}, "unknown algorithm"),
+])
+def test_bad_arguments(gaussian, kwargs, match):
+    kw = {"t": 0.5, "k": 4} | kwargs
+    if "timestep" in kwargs:
+        kw.pop("t")
+    with pytest.raises(LatentBasisError, match=match):
+        latent_basis(gaussian, torch.randn(gaussian.x_shape), **kw)
+
+
+def test_wrong_x_shape(gaussian):
+    with pytest.raises(LatentBasisError, match="shape"):
+        latent_basis(gaussian, torch.randn(1, 7, 8), t=0.5, k=2)
+
+
+def test_warm_start_of_wrong_shape(gaussian):
+    with pytest.raises(LatentBasisError, match="warm start"):
+        pullback_basis(gaussian.features(500), torch.randn(gaussian.x_shape), 2, init=torch.randn(2, 1, 4, 4))

@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+from latentbasis import LatentBasisError, load_model, resolve_timestep
+
+
+def test_loads_unet_folder(tiny_unet_dir):
+    m = load_model(str(tiny_unet_dir))
+    assert m.x_shape == (1, 8, 8) and not m.conditional
+    assert m.num_train_timesteps == 1000
+    assert not any(p.requires_grad for p in m.unet.parameters())
+    assert m.model_hash == load_model(str(tiny_unet_dir)).model_hash  # stable across loads
+
+
+def test_hash_tells_weights_apart(tiny_unet_dir, other_unet_dir):
+    assert load_model(str(tiny_unet_dir)).model_hash != load_model(str(other_unet_dir)).model_hash
+
+
+def test_loads_sd_pipeline_folder(tiny_sd_dir):
+    m = load_model(str(tiny_sd_dir))
+    assert m.conditional and m.vae is not None
+    assert m.x_shape == (4, 8, 8)
+    e1, e2 = m.encode_prompt("the digit seven"), m.encode_prompt("a cat")
+    assert e1.shape == (1, 8, 16) and not torch.allclose(e1, e2)
+
+
+def test_missing_model_names_what_was_looked_for(tmp_path):
+    with pytest.raises(LatentBasisError, match="not found.*no download"):
+        load_model(str(tmp_path / "nope"))
+    with pytest.raises(LatentBasisError, match="not found"):
+        load_model("someone/not-cached-anywhere")
+
+
+def test_folder_that_is_not_a_model(tmp_path):
+    with pytest.raises(LatentBasisError, match="not a diffusers model folder"):
+        load_model(str(tmp_path))
+
+
+def test_corrupt_weights_one_clear_error(tiny_unet_dir, tmp_path):
+    import shutil
+
+    d = tmp_path / "broken"
+    shutil.copytree(tiny_unet_dir, d)
+    (d / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(LatentBasisError, match="could not load"):
+        load_model(str(d))
+
+
+def test_prompt_on_pixel_model_refused(tiny_unet_dir):
+    with pytest.raises(LatentBasisError, match="not text-conditioned"):
+        load_model(str(tiny_unet_dir)).encode_prompt("a cat")
+
+
+@pytest.mark.parametrize("frac,expected", [(0.0, 0), (1.0, 999), (0.6, 599)])
+def test_timestep_from_fraction(frac, expected):
+    assert resolve_timestep(1000, fraction=frac)[0] == expected
+
+
+@pytest.mark.parametrize("kw", [{"fraction": 1.2}, {"fraction": -0.1}, {"timestep": 1000}, {"timestep": -1}, {}])
+def test_timestep_outside_schedule(kw):
+    with pytest.raises(LatentBasisError):
+        resolve_timestep(1000, **kw)
