@@ -33,6 +33,11 @@ def _cmd_basis(a) -> None:
     ts, frac = resolve_timestep(model.num_train_timesteps, fraction=a.t, timestep=a.timestep)
     if a.prompt and not model.conditional:
         raise LatentBasisError(f"model {model.name!r} is not text-conditioned; drop --prompt")
+    init = None
+    if a.init:
+        from .basisfile import load_basis
+
+        init = load_basis(a.init, model=model).latent
     x_t = sample_to(model, a.seed, timestep=ts, num_steps=a.steps, prompt=a.prompt, guidance=a.guidance)
     bar = tqdm(desc="basis", unit=" it", disable=a.quiet, leave=False)
 
@@ -41,7 +46,7 @@ def _cmd_basis(a) -> None:
         bar.set_postfix(jvps=info["jvps"], vjps=info["vjps"], residual=f"{info['residual']:.1e}")
 
     b = latent_basis(model, x_t, timestep=ts, k=a.k, prompt=a.prompt, layer=a.layer, algorithm=a.algorithm,
-                     seed=a.seed, tol=a.tol, callback=progress)
+                     seed=a.seed, tol=a.tol, init=init, callback=progress)
     b.t_fraction = frac
     bar.close()
     save_basis(b, out)
@@ -60,6 +65,19 @@ def _cmd_basis(a) -> None:
     print(f"cost: {b.jvps} JVPs + {b.vjps} VJPs, {b.iterations} iterations, {b.seconds:.2f} s ({b.algorithm}); "
           f"max residual {float(b.residuals.max()):.1e}")
     print(f"wrote {out}" + (f" and {png}" if a.png != "" else ""))
+
+
+def _cmd_info(a) -> None:
+    from safetensors import safe_open
+
+    from .basisfile import load_basis
+
+    b = load_basis(a.file)
+    with safe_open(str(a.file), framework="pt") as fh:
+        meta = fh.metadata()
+    for key in sorted(meta):
+        print(f"{key}: {meta[key]}")
+    print(f"latent: {tuple(b.latent.shape)}  tangent: {tuple(b.tangent.shape)}  point: {tuple(b.point.shape)}")
 
 
 def _cmd_train(a) -> None:
@@ -92,10 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--algorithm", choices=("krylov", "subspace"), default="krylov")
     b.add_argument("--tol", type=float, default=1e-3, help="krylov: stop at residual ||J^T u - s v|| / s <= tol")
     b.add_argument("--layer", default="mid_block", help="U-Net module whose output is h")
+    b.add_argument("--init", default=None, help="warm start from a basis file of the same model (e.g. a nearby t)")
     b.add_argument("--out", default="basis.safetensors", help="basis file to write")
     b.add_argument("--png", default=None, help="picture of the directions (default: OUT with .png; '' for none)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(run=_cmd_basis)
+
+    i = sub.add_parser("info", help="print a basis file's header and shapes")
+    i.add_argument("file")
+    i.set_defaults(run=_cmd_info)
 
     t = sub.add_parser("train", help="train a bundled model (seeded, resumable from OUT/checkpoint.pt)")
     t.add_argument("--dataset", required=True, help="digits")
@@ -106,9 +129,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quiet_libraries() -> None:
+    """diffusers/transformers log notices on stderr; a command's stderr is for its own one-line errors."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+    for mod in (diffusers.utils.logging, transformers.utils.logging):
+        if hasattr(mod, "disable_progress_bar"):
+            mod.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _quiet_libraries()
         args.run(args)
     except LatentBasisError as e:
         print(f"latentbasis: error: {e}", file=sys.stderr)

@@ -121,6 +121,8 @@ def _resolve(name_or_path: str) -> Path:
 
 def _load_component(folder: Path, library: str, class_name: str):
     cls = getattr(importlib.import_module(library), class_name)
+    if library == "diffusers" and hasattr(cls, "config_name"):  # models; accelerate is not a dependency
+        return cls.from_pretrained(str(folder), low_cpu_mem_usage=False)
     return cls.from_pretrained(str(folder))
 
 
@@ -166,7 +168,10 @@ def load_model(name_or_path: str = DEFAULT_MODEL) -> DiffusionModel:
         raise LatentBasisError(f"could not load the model in {root}: {type(e).__name__}: {e}") from e
     for key in ("unet", "text_encoder", "vae"):
         if key in parts:
-            parts[key] = parts[key].to(torch.float32).eval().requires_grad_(False)
+            m = parts[key]
+            if any(p.dtype != torch.float32 for p in m.parameters()):
+                m = m.to(torch.float32)
+            parts[key] = m.eval().requires_grad_(False)
     name = name_or_path if (MODELS_DIR / name_or_path).resolve() == root.resolve() else str(root)
     return DiffusionModel(unet=parts["unet"], scheduler=scheduler, name=name,
                           model_hash=weights_hash(parts["unet"]), text_encoder=parts.get("text_encoder"),

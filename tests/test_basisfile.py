@@ -1,0 +1,82 @@
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from latentbasis import LatentBasisError, latent_basis, load_basis, load_model, save_basis
+from latentbasis.basisfile import FORMAT
+
+KEYS = {"format", "model", "model_hash", "layer", "timestep", "t_fraction", "prompt", "k", "algorithm", "jvps",
+        "vjps", "residuals", "seed", "version"}
+
+
+@pytest.fixture(scope="module")
+def model(tiny_unet_dir):
+    return load_model(str(tiny_unet_dir))
+
+
+@pytest.fixture(scope="module")
+def basis(model):
+    return latent_basis(model, torch.randn(model.x_shape), t=0.6, k=3, seed=2)
+
+
+def test_round_trip(basis, model, tmp_path):
+    p = save_basis(basis, tmp_path / "b.safetensors")
+    b = load_basis(p, model=model)
+    for name in ("latent", "tangent", "singular_values", "point", "residuals"):
+        assert torch.equal(getattr(b, name), getattr(basis, name).float())
+    assert (b.timestep, b.k, b.jvps, b.vjps, b.seed, b.model_hash) == (
+        basis.timestep, 3, basis.jvps, basis.vjps, 2, model.model_hash)
+
+
+def test_header_is_the_documented_format(basis, tmp_path):
+    p = save_basis(basis, tmp_path / "b.safetensors")
+    with safe_open(str(p), framework="pt") as fh:
+        meta = fh.metadata()
+        assert set(fh.keys()) == {"latent", "tangent", "singular_values", "point"}
+        assert all(fh.get_tensor(n).dtype == torch.float32 for n in fh.keys())
+    assert KEYS <= set(meta) and all(isinstance(v, str) for v in meta.values())
+    assert meta["format"] == FORMAT and meta["timestep"] == "599" and meta["k"] == "3"
+    assert len(json.loads(meta["residuals"])) == 3 and float(meta["t_fraction"]) == 0.6
+
+
+def test_other_model_refused(basis, other_unet_dir, tmp_path):
+    p = save_basis(basis, tmp_path / "b.safetensors")
+    with pytest.raises(LatentBasisError, match="computed with model"):
+        load_basis(p, model=load_model(str(other_unet_dir)))
+
+
+@pytest.mark.parametrize("content", [b"", b"not a safetensors file at all", b"\x08\x00\x00\x00\x00\x00\x00\x00{}"])
+def test_corrupt_file(tmp_path, content):
+    p = tmp_path / "bad.safetensors"
+    p.write_bytes(content)
+    with pytest.raises(LatentBasisError):
+        load_basis(p)
+
+
+def test_truncated_file(basis, tmp_path):
+    p = save_basis(basis, tmp_path / "b.safetensors")
+    p.write_bytes(p.read_bytes()[:-100])
+    with pytest.raises(LatentBasisError, match="not a readable basis file"):
+        load_basis(p)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(LatentBasisError, match="does not exist"):
+        load_basis(tmp_path / "nope.safetensors")
+
+
+def test_failed_write_keeps_the_old_file(basis, tmp_path, monkeypatch):
+    p = save_basis(basis, tmp_path / "b.safetensors")
+    before = p.read_bytes()
+    import safetensors.torch
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_file", boom)
+    with pytest.raises(KeyboardInterrupt):
+        save_basis(basis, p)
+    assert p.read_bytes() == before
+    assert [f.name for f in tmp_path.iterdir()] == ["b.safetensors"]  # no temporary left behind
