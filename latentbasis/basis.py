@@ -32,6 +32,11 @@ from .features import FeatureMap
 ALGORITHMS = ("krylov", "subspace")
 
 
+def DEFAULT_BLOCK(k: int) -> int:
+    """Block size of the krylov algorithm for k vectors (measured in benchmarks/bench_basis.py)."""
+    return max(2, k // 4)
+
+
 @dataclass
 class Basis:
     """A local basis at one point x_t. Rows are unit vectors; see the module docstring for the math."""
@@ -127,7 +132,7 @@ def _krylov(op: JacobianOperator, k: int, *, tol: float, gen: torch.Generator, i
     fill = block - (0 if init is None else init.shape[0])
     if fill > 0:
         starts.append(op.vjp(torch.randn(fill, m, generator=gen, dtype=torch.float64)))
-    K = orth_rows(torch.cat(starts))[:block]
+    K = orth_rows(torch.cat(starts))
     Y = op.jvp(K)                      # rows J k_j
     Q = orth_rows(Y)                   # left basis, spans J K
     Z = op.vjp(Q)                      # rows J^T q_j
@@ -143,7 +148,8 @@ def _krylov(op: JacobianOperator, k: int, *, tol: float, gen: torch.Generator, i
             callback({"iteration": it, "jvps": op.jvps, "vjps": op.vjps, "residual": float(res[:top].max())})
         if (top == k and bool((res[:k] <= tol).all())) or K.shape[0] >= n or it >= max_iters:
             break
-        wanted = [i for i in range(min(block, len(s))) if res[i] > tol]
+        # expand along the residuals of the first `block` unconverged Ritz vectors (converged ones are locked)
+        wanted = [i for i in range(min(max(k, block), len(s))) if res[i] > tol][:block]
         new = orth_rows(JtU[wanted] - s[wanted, None] * V[wanted], against=K)
         if new.shape[0] == 0:
             break
@@ -160,13 +166,15 @@ def _krylov(op: JacobianOperator, k: int, *, tol: float, gen: torch.Generator, i
 
 
 def _subspace(op: JacobianOperator, k: int, *, gen: torch.Generator, init: torch.Tensor | None,
-              atol: float = 1e-4, min_iters: int = 12, max_iters: int = 50, callback=None) -> tuple:
+              atol: float = 1e-4, min_iters: int = 12, max_iters: int = 50, one_by_one: bool = True,
+              callback=None) -> tuple:
     V = (init.reshape(init.shape[0], -1).to(torch.float64) if init is not None
          else torch.randn(k, op.n, generator=gen, dtype=torch.float64))
     V = torch.linalg.qr(V.T)[0].T
     it = 0
     for it in range(1, max_iters + 1):
-        Zr = op.vjp(op.jvp(V))                 # rows J^T J v_i
+        Y = op.jvp(V)
+        Zr = torch.cat([op.vjp(y[None]) for y in Y]) if one_by_one else op.vjp(Y)  # rows J^T J v_i
         Vnew = torch.linalg.svd(Zr, full_matrices=False)[2][:k]
         converged = torch.allclose(V, Vnew, atol=atol)
         V = Vnew
@@ -184,15 +192,18 @@ def _subspace(op: JacobianOperator, k: int, *, gen: torch.Generator, init: torch
 
 
 def pullback_basis(f: FeatureMap, x: torch.Tensor, k: int, *, algorithm: str = "krylov", seed: int = 0,
-                   tol: float = 1e-3, init: torch.Tensor | None = None, oversample: int | None = None,
+                   tol: float = 1e-3, init: torch.Tensor | None = None, block: int | None = None,
                    max_iters: int = 200, max_dim: int | None = None, chunk_size: int | None = 16,
-                   callback: Callable[[dict], None] | None = None) -> Basis:
+                   one_by_one: bool = True, callback: Callable[[dict], None] | None = None) -> Basis:
     """Top-k singular triplets of J = df/dx at x, for any feature map f (U-Net or closed-form).
 
     x: [*x_shape]; f maps [*x_shape] -> [*h_shape] and must work under torch.func.
     tol: ("krylov") stop when ||J^T u_i - s_i v_i|| / s_i <= tol for i < k.
     init: a warm start, [k0, *x_shape] (e.g. the basis at a neighbouring timestep); seed: the random start.
-    oversample: extra block vectors beyond k ("krylov"; default max(2, k // 4)).
+    block: ("krylov") new directions per iteration, default DEFAULT_BLOCK(k). Smaller blocks need fewer evaluations
+        (each Ritz update uses the newest information), larger ones batch better; see benchmarks/bench_basis.py.
+    one_by_one: ("subspace") run the k VJPs of an iteration one by one, as the published code does; False
+        batches them like every other evaluation here (same numbers, less wall time).
     Returns a Basis (float32) with its cost (jvps, vjps) and final residuals.
     """
     if algorithm not in ALGORITHMS:
@@ -205,14 +216,14 @@ def pullback_basis(f: FeatureMap, x: torch.Tensor, k: int, *, algorithm: str = "
     if init is not None:
         if tuple(init.shape[1:]) != op.x_shape:
             raise LatentBasisError(f"warm start has vectors of shape {tuple(init.shape[1:])}, x_t has {op.x_shape}")
-        init = init[: k + (oversample or max(2, k // 4))]
     if algorithm == "krylov":
-        block = min(k + (oversample if oversample is not None else max(2, k // 4)), op.n)
-        max_dim = min(op.n, max_dim or max(4 * block, k + 48))
+        block = max(1, min(block or DEFAULT_BLOCK(k), op.n))
+        max_dim = min(op.n, max_dim or max(3 * k, k + 48))
         V, Uh, s, res, it = _krylov(op, k, tol=tol, gen=gen, init=init, block=block, max_dim=max_dim,
                                     max_iters=max_iters, callback=callback)
     else:
-        V, Uh, s, res, it = _subspace(op, k, gen=gen, init=None if init is None else init[:k], callback=callback)
+        V, Uh, s, res, it = _subspace(op, k, gen=gen, init=None if init is None else init[:k],
+                                      one_by_one=one_by_one, callback=callback)
     V, Uh = _fix_signs(V, Uh)
     return Basis(latent=V.to(torch.float32).reshape(k, *op.x_shape),
                  tangent=Uh.to(torch.float32).reshape(k, *op.h_shape),
