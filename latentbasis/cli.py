@@ -90,7 +90,15 @@ def _cmd_train(a) -> None:
     cfg = PRESETS[a.dataset]
     if a.steps:
         cfg = dataclasses.replace(cfg, steps=a.steps)
-    train(cfg, a.out, progress=not a.quiet)
+    log = train(cfg, a.out, progress=not a.quiet)
+    if cfg.dataset == "digits" and not a.no_eval:
+        from .evaluate import digits_quality
+        from .models import load_model
+        from .train import quality_markdown, write_model_card
+
+        q = digits_quality(load_model(a.out))
+        write_model_card(Path(a.out), cfg, log, cfg.steps, q)
+        print(quality_markdown(q))
     print(f"wrote {a.out}")
 
 
@@ -124,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", required=True, help="digits")
     t.add_argument("--out", required=True, help="model folder to write")
     t.add_argument("--steps", type=_positive_int, default=None, help="override the preset's number of steps")
+    t.add_argument("--no-eval", action="store_true", help="skip the sample-quality evaluation for the model card")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(run=_cmd_train)
     return p

@@ -64,3 +64,20 @@ def sample_to(model, seed: int = 0, *, t: float | None = None, timestep: int | N
         eps = predict_eps(model, x, a, prompt, guidance).to(torch.float64)
         x = ddim_step(x.to(torch.float64), eps, ab[a], ab[b]).to(torch.float32)
     return x[0]
+
+
+def generate(model, seeds: list[int], *, num_steps: int = 50, prompt: str | None = None, guidance: float = 1.0,
+             clip_denoised: bool = True) -> torch.Tensor:
+    """Images x0 [len(seeds), *x_shape] in one batch: DDIM over linspace(T-1, 0, num_steps), then the final
+    denoising step x0 = (x_0 - sqrt(1 - abar_0) eps) / sqrt(abar_0). clip_denoised clamps x0 to [-1, 1]
+    (pixel models). Seed i gives the same image alone or in a batch."""
+    T = model.num_train_timesteps
+    x = torch.stack([initial_noise(model, s) for s in seeds])
+    ab = model.alphas_cumprod.to(torch.float64)
+    grid = ddim_timesteps(T - 1, 0, num_steps)
+    for a, b in zip(grid[:-1], grid[1:]):
+        eps = predict_eps(model, x, a, prompt, guidance).to(torch.float64)
+        x = ddim_step(x.to(torch.float64), eps, ab[a], ab[b]).to(torch.float32)
+    eps = predict_eps(model, x, grid[-1], prompt, guidance).to(torch.float64)
+    x0 = ddim_step(x.to(torch.float64), eps, ab[grid[-1]], torch.tensor(1.0, dtype=torch.float64)).float()
+    return x0.clamp(-1, 1) if clip_denoised else x0

@@ -151,8 +151,48 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
     unet.eval()
     unet.save_pretrained(out, safe_serialization=True)
     scheduler.save_pretrained(out)
+    write_model_card(out, cfg, log, step)
     (out / "training_log.json").write_text(json.dumps(
         {"config": log["config"], "seconds": log["seconds"], "steps": step,
          "loss_every_100": [sum(log["loss"][i:i + 100]) / len(log["loss"][i:i + 100])
                             for i in range(0, len(log["loss"]), 100)]}, indent=1))
     return log
+
+
+def write_model_card(out: Path, cfg: TrainConfig, log: dict, step: int, quality: dict | None = None) -> None:
+    """README.md in the model folder: data, architecture, steps, loss, quality, how to reproduce."""
+    losses = log["loss"]
+    last = sum(losses[-200:]) / max(1, len(losses[-200:]))
+    lines = [
+        f"# {cfg.dataset}: a small DDPM trained by latentbasis",
+        "",
+        "Data: scikit-learn's bundled handwritten digits (`sklearn.datasets.load_digits`, 1,797 real 8x8 images),",
+        f"upscaled bilinearly to {cfg.resolution}x{cfg.resolution}, one channel, scaled to [-1, 1].",
+        "",
+        f"Model: diffusers `UNet2DModel`, block channels {list(cfg.block_out_channels)}, blocks "
+        f"{list(cfg.down_block_types)}, {cfg.layers_per_block} layer(s) per block; epsilon prediction; DDPM linear "
+        f"betas 1e-4..0.02, T = {cfg.num_train_timesteps} (scheduler_config.json; latentbasis samples with DDIM).",
+        "",
+        f"Training: {step} steps, batch {cfg.batch_size}, AdamW lr {cfg.lr} ({cfg.warmup_steps} warm-up steps), "
+        f"EMA decay {cfg.ema_decay} (the EMA weights ship), seed {cfg.seed}; {log['seconds'] / 60:.1f} min on "
+        f"{torch.get_num_threads()} CPU threads. Final loss (mean of the last 200 steps): {last:.4f}.",
+        "",
+        "Reproduce:",
+        "",
+        "```bash",
+        f"latentbasis train --dataset {cfg.dataset} --out DIR",
+        "```",
+        "",
+        "The run is seeded and resumable (DIR/checkpoint.pt). training_log.json holds the settings and the loss curve.",
+    ]
+    if quality:
+        lines += ["", "## Sample quality", "", quality_markdown(quality)]
+    (out / "README.md").write_text("\n".join(lines) + "\n")
+
+
+def quality_markdown(q: dict) -> str:
+    return (f"{q['samples']} DDIM samples (50 steps, seeds 0..{q['samples'] - 1}), area-averaged to 8x8 and "
+            f"classified by an SVC trained on 80 % of the real digits: mean top-class probability "
+            f"{q['confidence']:.3f}, against {q['real_confidence']:.3f} on the held-out real digits through the same "
+            f"resize (ratio {q['ratio']:.3f}; target >= 0.90). Classes among the samples: {q['classes']} of 10 "
+            f"(histogram {q['histogram']}).")

@@ -1,0 +1,41 @@
+import dataclasses
+
+import pytest
+import torch
+
+from latentbasis import LatentBasisError, load_model
+from latentbasis.data import digits_images, downsample_to_digits
+from latentbasis.train import PRESETS, train
+
+TINY = dataclasses.replace(PRESETS["digits"], resolution=8, block_out_channels=(8, 16),
+                           down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                           up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=4, attention_head_dim=8,
+                           steps=4, batch_size=8, checkpoint_every=2, warmup_steps=2)
+
+
+def test_digits_data():
+    x, y = digits_images(16)
+    assert x.shape == (1797, 1, 16, 16) and x.min() >= -1 and x.max() <= 1 and len(set(y.tolist())) == 10
+    from sklearn.datasets import load_digits
+
+    assert abs(downsample_to_digits(digits_images(8)[0]) - load_digits().data).max() < 1e-4
+
+
+def test_resume_is_bit_identical(tmp_path):
+    straight = tmp_path / "straight"
+    train(TINY, straight, progress=False)
+    resumed = tmp_path / "resumed"
+    train(dataclasses.replace(TINY, steps=2), resumed, progress=False)   # "interrupted" after 2 steps
+    ck = torch.load(resumed / "checkpoint.pt", weights_only=False)
+    ck["config"]["steps"] = 4                                             # continue the same run to 4
+    torch.save(ck, resumed / "checkpoint.pt")
+    train(TINY, resumed, progress=False)
+    a, b = load_model(str(straight)), load_model(str(resumed))
+    assert a.model_hash == b.model_hash
+    assert (straight / "README.md").exists() and (straight / "scheduler_config.json").exists()
+
+
+def test_resume_with_other_settings_refused(tmp_path):
+    train(TINY, tmp_path, progress=False)
+    with pytest.raises(LatentBasisError, match="other settings"):
+        train(dataclasses.replace(TINY, lr=1e-3), tmp_path, progress=False)
