@@ -103,6 +103,21 @@ def test_matches_dense_jacobian(tiny_unet_dir, tiny_sd_dir, alg, which):
     assert b.model_hash == model.model_hash and b.timestep == ts and b.prompt == prompt
 
 
+@pytest.mark.parametrize("which", ["pixel", "sd"])
+def test_jvp_modes_agree(tiny_unet_dir, tiny_sd_dir, which):
+    """J v by forward-mode AD and by the VJP of the pullback are the same numbers."""
+    from latentbasis.basis import JacobianOperator
+
+    model = load_model(str(tiny_unet_dir if which == "pixel" else tiny_sd_dir))
+    f = model.features(300, prompt="a cat" if which == "sd" else None)
+    x, V = torch.randn(model.x_shape), torch.randn(5, *model.x_shape).reshape(5, -1).double()
+    fwd = JacobianOperator(f, x, jvp_mode="forward").jvp(V)
+    rev = JacobianOperator(f, x, jvp_mode="reverse").jvp(V)
+    assert torch.allclose(fwd, rev, rtol=1e-4, atol=1e-5 * fwd.abs().max())
+    with pytest.raises(LatentBasisError, match="jvp_mode"):
+        JacobianOperator(f, x, jvp_mode="sideways")
+
+
 def test_cost_is_reported_and_far_below_dense(tiny_unet_dir):
     model = load_model(str(tiny_unet_dir))
     x = torch.randn(model.x_shape)

@@ -1,0 +1,35 @@
+"""The bundled models load through the public loading path, offline, and sample recognisable output."""
+import pytest
+import torch
+
+from latentbasis import latent_basis, load_model, sample_to
+from latentbasis.models import MODELS_DIR, bundled_models
+
+
+def test_digits_is_bundled_and_small():
+    assert "digits" in bundled_models()
+    size = sum(f.stat().st_size for f in (MODELS_DIR / "digits").iterdir())
+    assert size < 20e6
+    assert sum(f.stat().st_size for f in MODELS_DIR.parent.rglob("*") if f.is_file()) < 50e6
+
+
+def test_digits_loads_and_has_attention():
+    m = load_model("digits")
+    assert m.name == "digits" and m.x_shape == (1, 16, 16)
+    assert any("Attn" in type(b).__name__ for b in m.unet.down_blocks)
+
+
+def test_digits_samples_are_digits():
+    """A smaller version of the model card's check: 32 samples, the classifier's confidence ratio >= 0.75."""
+    from latentbasis.evaluate import digits_quality
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    q = digits_quality(load_model("digits"), n=32, num_steps=25)
+    assert q["ratio"] >= 0.75, q
+    assert q["classes"] >= 7, q
+
+
+def test_basis_on_digits():
+    m = load_model("digits")
+    b = latent_basis(m, sample_to(m, 0, t=0.6), t=0.6, k=4)
+    assert float(b.residuals.max()) <= 1e-3 and (b.singular_values[:-1] >= b.singular_values[1:]).all()
