@@ -41,16 +41,34 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 250
     num_threads: int = 0  # 0: torch's default
+    # text conditioning (digits-text): a CLIP text encoder trained from scratch on the captions
+    text: bool = False
+    cross_attention_dim: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    text_max_length: int = 8
+    caption_dropout: float = 0.1   # captions replaced by "" so classifier-free guidance works
 
 
 PRESETS: dict[str, TrainConfig] = {
     "digits": TrainConfig(),
+    "digits-text": TrainConfig(
+        dataset="digits-text", text=True,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")),
 }
 
 
 def build_unet(cfg: TrainConfig):
-    from diffusers import UNet2DModel
+    from diffusers import UNet2DConditionModel, UNet2DModel
 
+    if cfg.text:
+        return UNet2DConditionModel(
+            sample_size=cfg.resolution, in_channels=cfg.in_channels, out_channels=cfg.in_channels,
+            layers_per_block=cfg.layers_per_block, block_out_channels=tuple(cfg.block_out_channels),
+            down_block_types=tuple(cfg.down_block_types), up_block_types=tuple(cfg.up_block_types),
+            norm_num_groups=cfg.norm_num_groups, attention_head_dim=cfg.attention_head_dim,
+            cross_attention_dim=cfg.cross_attention_dim)
     return UNet2DModel(
         sample_size=cfg.resolution,
         in_channels=cfg.in_channels,
@@ -64,6 +82,21 @@ def build_unet(cfg: TrainConfig):
     )
 
 
+def build_text(cfg: TrainConfig):
+    """(tokenizer over the captions' own words, a small CLIPTextModel initialised at random)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from .data import caption_vocabulary
+    from .text import word_tokenizer
+
+    tok = word_tokenizer(caption_vocabulary(), max_length=cfg.text_max_length)
+    enc = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tok), hidden_size=cfg.cross_attention_dim, intermediate_size=2 * cfg.cross_attention_dim,
+        num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
+        max_position_embeddings=cfg.text_max_length, pad_token_id=0, bos_token_id=1, eos_token_id=2))
+    return tok, enc
+
+
 def build_scheduler(cfg: TrainConfig):
     from diffusers import DDPMScheduler
 
@@ -71,12 +104,22 @@ def build_scheduler(cfg: TrainConfig):
                          beta_start=1e-4, beta_end=0.02, prediction_type="epsilon", clip_sample=True)
 
 
-def load_dataset(cfg: TrainConfig) -> torch.Tensor:
-    if cfg.dataset == "digits":
+def load_dataset(cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(images [N, C, R, R] in [-1, 1], labels [N] or None)."""
+    if cfg.dataset in ("digits", "digits-text"):
         from .data import digits_images
 
-        return digits_images(cfg.resolution)[0]
+        x, y = digits_images(cfg.resolution)
+        return x, torch.from_numpy(y)
     raise LatentBasisError(f"unknown dataset {cfg.dataset!r}; known: {', '.join(PRESETS)}")
+
+
+def _captions(labels: torch.Tensor, gen: torch.Generator, dropout: float) -> list[str]:
+    from .data import CAPTION_TEMPLATES, digit_caption
+
+    t = torch.randint(0, len(CAPTION_TEMPLATES), (len(labels),), generator=gen)
+    drop = torch.rand(len(labels), generator=gen) < dropout
+    return ["" if d else digit_caption(int(y), int(k)) for y, k, d in zip(labels, t, drop)]
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
@@ -98,12 +141,14 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
         torch.set_num_threads(cfg.num_threads)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data = load_dataset(cfg)
+    data, labels = load_dataset(cfg)
     torch.manual_seed(cfg.seed)
     unet = build_unet(cfg)
+    tokenizer, text_encoder = build_text(cfg) if cfg.text else (None, None)
     scheduler = build_scheduler(cfg)
-    ema = EMAModel(unet.parameters(), decay=cfg.ema_decay)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
+    params = list(unet.parameters()) + (list(text_encoder.parameters()) if cfg.text else [])
+    ema = EMAModel(params, decay=cfg.ema_decay)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed)
     log = {"loss": [], "seconds": 0.0, "config": dataclasses.asdict(cfg)}
     step = 0
@@ -113,6 +158,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
         if ckpt["config"] != dataclasses.asdict(cfg):
             raise LatentBasisError(f"{ckpt_path} was written with other settings; remove it or use another --out")
         unet.load_state_dict(ckpt["unet"])
+        if cfg.text:
+            text_encoder.load_state_dict(ckpt["text_encoder"])
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["opt"])
         gen.set_state(ckpt["gen"])
@@ -122,6 +169,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
         return cfg.lr * min(1.0, (s + 1) / cfg.warmup_steps)
 
     unet.train()
+    if cfg.text:
+        text_encoder.train()
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.dataset}", disable=not progress)
     t_start = time.time() - log["seconds"]
     while step < cfg.steps:
@@ -130,27 +179,45 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, cfg.num_train_timesteps, (cfg.batch_size,), generator=gen)
         xt = scheduler.add_noise(x0, noise, t)
-        loss = F.mse_loss(unet(xt, t).sample, noise)
+        if cfg.text:
+            tok = tokenizer(_captions(labels[idx], gen, cfg.caption_dropout), padding="max_length",
+                            max_length=cfg.text_max_length, truncation=True, return_tensors="pt")
+            pred = unet(xt, t, encoder_hidden_states=text_encoder(tok.input_ids)[0]).sample
+        else:
+            pred = unet(xt, t).sample
+        loss = F.mse_loss(pred, noise)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        ema.step(unet.parameters())
+        ema.step(params)
         step += 1
         log["loss"].append(float(loss))
         bar.update(1)
         bar.set_postfix(loss=f"{sum(log['loss'][-50:]) / len(log['loss'][-50:]):.4f}")
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             log["seconds"] = time.time() - t_start
-            _atomic_torch_save({"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                                "gen": gen.get_state(), "log": log, "step": step,
-                                "config": dataclasses.asdict(cfg)}, ckpt_path)
+            state = {"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                     "gen": gen.get_state(), "log": log, "step": step, "config": dataclasses.asdict(cfg)}
+            if cfg.text:
+                state["text_encoder"] = text_encoder.state_dict()
+            _atomic_torch_save(state, ckpt_path)
     bar.close()
-    ema.copy_to(unet.parameters())
+    ema.copy_to(params)
     unet.eval()
-    unet.save_pretrained(out, safe_serialization=True)
-    scheduler.save_pretrained(out)
+    if cfg.text:  # a pipeline folder without a VAE, opened like any SD-style pipeline
+        unet.save_pretrained(out / "unet", safe_serialization=True)
+        text_encoder.eval().save_pretrained(out / "text_encoder")
+        tokenizer.save_pretrained(out / "tokenizer")
+        scheduler.save_pretrained(out / "scheduler")
+        (out / "model_index.json").write_text(json.dumps({
+            "_class_name": "latentbasis.TextPixelPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+            "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
+            "scheduler": ["diffusers", type(scheduler).__name__]}, indent=1))
+    else:
+        unet.save_pretrained(out, safe_serialization=True)
+        scheduler.save_pretrained(out)
     write_model_card(out, cfg, log, step)
     (out / "training_log.json").write_text(json.dumps(
         {"config": log["config"], "seconds": log["seconds"], "steps": step,

@@ -39,3 +39,23 @@ def test_resume_with_other_settings_refused(tmp_path):
     train(TINY, tmp_path, progress=False)
     with pytest.raises(LatentBasisError, match="other settings"):
         train(dataclasses.replace(TINY, lr=1e-3), tmp_path, progress=False)
+
+
+def test_text_model_trains_and_loads_as_a_pipeline(tmp_path):
+    cfg = dataclasses.replace(TINY, dataset="digits-text", text=True, cross_attention_dim=16, text_layers=1,
+                              text_heads=2, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                              up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+    train(cfg, tmp_path, progress=False)
+    m = load_model(str(tmp_path))
+    assert m.conditional and m.vae is None and m.x_shape == (1, 8, 8)
+    assert not torch.allclose(m.encode_prompt("the digit seven"), m.encode_prompt("number 2"))
+
+
+def test_captions_and_vocabulary():
+    from latentbasis.data import caption_vocabulary, digit_caption
+    from latentbasis.text import word_tokenizer
+
+    assert digit_caption(7, 0) == "a handwritten seven" and digit_caption(7, 3) == "the number 7"
+    tok = word_tokenizer(caption_vocabulary())
+    ids = tok("a handwritten digit 7").input_ids
+    assert tok.unk_token_id not in ids
