@@ -6,8 +6,11 @@ with eps = eps_theta(x_a, a) (classifier-free guided for text models: eps_u + w 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from .errors import LatentBasisError
 from .models import resolve_timestep
 
 
@@ -66,18 +69,83 @@ def sample_to(model, seed: int = 0, *, t: float | None = None, timestep: int | N
     return x[0]
 
 
+@dataclass
+class Trajectory:
+    """A DDIM trajectory with every x_t kept: xs[i] is x at timesteps[i] (descending, T-1 ... 0); x0 the image.
+    An edit at timesteps[i] re-runs only the steps from there down to 0."""
+
+    timesteps: list[int]
+    xs: torch.Tensor             # [len(timesteps), *x_shape]
+    x0: torch.Tensor             # [*x_shape]
+    prompt: str | None = None
+    guidance: float = 1.0
+
+    def index(self, timestep: int) -> int:
+        if timestep not in self.timesteps:
+            raise LatentBasisError(f"timestep {timestep} is not on this trajectory's grid")
+        return self.timesteps.index(timestep)
+
+    def at(self, timestep: int) -> torch.Tensor:
+        return self.xs[self.index(timestep)]
+
+
+def snap_timestep(model, num_steps: int, timestep: int) -> int:
+    """The timestep of a num_steps DDIM grid over [T-1, 0] nearest to `timestep`."""
+    grid = ddim_timesteps(model.num_train_timesteps - 1, 0, num_steps)
+    return min(grid, key=lambda g: (abs(g - timestep), -g))
+
+
+def denoise(model, x: torch.Tensor, grid: list[int], prompt: str | None = None, guidance: float = 1.0,
+            clip_denoised: bool = True, keep: bool = False):
+    """DDIM over `grid` (descending, ending at 0) from x [B, *x_shape] at grid[0], then the final step to x0:
+    x0 = (x_0 - sqrt(1 - abar_0) eps) / sqrt(abar_0). Returns x0 [B, ...] (and the kept states [len(grid), B, ...])."""
+    ab = model.alphas_cumprod.to(torch.float64)
+    kept = [x]
+    for a, b in zip(grid[:-1], grid[1:]):
+        eps = predict_eps(model, x, a, prompt, guidance).to(torch.float64)
+        x = ddim_step(x.to(torch.float64), eps, ab[a], ab[b]).to(torch.float32)
+        kept.append(x)
+    eps = predict_eps(model, x, grid[-1], prompt, guidance).to(torch.float64)
+    x0 = ddim_step(x.to(torch.float64), eps, ab[grid[-1]], torch.tensor(1.0, dtype=torch.float64)).float()
+    x0 = x0.clamp(-1, 1) if clip_denoised else x0
+    return (x0, torch.stack(kept)) if keep else x0
+
+
+def sample_trajectory(model, seed: int = 0, *, num_steps: int = 100, prompt: str | None = None,
+                      guidance: float = 1.0) -> Trajectory:
+    """x_T ~ N(0, I) from the seed, DDIM (eta = 0) over linspace(T-1, 0, num_steps), every state kept."""
+    grid = ddim_timesteps(model.num_train_timesteps - 1, 0, num_steps)
+    x0, kept = denoise(model, initial_noise(model, seed)[None], grid, prompt, guidance, keep=True)
+    return Trajectory(grid, kept[:, 0], x0[0], prompt, guidance)
+
+
+@torch.no_grad()
+def invert(model, x0: torch.Tensor, *, num_steps: int = 100, prompt: str | None = None) -> Trajectory:
+    """Deterministic DDIM inversion of an image x0 [*x_shape] to x_{T-1}, every state kept (as a Trajectory).
+
+    Each step runs the DDIM update upwards with eps evaluated at the lower point (the usual approximation):
+    x_b = sqrt(abar_b) x0_hat(x_a) + sqrt(1 - abar_b) eps(x_a, a), a < b; the first step goes from abar = 1 (the
+    image) to timestep 0 with eps(x0, 0). No guidance (eps of the prompt alone), as inversion needs.
+    """
+    grid = ddim_timesteps(model.num_train_timesteps - 1, 0, num_steps)
+    up = grid[::-1]
+    ab = model.alphas_cumprod.to(torch.float64)
+    x = x0[None].to(torch.float64)
+    eps = predict_eps(model, x.float(), up[0], prompt).to(torch.float64)
+    x = ddim_step(x, eps, torch.tensor(1.0, dtype=torch.float64), ab[up[0]])
+    kept = [x.float()]
+    for a, b in zip(up[:-1], up[1:]):
+        eps = predict_eps(model, x.float(), a, prompt).to(torch.float64)
+        x = ddim_step(x, eps, ab[a], ab[b])
+        kept.append(x.float())
+    return Trajectory(grid, torch.stack(kept[::-1])[:, 0], x0.clone(), prompt, 1.0)
+
+
 def generate(model, seeds: list[int], *, num_steps: int = 50, prompt: str | None = None, guidance: float = 1.0,
              clip_denoised: bool = True) -> torch.Tensor:
     """Images x0 [len(seeds), *x_shape] in one batch: DDIM over linspace(T-1, 0, num_steps), then the final
     denoising step x0 = (x_0 - sqrt(1 - abar_0) eps) / sqrt(abar_0). clip_denoised clamps x0 to [-1, 1]
     (pixel models). Seed i gives the same image alone or in a batch."""
-    T = model.num_train_timesteps
     x = torch.stack([initial_noise(model, s) for s in seeds])
-    ab = model.alphas_cumprod.to(torch.float64)
-    grid = ddim_timesteps(T - 1, 0, num_steps)
-    for a, b in zip(grid[:-1], grid[1:]):
-        eps = predict_eps(model, x, a, prompt, guidance).to(torch.float64)
-        x = ddim_step(x.to(torch.float64), eps, ab[a], ab[b]).to(torch.float32)
-    eps = predict_eps(model, x, grid[-1], prompt, guidance).to(torch.float64)
-    x0 = ddim_step(x.to(torch.float64), eps, ab[grid[-1]], torch.tensor(1.0, dtype=torch.float64)).float()
-    return x0.clamp(-1, 1) if clip_denoised else x0
+    grid = ddim_timesteps(model.num_train_timesteps - 1, 0, num_steps)
+    return denoise(model, x, grid, prompt, guidance, clip_denoised)
