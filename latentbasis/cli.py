@@ -67,6 +67,54 @@ def _cmd_basis(a) -> None:
     print(f"wrote {out}" + (f" and {png}" if a.png != "" else ""))
 
 
+def _floats(s: str) -> list[float]:
+    try:
+        return [float(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {s!r}") from None
+
+
+def _ints(s: str) -> list[int]:
+    try:
+        return [int(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {s!r}") from None
+
+
+def _cmd_edit(a) -> None:
+    from .models import load_model, resolve_timestep
+    from .recipe import EditRecipe, run_recipe, write_text_atomic
+    from .viz import render_edit_grid
+
+    out = Path(a.out)
+    if not out.parent.is_dir():
+        raise LatentBasisError(f"cannot write {out}: folder {out.parent} does not exist")
+    if a.recipe:
+        r = EditRecipe.from_file(a.recipe)
+        model = load_model(r.model)
+    else:
+        model = load_model(a.model)
+        if a.prompt and not model.conditional:
+            raise LatentBasisError(f"model {model.name!r} is not text-conditioned; drop --prompt")
+        ts, frac = resolve_timestep(model.num_train_timesteps, fraction=None if a.timestep is not None else a.t,
+                                    timestep=a.timestep)
+        r = EditRecipe(model=model.name, seed=None if a.image else a.seed, image=a.image, prompt=a.prompt,
+                       guidance=a.guidance, num_steps=a.steps, timestep=ts, t_fraction=frac, k=a.k,
+                       basis_file=a.basis, basis_seed=a.seed, method=a.method, n_iter=a.n_iter, scale=a.scale,
+                       keep_norm=a.keep_norm, directions=a.directions, strengths=a.strengths)
+    res = run_recipe(r, model)
+    rows = [f"v{i + 1}  s={float(res.basis.singular_values[i]):.3g}" for i in r.directions]
+    cols = [f"{s:+g}" for s in r.strengths]
+    src = f"image {Path(r.image).name}" if r.image else f"seed {r.seed}"
+    render_edit_grid(res.images, rows, cols, out, f"{model.name}, {src}, t={r.timestep}, {r.method}")
+    recipe_path = out.with_suffix(".json")
+    if not a.recipe or Path(a.recipe).resolve() != recipe_path.resolve():
+        write_text_atomic(recipe_path, r.to_json())
+    if res.reconstruction_psnr is not None:
+        print(f"inversion: reconstruction PSNR {res.reconstruction_psnr:.2f} dB ({r.num_steps} steps)")
+    print(f"wrote {out} ({len(r.directions)} directions x {len(r.strengths)} strengths) and {recipe_path}")
+
+
 def _cmd_info(a) -> None:
     from safetensors import safe_open
 
@@ -102,8 +150,15 @@ def _cmd_train(a) -> None:
     print(f"wrote {a.out}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (the full usage is in --help)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="latentbasis", description=__doc__)
+    p = _Parser(prog="latentbasis", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("basis", help="compute the latent/tangent basis at x_t of a seed's trajectory and save it")
@@ -114,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--k", type=_positive_int, default=8, help="number of directions")
     b.add_argument("--prompt", default=None, help="prompt, for text-conditioned models")
     b.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance while sampling to x_t")
-    b.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps of a full trajectory")
+    b.add_argument("--steps", type=_positive_int, default=100, help="DDIM steps of a full trajectory (as for edit)")
     b.add_argument("--algorithm", choices=("krylov", "subspace"), default="krylov")
     b.add_argument("--tol", type=float, default=1e-3, help="krylov: stop at residual ||J^T u - s v|| / s <= tol")
     b.add_argument("--layer", default="mid_block", help="U-Net module whose output is h")
@@ -123,6 +178,27 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--png", default=None, help="picture of the directions (default: OUT with .png; '' for none)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(run=_cmd_basis)
+
+    e = sub.add_parser("edit", help="edit a sample (or a real image) along latent-basis directions; PNG grid + recipe")
+    e.add_argument("--model", default="digits")
+    e.add_argument("--seed", type=int, default=0, help="seed of the sample (and of the basis algorithm)")
+    e.add_argument("--image", default=None, help="edit a real image instead (DDIM-inverted)")
+    e.add_argument("--t", type=float, default=0.6, help="edit timestep as a fraction of T in [0, 1]")
+    e.add_argument("--timestep", type=int, default=None, help="edit timestep as an integer step instead of --t")
+    e.add_argument("--k", type=_positive_int, default=4, help="number of directions to compute")
+    e.add_argument("--directions", type=_ints, default=None, help="which directions (0-based), default all k")
+    e.add_argument("--strengths", type=_floats, default=[-6.0, -3.0, 0.0, 3.0, 6.0])
+    e.add_argument("--method", choices=("guidance", "direct"), default="guidance")
+    e.add_argument("--n-iter", type=_positive_int, default=16, help="guidance iterations")
+    e.add_argument("--scale", type=float, default=None, help="guidance scale (default 0.1 pixel, 1 latent models)")
+    e.add_argument("--keep-norm", action="store_true", help="direct: keep ||x_t||")
+    e.add_argument("--basis", default=None, help="use the directions of a basis file (transported if needed)")
+    e.add_argument("--prompt", default=None)
+    e.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance of the sampler")
+    e.add_argument("--steps", type=_positive_int, default=100, help="DDIM steps")
+    e.add_argument("--recipe", default=None, help="replay a recipe JSON written by an earlier edit")
+    e.add_argument("--out", default="edit.png", help="PNG grid; the recipe goes beside it as .json")
+    e.set_defaults(run=_cmd_edit)
 
     i = sub.add_parser("info", help="print a basis file's header and shapes")
     i.add_argument("file")
@@ -150,8 +226,22 @@ def _quiet_libraries() -> None:
             mod.disable_progress_bar()
 
 
+def _glue_negative_lists(argv: list[str]) -> list[str]:
+    """argparse reads '--strengths -6,-3,0' as an option followed by another option: glue such values on."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in ("--strengths", "--directions") and i + 1 < len(argv) and argv[i + 1].startswith("-"):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(_glue_negative_lists(argv))
     try:
         _quiet_libraries()
         args.run(args)

@@ -59,19 +59,22 @@ def edit_images(model, traj: Trajectory, timestep: int, d: torch.Tensor, setting
     """Images x0 [B, *x_shape] for directions d [B, *x_shape] applied at `timestep` of a kept trajectory.
 
     Only the steps from `timestep` down to 0 are re-run, in one batch. A row of d that is exactly zero is the
-    identity edit: with clip_denoised (as the trajectory's own image) it returns that image, bit for bit.
+    identity edit: with clip_denoised (as the trajectory's own image) it returns that image, bit for bit (for an
+    inverted real image there is no single such image, and strength 0 is the reconstruction from t).
     """
     settings = settings or EditSettings()
     if settings.method not in METHODS:
         raise LatentBasisError(f"unknown edit method {settings.method!r}; choose one of {', '.join(METHODS)}")
-    if tuple(d.shape[1:]) != tuple(traj.x0.shape):
-        raise LatentBasisError(f"direction has shape {tuple(d.shape[1:])}, x_t has {tuple(traj.x0.shape)}")
+    if tuple(d.shape[1:]) != tuple(traj.xs.shape[1:]):
+        raise LatentBasisError(f"direction has shape {tuple(d.shape[1:])}, x_t has {tuple(traj.xs.shape[1:])}")
     i = traj.index(timestep)
     x_t = traj.xs[i]
-    out = traj.x0.expand_as(d).clone()
+    out = torch.empty_like(d)
     moving = d.flatten(1).abs().amax(dim=1) > 0
-    if not clip_denoised:
+    if traj.x0 is None or not clip_denoised:
         moving = torch.ones_like(moving)
+    else:
+        out[~moving] = traj.x0
     if moving.any():
         dm = d[moving]
         if settings.method == "guidance":

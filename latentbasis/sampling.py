@@ -50,19 +50,15 @@ def initial_noise(model, seed: int) -> torch.Tensor:
     return torch.randn(model.x_shape, generator=torch.Generator().manual_seed(int(seed)))
 
 
-def sample_to(model, seed: int = 0, *, t: float | None = None, timestep: int | None = None, num_steps: int = 50,
+def sample_to(model, seed: int = 0, *, t: float | None = None, timestep: int | None = None, num_steps: int = 100,
               prompt: str | None = None, guidance: float = 1.0) -> torch.Tensor:
-    """x_t on the DDIM trajectory of `seed`: x_T ~ N(0, I), then DDIM from T-1 down to t.
-
-    The part from T-1 to t gets the density of a num_steps-step sampler over the whole range:
-    round((num_steps - 1) * (T-1-t) / (T-1)) transitions. Returns [*x_shape].
-    """
+    """x_t on the DDIM trajectory of `seed`: x_T ~ N(0, I), then DDIM down to t over the part of
+    trajectory_grid(T, num_steps, t) above t; the same x_t as sample_trajectory(..., through=t). [*x_shape]."""
     T = model.num_train_timesteps
     ts, _ = resolve_timestep(T, fraction=t, timestep=timestep)
     x = initial_noise(model, seed)[None]
     ab = model.alphas_cumprod.to(torch.float64)
-    n = round((num_steps - 1) * (T - 1 - ts) / (T - 1))
-    grid = ddim_timesteps(T - 1, ts, n + 1) if n > 0 else [ts]
+    grid = [g for g in trajectory_grid(T, num_steps, ts) if g >= ts]
     for a, b in zip(grid[:-1], grid[1:]):
         eps = predict_eps(model, x, a, prompt, guidance).to(torch.float64)
         x = ddim_step(x.to(torch.float64), eps, ab[a], ab[b]).to(torch.float32)
@@ -76,7 +72,7 @@ class Trajectory:
 
     timesteps: list[int]
     xs: torch.Tensor             # [len(timesteps), *x_shape]
-    x0: torch.Tensor             # [*x_shape]
+    x0: torch.Tensor | None      # [*x_shape] the image the states lead to (None for an inversion: it depends on t)
     prompt: str | None = None
     guidance: float = 1.0
 
@@ -89,10 +85,13 @@ class Trajectory:
         return self.xs[self.index(timestep)]
 
 
-def snap_timestep(model, num_steps: int, timestep: int) -> int:
-    """The timestep of a num_steps DDIM grid over [T-1, 0] nearest to `timestep`."""
-    grid = ddim_timesteps(model.num_train_timesteps - 1, 0, num_steps)
-    return min(grid, key=lambda g: (abs(g - timestep), -g))
+def trajectory_grid(T: int, num_steps: int, through: int | None = None) -> list[int]:
+    """The num_steps grid over [T-1, 0] with `through` added, so a trajectory passes exactly through the
+    timestep of an edit or a basis (sample_to and sample_trajectory then reach the same x_t bit for bit)."""
+    grid = set(ddim_timesteps(T - 1, 0, num_steps))
+    if through is not None:
+        grid.add(int(through))
+    return sorted(grid, reverse=True)
 
 
 def denoise(model, x: torch.Tensor, grid: list[int], prompt: str | None = None, guidance: float = 1.0,
@@ -112,22 +111,23 @@ def denoise(model, x: torch.Tensor, grid: list[int], prompt: str | None = None, 
 
 
 def sample_trajectory(model, seed: int = 0, *, num_steps: int = 100, prompt: str | None = None,
-                      guidance: float = 1.0) -> Trajectory:
-    """x_T ~ N(0, I) from the seed, DDIM (eta = 0) over linspace(T-1, 0, num_steps), every state kept."""
-    grid = ddim_timesteps(model.num_train_timesteps - 1, 0, num_steps)
+                      guidance: float = 1.0, through: int | None = None) -> Trajectory:
+    """x_T ~ N(0, I) from the seed, DDIM (eta = 0) over trajectory_grid(T, num_steps, through), states kept."""
+    grid = trajectory_grid(model.num_train_timesteps, num_steps, through)
     x0, kept = denoise(model, initial_noise(model, seed)[None], grid, prompt, guidance, keep=True)
     return Trajectory(grid, kept[:, 0], x0[0], prompt, guidance)
 
 
 @torch.no_grad()
-def invert(model, x0: torch.Tensor, *, num_steps: int = 100, prompt: str | None = None) -> Trajectory:
+def invert(model, x0: torch.Tensor, *, num_steps: int = 100, prompt: str | None = None,
+           through: int | None = None) -> Trajectory:
     """Deterministic DDIM inversion of an image x0 [*x_shape] to x_{T-1}, every state kept (as a Trajectory).
 
     Each step runs the DDIM update upwards with eps evaluated at the lower point (the usual approximation):
     x_b = sqrt(abar_b) x0_hat(x_a) + sqrt(1 - abar_b) eps(x_a, a), a < b; the first step goes from abar = 1 (the
     image) to timestep 0 with eps(x0, 0). No guidance (eps of the prompt alone), as inversion needs.
     """
-    grid = ddim_timesteps(model.num_train_timesteps - 1, 0, num_steps)
+    grid = trajectory_grid(model.num_train_timesteps, num_steps, through)
     up = grid[::-1]
     ab = model.alphas_cumprod.to(torch.float64)
     x = x0[None].to(torch.float64)
@@ -138,7 +138,7 @@ def invert(model, x0: torch.Tensor, *, num_steps: int = 100, prompt: str | None 
         eps = predict_eps(model, x.float(), a, prompt).to(torch.float64)
         x = ddim_step(x, eps, ab[a], ab[b])
         kept.append(x.float())
-    return Trajectory(grid, torch.stack(kept[::-1])[:, 0], x0.clone(), prompt, 1.0)
+    return Trajectory(grid, torch.stack(kept[::-1])[:, 0], None, prompt, 1.0)
 
 
 def generate(model, seeds: list[int], *, num_steps: int = 50, prompt: str | None = None, guidance: float = 1.0,

@@ -122,6 +122,17 @@ def _captions(labels: torch.Tensor, gen: torch.Generator, dropout: float) -> lis
     return ["" if d else digit_caption(int(y), int(k)) for y, k, d in zip(labels, t, drop)]
 
 
+# Settings that do not change the sequence of weights: a run may be resumed with other values (e.g. to go on
+# for more steps, since the learning rate does not depend on the total).
+_RESUMABLE_CHANGES = ("steps", "checkpoint_every", "num_threads")
+
+
+def _trajectory_settings(config: dict) -> dict:
+    """The settings that fix the run; a field missing from an older checkpoint has its default value."""
+    full = {**dataclasses.asdict(TrainConfig()), **config}
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in full.items() if k not in _RESUMABLE_CHANGES}
+
+
 def _atomic_torch_save(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -155,8 +166,10 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, weights_only=False)
-        if ckpt["config"] != dataclasses.asdict(cfg):
+        if _trajectory_settings(ckpt["config"]) != _trajectory_settings(dataclasses.asdict(cfg)):
             raise LatentBasisError(f"{ckpt_path} was written with other settings; remove it or use another --out")
+        if ckpt["step"] > cfg.steps:
+            raise LatentBasisError(f"{ckpt_path} is at step {ckpt['step']}, past the {cfg.steps} steps asked for")
         unet.load_state_dict(ckpt["unet"])
         if cfg.text:
             text_encoder.load_state_dict(ckpt["text_encoder"])

@@ -60,3 +60,35 @@ def render_basis(basis, path: str | os.PathLike, x0: torch.Tensor | None = None,
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+def render_edit_grid(images: torch.Tensor, row_labels: list[str], col_labels: list[str], path: str | os.PathLike,
+                     title: str = "") -> Path:
+    """PNG grid of edited images [rows, cols, C, H, W] in [-1, 1]; rows: directions, columns: strengths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    R, C = images.shape[:2]
+    fig, axes = plt.subplots(R, C, figsize=(1.3 * C + 0.8, 1.3 * R + 0.6), squeeze=False)
+    for r in range(R):
+        for c in range(C):
+            ax = axes[r][c]
+            img = to_display(images[r, c])
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(col_labels[c], fontsize=8)
+            if c == 0:
+                ax.set_ylabel(row_labels[r], fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

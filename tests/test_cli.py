@@ -75,3 +75,91 @@ def test_bad_input_keeps_existing_output(tiny_unet_dir, made_basis, tmp_path):
     before = made_basis.read_bytes()
     r = run_cli("basis", "--model", tiny_unet_dir, "--k", "999", "--out", made_basis)
     assert r.returncode == 2 and made_basis.read_bytes() == before
+
+
+def png_pixels(path):
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB")).copy()
+
+
+@pytest.fixture(scope="module")
+def edited(tiny_unet_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("edit")
+    assert main(["edit", "--model", str(tiny_unet_dir), "--seed", "2", "--t", "0.5", "--k", "2", "--strengths",
+                 "-1,0,1", "--steps", "10", "--n-iter", "2", "--out", str(d / "e.png")]) == 0
+    return d / "e.png"
+
+
+def test_edit_writes_grid_and_recipe_that_replays(edited, tmp_path):
+    import json
+
+    recipe = json.loads(edited.with_suffix(".json").read_text())
+    assert recipe["format"] == "latentbasis.recipe/1" and recipe["strengths"] == [-1.0, 0.0, 1.0]
+    assert recipe["timestep"] == 500 and recipe["directions"] == [0, 1]
+    again = tmp_path / "again.png"
+    assert main(["edit", "--recipe", str(edited.with_suffix(".json")), "--out", str(again)]) == 0
+    assert (png_pixels(again) == png_pixels(edited)).all()
+
+
+def test_edit_with_basis_file_from_the_same_point_and_another(tiny_unet_dir, tmp_path):
+    b = tmp_path / "b.safetensors"
+    assert main(["basis", "--model", str(tiny_unet_dir), "--seed", "2", "--t", "0.5", "--k", "2", "--steps", "10",
+                 "--out", str(b), "--png", "", "--quiet"]) == 0
+    for seed in ("2", "3"):  # 2: the basis's own point; 3: directions transported to another sample
+        out = tmp_path / f"e{seed}.png"
+        assert main(["edit", "--model", str(tiny_unet_dir), "--seed", seed, "--t", "0.5", "--basis", str(b),
+                     "--strengths", "-1,1", "--steps", "10", "--n-iter", "2", "--out", str(out)]) == 0
+        assert out.exists()
+
+
+def test_edit_real_image(tiny_unet_dir, tmp_path, capsys):
+    from PIL import Image
+
+    import numpy as np
+
+    img = tmp_path / "digit.png"
+    Image.fromarray((np.random.default_rng(0).random((20, 24)) * 255).astype("uint8"), "L").save(img)
+    out = tmp_path / "e.png"
+    assert main(["edit", "--model", str(tiny_unet_dir), "--image", str(img), "--k", "1", "--strengths", "0,2",
+                 "--steps", "10", "--n-iter", "2", "--out", str(out)]) == 0
+    assert "reconstruction PSNR" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["not_an_image", "missing_image", "rgb_for_grey_model", "direction_too_large",
+                                  "basis_other_model", "basis_other_shape", "corrupt_recipe", "bad_strengths"])
+def test_edit_bad_input(case, tiny_unet_dir, other_unet_dir, tiny_sd_dir, edited, tmp_path):
+    from PIL import Image
+
+    other = tmp_path / "other.safetensors"
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    rgb = tmp_path / "rgb.png"
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(rgb)
+    bad_recipe = tmp_path / "r.json"
+    bad_recipe.write_text("{ nope")
+    base = ["edit", "--model", tiny_unet_dir, "--steps", "5", "--n-iter", "1", "--out", edited]
+    if case == "basis_other_model":
+        assert main(["basis", "--model", str(other_unet_dir), "--k", "2", "--steps", "5", "--out", str(other),
+                     "--png", "", "--quiet"]) == 0
+    if case == "basis_other_shape":
+        assert main(["basis", "--model", str(tiny_sd_dir), "--k", "2", "--steps", "5", "--out", str(other),
+                     "--png", "", "--quiet"]) == 0
+    args = {
+        "not_an_image": base + ["--image", text],
+        "missing_image": base + ["--image", tmp_path / "nope.png"],
+        "rgb_for_grey_model": base + ["--image", rgb],
+        "direction_too_large": base + ["--k", "2", "--directions", "0,2"],
+        "basis_other_model": base + ["--basis", other],
+        "basis_other_shape": ["edit", "--model", tiny_unet_dir, "--basis", other, "--out", edited],
+        "corrupt_recipe": ["edit", "--recipe", bad_recipe, "--out", edited],
+        "bad_strengths": base + ["--strengths", "1,x"],
+    }[case]
+    before = edited.read_bytes(), edited.with_suffix(".json").read_bytes()
+    r = run_cli(*args)
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in r.stderr, r.stderr
+    assert (edited.read_bytes(), edited.with_suffix(".json").read_bytes()) == before

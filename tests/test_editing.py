@@ -3,7 +3,7 @@ import torch
 
 from latentbasis import GaussianModel, LatentBasisError, latent_basis, load_model
 from latentbasis.editing import EditSettings, combine, edit_images, sweep_directions, transport
-from latentbasis.sampling import invert, sample_trajectory, snap_timestep
+from latentbasis.sampling import invert, sample_trajectory
 
 
 @pytest.fixture(scope="module")
@@ -16,6 +16,13 @@ def traj(model):
     return sample_trajectory(model, seed=0, num_steps=20)
 
 
+def test_sample_to_lands_on_the_trajectory(model):
+    from latentbasis import sample_to
+
+    traj = sample_trajectory(model, seed=4, num_steps=20, through=601)
+    assert 601 in traj.timesteps and torch.equal(traj.at(601), sample_to(model, 4, timestep=601, num_steps=20))
+
+
 def test_trajectory_keeps_every_state(model, traj):
     assert traj.xs.shape == (20, *model.x_shape) and traj.timesteps[0] == 999 and traj.timesteps[-1] == 0
     assert torch.equal(traj.xs[0], torch.randn(model.x_shape, generator=torch.Generator().manual_seed(0)))
@@ -23,7 +30,7 @@ def test_trajectory_keeps_every_state(model, traj):
 
 @pytest.mark.parametrize("method", ["guidance", "direct"])
 def test_strength_zero_is_the_unedited_sample(model, traj, method):
-    ts = snap_timestep(model, 20, 600)
+    ts = traj.timesteps[7]
     b = latent_basis(model, traj.at(ts), timestep=ts, k=2)
     d = sweep_directions(b.latent, [0, 1], [-2.0, 0.0, 2.0])
     out = edit_images(model, traj, ts, d, EditSettings(method))
@@ -35,7 +42,7 @@ def test_strength_zero_is_the_unedited_sample(model, traj, method):
 
 
 def test_edits_are_deterministic(model, traj):
-    ts = snap_timestep(model, 20, 600)
+    ts = traj.timesteps[7]
     b = latent_basis(model, traj.at(ts), timestep=ts, k=2)
     d = sweep_directions(b.latent, [0], [1.0, -1.0])
     assert torch.equal(edit_images(model, traj, ts, d), edit_images(model, traj, ts, d))
@@ -43,7 +50,7 @@ def test_edits_are_deterministic(model, traj):
 
 def test_opposite_strengths_move_opposite_ways(model, traj):
     """Small strengths: the image change along the edit's own response flips sign with the strength."""
-    ts = snap_timestep(model, 20, 600)
+    ts = traj.timesteps[7]
     b = latent_basis(model, traj.at(ts), timestep=ts, k=1)
     plus, minus = edit_images(model, traj, ts, sweep_directions(b.latent, [0], [0.05, -0.05]),
                               EditSettings("direct"), clip_denoised=False)
