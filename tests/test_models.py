@@ -60,3 +60,22 @@ def test_timestep_from_fraction(frac, expected):
 def test_timestep_outside_schedule(kw):
     with pytest.raises(LatentBasisError):
         resolve_timestep(1000, **kw)
+
+
+def test_hub_id_from_the_local_cache_only(tiny_unet_dir, tmp_path, monkeypatch):
+    """A hub id resolves through the local Hugging Face cache (models--org--name/snapshots/<rev>), offline."""
+    import shutil
+
+    import huggingface_hub.constants as hc
+
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--someone--tiny-ddpm"
+    shutil.copytree(tiny_unet_dir, repo / "snapshots" / rev)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(rev)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    m = load_model("someone/tiny-ddpm")
+    assert m.x_shape == (1, 8, 8) and m.model_hash == load_model(str(tiny_unet_dir)).model_hash
+    with pytest.raises(LatentBasisError, match="not found"):
+        load_model("someone/not-in-this-cache")
