@@ -38,7 +38,15 @@ def _cmd_basis(a) -> None:
         from .basisfile import load_basis
 
         init = load_basis(a.init, model=model).latent
-    x_t = sample_to(model, a.seed, timestep=ts, num_steps=a.steps, prompt=a.prompt, guidance=a.guidance)
+    if a.image:  # a real image: DDIM-inverted up to t
+        from .images import image_to_x, load_image, pixel_size
+        from .sampling import invert
+
+        c, size = pixel_size(model)
+        x_t = invert(model, image_to_x(model, load_image(a.image, c, size)), num_steps=a.steps, prompt=a.prompt,
+                     through=ts).at(ts)
+    else:
+        x_t = sample_to(model, a.seed, timestep=ts, num_steps=a.steps, prompt=a.prompt, guidance=a.guidance)
     bar = tqdm(desc="basis", unit=" it", disable=a.quiet, leave=False)
 
     def progress(info):
@@ -58,7 +66,8 @@ def _cmd_basis(a) -> None:
         eps = predict_eps(model, x_t[None], ts, a.prompt)[0]
         x0 = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
         render_basis(b, png, x0=x0 if model.x_shape[0] in (1, 3) else None,
-                     title=f"{model.name}  seed {a.seed}  t={ts} ({frac:.2f} T)")
+                     title=f"{model.name}  {('image ' + Path(a.image).name) if a.image else f'seed {a.seed}'}  "
+                           f"t={ts} ({frac:.2f} T)")
     s = ", ".join(f"{float(v):.4g}" for v in b.singular_values)
     print(f"model {model.name} (weights {model.model_hash}), timestep {ts} ({frac:.3f} T), k = {b.k}")
     print(f"singular values: {s}")
@@ -168,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--timestep", type=int, default=None, help="timestep as an integer step instead of --t")
     b.add_argument("--k", type=_positive_int, default=8, help="number of directions")
     b.add_argument("--prompt", default=None, help="prompt, for text-conditioned models")
+    b.add_argument("--image", default=None, help="start from a real image (DDIM-inverted to t) instead of a seed")
     b.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance while sampling to x_t")
     b.add_argument("--steps", type=_positive_int, default=100, help="DDIM steps of a full trajectory (as for edit)")
     b.add_argument("--algorithm", choices=("krylov", "subspace"), default="krylov")

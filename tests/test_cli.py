@@ -31,6 +31,18 @@ def test_basis_writes_file_and_picture(tiny_unet_dir, tmp_path, capsys):
     assert "format: latentbasis.basis/1" in capsys.readouterr().out
 
 
+def test_basis_of_a_real_image(tiny_unet_dir, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    img = tmp_path / "d.png"
+    Image.fromarray((np.random.default_rng(1).random((8, 8)) * 255).astype("uint8"), "L").save(img)
+    out = tmp_path / "b.safetensors"
+    assert main(["basis", "--model", str(tiny_unet_dir), "--image", str(img), "--k", "2", "--steps", "10",
+                 "--out", str(out), "--quiet"]) == 0
+    assert load_basis(out).k == 2
+
+
 def test_prompted_basis(tiny_sd_dir, tmp_path):
     out = tmp_path / "sd.safetensors"
     assert main(["basis", "--model", str(tiny_sd_dir), "--prompt", "the digit seven", "--k", "2", "--steps", "5",
