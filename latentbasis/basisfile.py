@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_path
 from .basis import Basis
 from .errors import LatentBasisError
 
@@ -45,14 +45,8 @@ def save_basis(b: Basis, path: str | os.PathLike) -> Path:
     if not path.parent.is_dir():
         raise LatentBasisError(f"cannot write {path}: folder {path.parent} does not exist")
     tensors = {name: getattr(b, name).detach().to(torch.float32).contiguous() for name in TENSORS}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=basis_metadata(b))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=basis_metadata(b))
     return path
 
 

@@ -16,13 +16,12 @@ def _positive_int(s: str) -> int:
 
 
 def _cmd_basis(a) -> None:
-    import torch
     from tqdm.auto import tqdm
 
     from .basis import latent_basis
     from .basisfile import save_basis
     from .models import load_model, resolve_timestep
-    from .sampling import predict_eps, sample_to
+    from .sampling import predict_eps, sample_trajectory
 
     if a.t is None and a.timestep is None:
         a.t = 0.6
@@ -38,15 +37,17 @@ def _cmd_basis(a) -> None:
         from .basisfile import load_basis
 
         init = load_basis(a.init, model=model).latent
+    from .images import image_to_x, load_image, pixel_size, x_to_image
+
     if a.image:  # a real image: DDIM-inverted up to t
-        from .images import image_to_x, load_image, pixel_size
         from .sampling import invert
 
         c, size = pixel_size(model)
-        x_t = invert(model, image_to_x(model, load_image(a.image, c, size)), num_steps=a.steps, prompt=a.prompt,
-                     through=ts).at(ts)
-    else:
-        x_t = sample_to(model, a.seed, timestep=ts, num_steps=a.steps, prompt=a.prompt, guidance=a.guidance)
+        shown = load_image(a.image, c, size)
+        x_t = invert(model, image_to_x(model, shown), num_steps=a.steps, prompt=a.prompt, through=ts).at(ts)
+    else:  # the seed's trajectory, through t (the same x_t as `latentbasis edit` uses)
+        traj = sample_trajectory(model, a.seed, num_steps=a.steps, prompt=a.prompt, guidance=a.guidance, through=ts)
+        x_t, shown = traj.at(ts), x_to_image(model, traj.x0[None])[0]
     bar = tqdm(desc="basis", unit=" it", disable=a.quiet, leave=False)
 
     def progress(info):
@@ -64,8 +65,8 @@ def _cmd_basis(a) -> None:
 
         ab = model.alphas_cumprod[ts]
         eps = predict_eps(model, x_t[None], ts, a.prompt)[0]
-        x0 = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
-        render_basis(b, png, x0=x0 if model.x_shape[0] in (1, 3) else None,
+        denoised = x_to_image(model, ((x_t - (1 - ab).sqrt() * eps) / ab.sqrt())[None])[0]
+        render_basis(b, png, images=[("image" if a.image else "sample", shown), ("denoised x_t", denoised)],
                      title=f"{model.name}  {('image ' + Path(a.image).name) if a.image else f'seed {a.seed}'}  "
                            f"t={ts} ({frac:.2f} T)")
     s = ", ".join(f"{float(v):.4g}" for v in b.singular_values)
@@ -92,7 +93,8 @@ def _ints(s: str) -> list[int]:
 
 def _cmd_edit(a) -> None:
     from .models import load_model, resolve_timestep
-    from .recipe import EditRecipe, run_recipe, write_text_atomic
+    from .atomic import write_text_atomic
+    from .recipe import EditRecipe, run_recipe
     from .viz import render_edit_grid
 
     out = Path(a.out)

@@ -6,7 +6,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,9 +148,3 @@ def run_recipe(r: EditRecipe, model=None) -> EditResult:
     r.model, r.model_hash, r.version = model.name, model.model_hash, __version__
     return EditResult(images.reshape(len(r.directions), len(r.strengths), *images.shape[1:]), basis, traj, r, recon)
 
-
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)

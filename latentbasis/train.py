@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from .atomic import atomic_path
 from .errors import LatentBasisError
 
 
@@ -33,7 +33,7 @@ class TrainConfig:
     attention_head_dim: int = 16
     num_train_timesteps: int = 1000
     beta_schedule: str = "linear"
-    steps: int = 5000
+    steps: int = 3000
     batch_size: int = 128
     lr: float = 3e-4
     warmup_steps: int = 200
@@ -134,9 +134,8 @@ def _trajectory_settings(config: dict) -> dict:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -> dict:
@@ -206,7 +205,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
         opt.step()
         ema.step(params)
         step += 1
-        log["loss"].append(float(loss))
+        log["loss"].append(loss.item())
         bar.update(1)
         bar.set_postfix(loss=f"{sum(log['loss'][-50:]) / len(log['loss'][-50:]):.4f}")
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
@@ -272,7 +271,7 @@ def write_model_card(out: Path, cfg: TrainConfig, log: dict, step: int, quality:
 
 def quality_markdown(q: dict) -> str:
     return (f"{q['samples']} DDIM samples (50 steps, seeds 0..{q['samples'] - 1}), area-averaged to 8x8 and "
-            f"classified by an SVC trained on 80 % of the real digits: mean top-class probability "
+            f"classified by an SVC (Platt-scaled) trained on 80 % of the real digits: mean top-class probability "
             f"{q['confidence']:.3f}, against {q['real_confidence']:.3f} on the held-out real digits through the same "
             f"resize (ratio {q['ratio']:.3f}; target >= 0.90). Classes among the samples: {q['classes']} of 10 "
             f"(histogram {q['histogram']}).")

@@ -7,6 +7,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import atomic_path
+
+
+def _save(fig, path: str | os.PathLike, dpi: int) -> Path:
+    """Write a figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)
+    return Path(path)
+
 
 def direction_image(v: torch.Tensor) -> np.ndarray:
     """A latent vector [C, H, W] as an image: 1 channel -> signed values for a diverging map (in [-1, 1]);
@@ -25,27 +39,29 @@ def to_display(x: torch.Tensor) -> np.ndarray:
     return x[0].numpy() if x.shape[0] == 1 else x[:3].permute(1, 2, 0).numpy()
 
 
-def render_basis(basis, path: str | os.PathLike, x0: torch.Tensor | None = None, title: str | None = None) -> Path:
-    """PNG: (optionally the denoised image x0_hat at the base point, then) each latent direction v_i, titled s_i."""
+def render_basis(basis, path: str | os.PathLike, images: list[tuple[str, torch.Tensor]] = (),
+                 title: str | None = None) -> Path:
+    """PNG: some titled images in [-1, 1] (e.g. the sample and the denoised x_t), then each latent direction v_i
+    titled with s_i (1 channel: blue-red, red where the direction brightens)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     k = basis.k
-    panels = k + (1 if x0 is not None else 0)
-    cols = min(panels, 8)
+    panels = k + len(images)
+    cols = min(panels, 10)
     rows = (panels + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows + 0.4), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     flat = list(axes.flat)
-    if x0 is not None:
-        img = to_display(x0)
-        flat[0].imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
-        flat[0].set_title("x0 at x_t", fontsize=8)
+    for ax, (name, im) in zip(flat, images):
+        img = to_display(im)
+        ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+        ax.set_title(name, fontsize=8)
     for i in range(k):
-        ax = flat[i + (1 if x0 is not None else 0)]
+        ax = flat[i + len(images)]
         img = direction_image(basis.latent[i])
         if img.ndim == 2:
             ax.imshow(img, cmap="RdBu_r", vmin=-1, vmax=1)
@@ -54,12 +70,7 @@ def render_basis(basis, path: str | os.PathLike, x0: torch.Tensor | None = None,
         ax.set_title(f"v{i + 1}  s={float(basis.singular_values[i]):.3g}", fontsize=8)
     fig.suptitle(title or f"latent basis, {basis.model} t={basis.timestep}", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return _save(fig, path, dpi=120)
 
 
 def render_edit_grid(images: torch.Tensor, row_labels: list[str], col_labels: list[str], path: str | os.PathLike,
@@ -86,9 +97,4 @@ def render_edit_grid(images: torch.Tensor, row_labels: list[str], col_labels: li
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return _save(fig, path, dpi=100)

@@ -1,5 +1,4 @@
 """The bundled models load through the public loading path, offline, and sample recognisable output."""
-import pytest
 import torch
 
 from latentbasis import latent_basis, load_model, sample_to
