@@ -32,7 +32,7 @@ from .features import FeatureMap
 ALGORITHMS = ("krylov", "subspace")
 
 
-def DEFAULT_BLOCK(k: int) -> int:
+def default_block(k: int) -> int:
     """Block size of the krylov algorithm for k vectors (measured in benchmarks/bench_basis.py)."""
     return max(2, k // 4)
 
@@ -154,7 +154,8 @@ def _krylov(op: JacobianOperator, k: int, *, tol: float, gen: torch.Generator, i
     it = 0
     while True:
         it += 1
-        # Rayleigh-Ritz: J restricted to span(K) is Q^T B with B = Q J K^T; SVD B = P diag(s) W^T.
+        # Rayleigh-Ritz: J K^T = Q^T B with B = Q Y^T (Q spans J K); SVD B = P diag(s) W^T gives
+        # Ritz triplets v = W K, u = P^T Q, s, with J v = s u exactly and J^T u = P^T Z known.
         P, s, W = torch.linalg.svd(Q @ Y.T, full_matrices=False)
         V, Uh, JtU = W @ K, P.T @ Q, P.T @ Z
         res = _residuals(JtU, s, V)
@@ -183,8 +184,9 @@ def _krylov(op: JacobianOperator, k: int, *, tol: float, gen: torch.Generator, i
 def _subspace(op: JacobianOperator, k: int, *, gen: torch.Generator, init: torch.Tensor | None,
               atol: float = 1e-4, min_iters: int = 12, max_iters: int = 50, one_by_one: bool = True,
               callback=None) -> tuple:
-    V = (init.reshape(init.shape[0], -1).to(torch.float64) if init is not None
-         else torch.randn(k, op.n, generator=gen, dtype=torch.float64))
+    V = torch.randn(k, op.n, generator=gen, dtype=torch.float64)
+    if init is not None:  # warm start, padded with random vectors up to k
+        V[: init.shape[0]] = init[:k].reshape(min(k, init.shape[0]), -1).to(torch.float64)
     V = torch.linalg.qr(V.T)[0].T
     it = 0
     for it in range(1, max_iters + 1):
@@ -216,7 +218,7 @@ def pullback_basis(f: FeatureMap, x: torch.Tensor, k: int, *, algorithm: str = "
     x: [*x_shape]; f maps [*x_shape] -> [*h_shape] and must work under torch.func.
     tol: ("krylov") stop when ||J^T u_i - s_i v_i|| / s_i <= tol for i < k.
     init: a warm start, [k0, *x_shape] (e.g. the basis at a neighbouring timestep); seed: the random start.
-    block: ("krylov") new directions per iteration, default DEFAULT_BLOCK(k). Smaller blocks need fewer evaluations
+    block: ("krylov") new directions per iteration, default default_block(k). Smaller blocks need fewer evaluations
         (each Ritz update uses the newest information), larger ones batch better; see benchmarks/bench_basis.py.
     one_by_one: ("subspace") run the k VJPs of an iteration one by one, as the published code does; False
         batches them like every other evaluation here (same numbers, less wall time).
@@ -234,13 +236,12 @@ def pullback_basis(f: FeatureMap, x: torch.Tensor, k: int, *, algorithm: str = "
         if tuple(init.shape[1:]) != op.x_shape:
             raise LatentBasisError(f"warm start has vectors of shape {tuple(init.shape[1:])}, x_t has {op.x_shape}")
     if algorithm == "krylov":
-        block = max(1, min(block or DEFAULT_BLOCK(k), op.n))
+        block = max(1, min(block or default_block(k), op.n))
         max_dim = min(op.n, max_dim or max(3 * k, k + 48))
         V, Uh, s, res, it = _krylov(op, k, tol=tol, gen=gen, init=init, block=block, max_dim=max_dim,
                                     max_iters=max_iters, callback=callback)
     else:
-        V, Uh, s, res, it = _subspace(op, k, gen=gen, init=None if init is None else init[:k],
-                                      one_by_one=one_by_one, callback=callback)
+        V, Uh, s, res, it = _subspace(op, k, gen=gen, init=init, one_by_one=one_by_one, callback=callback)
     V, Uh = _fix_signs(V, Uh)
     return Basis(latent=V.to(torch.float32).reshape(k, *op.x_shape),
                  tangent=Uh.to(torch.float32).reshape(k, *op.h_shape),

@@ -165,3 +165,11 @@ def test_wrong_x_shape(gaussian):
 def test_warm_start_of_wrong_shape(gaussian):
     with pytest.raises(LatentBasisError, match="warm start"):
         pullback_basis(gaussian.features(500), torch.randn(gaussian.x_shape), 2, init=torch.randn(2, 1, 4, 4))
+
+
+def test_subspace_warm_start_with_fewer_vectors(gaussian):
+    x = torch.randn(gaussian.x_shape)
+    near = latent_basis(gaussian, x, timestep=500, k=2, tol=1e-6)
+    b = latent_basis(gaussian, x, timestep=520, k=4, algorithm="subspace", init=near.latent)
+    exact = gaussian.exact_basis(520, 4)[2]
+    assert b.k == 4 and torch.allclose(b.singular_values.double(), exact, rtol=1e-4)
