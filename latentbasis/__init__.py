@@ -12,12 +12,12 @@ from .basis import Basis, latent_basis, pullback_basis
 from .basisfile import load_basis, save_basis
 from .errors import LatentBasisError
 from .gaussian import GaussianModel
-from .grassmann import chordal_distance, geodesic_distance, principal_angles
+from .grassmann import chordal_distance, geodesic_distance, principal_angles, random_subspace_distances
 from .models import DiffusionModel, load_model, resolve_timestep
 from .sampling import ddim_timesteps, sample_to
 
 __all__ = [
     "Basis", "DiffusionModel", "GaussianModel", "LatentBasisError", "chordal_distance", "ddim_timesteps",
     "geodesic_distance", "latent_basis", "load_basis", "load_model", "principal_angles", "pullback_basis",
-    "resolve_timestep", "sample_to", "save_basis",
+    "random_subspace_distances", "resolve_timestep", "sample_to", "save_basis",
 ]

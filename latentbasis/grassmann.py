@@ -28,3 +28,23 @@ def geodesic_distance(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
 def chordal_distance(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     """Projection (chordal) distance sqrt(sum_i sin^2 theta_i) = ||P_A - P_B||_F / sqrt(2)."""
     return principal_angles(A, B).sin().square().sum().sqrt()
+
+
+def random_subspace_distances(n: int, k: int, samples: int = 256, seed: int = 0) -> dict[str, float]:
+    """Baseline: geodesic and chordal distances between two independent uniformly random k-dimensional subspaces
+    of R^n (QR of Gaussian matrices), Monte Carlo over `samples` pairs.
+
+    Returns mean and standard deviation of each. For reference, E[chordal^2] = k (1 - k/n) exactly, since
+    E ||P_A P_B||_F^2 = k^2 / n.
+    """
+    g = torch.Generator().manual_seed(seed)
+    geo, cho = [], []
+    for _ in range(samples):
+        a = torch.linalg.qr(torch.randn(n, k, generator=g, dtype=torch.float64))[0]
+        b = torch.linalg.qr(torch.randn(n, k, generator=g, dtype=torch.float64))[0]
+        theta = torch.arccos(torch.linalg.svdvals(a.T @ b).clamp(-1, 1))
+        geo.append(float(theta.square().sum().sqrt()))
+        cho.append(float(theta.sin().square().sum().sqrt()))
+    t_geo, t_cho = torch.tensor(geo), torch.tensor(cho)
+    return {"geodesic_mean": float(t_geo.mean()), "geodesic_std": float(t_geo.std()),
+            "chordal_mean": float(t_cho.mean()), "chordal_std": float(t_cho.std())}
