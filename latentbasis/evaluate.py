@@ -45,3 +45,29 @@ def digits_quality(model, n: int = 256, num_steps: int = 50, seed0: int = 0, bat
             "ratio": conf / real_conf,
             "classes": int(len(np.unique(pred))), "histogram": np.bincount(pred, minlength=10).tolist(),
             "images": xs}
+
+
+def prompt_following(model, per_prompt: int = 8, guidance: float = 3.0, num_steps: int = 50,
+                     templates: tuple[int, ...] = (0, 1, 3)) -> dict:
+    """Fraction of samples that the real-digit classifier assigns to the digit their prompt names.
+
+    Prompts: every digit 0..9 in each wording of `templates` (indices into data.CAPTION_TEMPLATES), per_prompt
+    samples each (seeds 0..per_prompt-1), classifier-free guidance `guidance`. Returns the overall accuracy,
+    per digit and per wording.
+    """
+    from .data import CAPTION_TEMPLATES, digit_caption, downsample_to_digits
+    from .sampling import generate
+
+    clf, _, _ = digits_classifier(model.x_shape[-1])
+    per_digit = np.zeros(10)
+    per_template = {CAPTION_TEMPLATES[t]: 0.0 for t in templates}
+    for t in templates:
+        for d in range(10):
+            xs = generate(model, list(range(per_prompt)), num_steps=num_steps, prompt=digit_caption(d, t),
+                          guidance=guidance)
+            hits = float((clf.predict(downsample_to_digits(xs)) == d).mean())
+            per_digit[d] += hits / len(templates)
+            per_template[CAPTION_TEMPLATES[t]] += hits / 10
+    return {"accuracy": float(per_digit.mean()), "per_digit": per_digit.round(3).tolist(),
+            "per_wording": {k: round(v, 3) for k, v in per_template.items()}, "guidance": guidance,
+            "samples": per_prompt * 10 * len(templates)}
