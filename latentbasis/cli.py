@@ -150,14 +150,20 @@ def _cmd_train(a) -> None:
     if a.steps:
         cfg = dataclasses.replace(cfg, steps=a.steps)
     log = train(cfg, a.out, progress=not a.quiet)
-    if cfg.dataset == "digits" and not a.no_eval:
-        from .evaluate import digits_quality
+    if not a.no_eval:
+        from .evaluate import digits_quality, prompt_following
         from .models import load_model
-        from .train import quality_markdown, write_model_card
+        from .train import prompt_markdown, quality_markdown, write_model_card
 
-        q = digits_quality(load_model(a.out))
-        write_model_card(Path(a.out), cfg, log, cfg.steps, q)
-        print(quality_markdown(q))
+        model = load_model(a.out)
+        if cfg.text:
+            p = prompt_following(model)
+            write_model_card(Path(a.out), cfg, log, cfg.steps, prompts=p)
+            print(prompt_markdown(p))
+        else:
+            q = digits_quality(model)
+            write_model_card(Path(a.out), cfg, log, cfg.steps, q)
+            print(quality_markdown(q))
     print(f"wrote {a.out}")
 
 
@@ -217,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(run=_cmd_info)
 
     t = sub.add_parser("train", help="train a bundled model (seeded, resumable from OUT/checkpoint.pt)")
-    t.add_argument("--dataset", required=True, help="digits")
+    t.add_argument("--dataset", required=True, help="digits or digits-text")
     t.add_argument("--out", required=True, help="model folder to write")
     t.add_argument("--steps", type=_positive_int, default=None, help="override the preset's number of steps")
     t.add_argument("--no-eval", action="store_true", help="skip the sample-quality evaluation for the model card")

@@ -238,7 +238,14 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
     return log
 
 
-def write_model_card(out: Path, cfg: TrainConfig, log: dict, step: int, quality: dict | None = None) -> None:
+def _caption_templates() -> tuple[str, ...]:
+    from .data import CAPTION_TEMPLATES
+
+    return CAPTION_TEMPLATES
+
+
+def write_model_card(out: Path, cfg: TrainConfig, log: dict, step: int, quality: dict | None = None,
+                     prompts: dict | None = None) -> None:
     """README.md in the model folder: data, architecture, steps, loss, quality, how to reproduce."""
     losses = log["loss"]
     last = sum(losses[-200:]) / max(1, len(losses[-200:]))
@@ -248,10 +255,16 @@ def write_model_card(out: Path, cfg: TrainConfig, log: dict, step: int, quality:
         "Data: scikit-learn's bundled handwritten digits (`sklearn.datasets.load_digits`, 1,797 real 8x8 images),",
         f"upscaled bilinearly to {cfg.resolution}x{cfg.resolution}, one channel, scaled to [-1, 1].",
         "",
-        f"Model: diffusers `UNet2DModel`, block channels {list(cfg.block_out_channels)}, blocks "
+        f"Model: diffusers `{'UNet2DConditionModel' if cfg.text else 'UNet2DModel'}`, block channels "
+        f"{list(cfg.block_out_channels)}, blocks "
         f"{list(cfg.down_block_types)}, {cfg.layers_per_block} layer(s) per block; epsilon prediction; DDPM linear "
         f"betas 1e-4..0.02, T = {cfg.num_train_timesteps} (scheduler_config.json; latentbasis samples with DDIM).",
         "",
+        *([f"Text: a `CLIPTextModel` ({cfg.text_layers} layers, width {cfg.cross_attention_dim}) trained from scratch "
+           f"with the U-Net, on captions made from the labels in {len(_caption_templates())} wordings "
+           f"({'; '.join(repr(t) for t in _caption_templates())}); the tokenizer is word-level over the captions' own "
+           f"vocabulary. Captions are dropped (replaced by \"\") with probability {cfg.caption_dropout}, so "
+           "classifier-free guidance works. Saved as a pipeline folder without a VAE.", ""] if cfg.text else []),
         f"Training: {step} steps, batch {cfg.batch_size}, AdamW lr {cfg.lr} ({cfg.warmup_steps} warm-up steps), "
         f"EMA decay {cfg.ema_decay} (the EMA weights ship), seed {cfg.seed}; {log['seconds'] / 60:.1f} min on "
         f"{torch.get_num_threads()} CPU threads. Final loss (mean of the last 200 steps): {last:.4f}.",
@@ -266,6 +279,8 @@ def write_model_card(out: Path, cfg: TrainConfig, log: dict, step: int, quality:
     ]
     if quality:
         lines += ["", "## Sample quality", "", quality_markdown(quality)]
+    if prompts:
+        lines += ["", "## Prompt following", "", prompt_markdown(prompts)]
     (out / "README.md").write_text("\n".join(lines) + "\n")
 
 
@@ -275,3 +290,11 @@ def quality_markdown(q: dict) -> str:
             f"{q['confidence']:.3f}, against {q['real_confidence']:.3f} on the held-out real digits through the same "
             f"resize (ratio {q['ratio']:.3f}; target >= 0.90). Classes among the samples: {q['classes']} of 10 "
             f"(histogram {q['histogram']}).")
+
+
+def prompt_markdown(p: dict) -> str:
+    return (f"{p['samples']} samples with classifier-free guidance {p['guidance']} (DDIM, 50 steps), ten digits in "
+            f"{len(p['per_wording'])} wordings, classified by the same real-digit SVC: {100 * p['accuracy']:.1f} % "
+            f"show the digit their prompt names (target >= 80 %). Per wording: "
+            + ", ".join(f"{k!r} {100 * v:.0f} %" for k, v in p["per_wording"].items())
+            + f". Per digit 0-9: {', '.join(f'{100 * v:.0f}' for v in p['per_digit'])} %.")
