@@ -53,7 +53,7 @@ class TrainConfig:
 PRESETS: dict[str, TrainConfig] = {
     "digits": TrainConfig(),
     "digits-text": TrainConfig(
-        dataset="digits-text", text=True,
+        dataset="digits-text", text=True, steps=2000,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")),
 }

@@ -5,10 +5,12 @@ from latentbasis import latent_basis, load_model, sample_to
 from latentbasis.models import MODELS_DIR, bundled_models
 
 
-def test_digits_is_bundled_and_small():
-    assert "digits" in bundled_models()
-    size = sum(f.stat().st_size for f in (MODELS_DIR / "digits").iterdir())
-    assert size < 20e6
+def test_bundled_models_are_present_and_small():
+    assert {"digits", "digits-text"} <= set(bundled_models())
+    for name in bundled_models():
+        weights = sum(f.stat().st_size for f in (MODELS_DIR / name).rglob("*.safetensors"))
+        assert 0 < weights < 20e6, name
+        assert (MODELS_DIR / name / "README.md").exists(), f"{name} has no model card"
     assert sum(f.stat().st_size for f in MODELS_DIR.parent.rglob("*") if f.is_file()) < 50e6
 
 
@@ -32,3 +34,20 @@ def test_basis_on_digits():
     m = load_model("digits")
     b = latent_basis(m, sample_to(m, 0, t=0.6), t=0.6, k=4)
     assert float(b.residuals.max()) <= 1e-3 and (b.singular_values[:-1] >= b.singular_values[1:]).all()
+
+
+def test_digits_text_is_a_text_pipeline_that_follows_prompts():
+    """The SD stand-in: loaded like any SD-style pipeline (no VAE); a small version of the model card's check."""
+    from latentbasis.evaluate import prompt_following
+
+    m = load_model("digits-text")
+    assert m.conditional and m.vae is None and m.x_shape == (1, 16, 16)
+    p = prompt_following(m, per_prompt=2, guidance=3.0, num_steps=25, templates=(0,))
+    assert p["accuracy"] >= 0.6, p
+
+
+def test_prompted_basis_on_digits_text():
+    m = load_model("digits-text")
+    x = sample_to(m, 0, t=0.6, prompt="the digit seven", guidance=3.0)
+    b = latent_basis(m, x, t=0.6, k=4, prompt="the digit seven")
+    assert b.prompt == "the digit seven" and float(b.residuals.max()) <= 1e-3
