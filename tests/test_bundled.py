@@ -24,7 +24,6 @@ def test_digits_samples_are_digits():
     """A smaller version of the model card's check: 32 samples, the classifier's confidence ratio >= 0.75."""
     from latentbasis.evaluate import digits_quality
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     q = digits_quality(load_model("digits"), n=32, num_steps=25)
     assert q["ratio"] >= 0.75, q
     assert q["classes"] >= 7, q
