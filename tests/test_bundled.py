@@ -1,5 +1,4 @@
 """The bundled models load through the public loading path, offline, and sample recognisable output."""
-import torch
 
 from latentbasis import latent_basis, load_model, sample_to
 from latentbasis.models import MODELS_DIR, bundled_models
