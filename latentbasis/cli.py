@@ -21,7 +21,7 @@ def _cmd_basis(a) -> None:
     from .basis import latent_basis
     from .basisfile import save_basis
     from .models import load_model, resolve_timestep
-    from .sampling import predict_eps, sample_trajectory
+    from .sampling import denoise, predict_x0, sample_to, trajectory_grid
 
     if a.t is None and a.timestep is None:
         a.t = 0.6
@@ -46,8 +46,7 @@ def _cmd_basis(a) -> None:
         shown = load_image(a.image, c, size)
         x_t = invert(model, image_to_x(model, shown), num_steps=a.steps, prompt=a.prompt, through=ts).at(ts)
     else:  # the seed's trajectory, through t (the same x_t as `latentbasis edit` uses)
-        traj = sample_trajectory(model, a.seed, num_steps=a.steps, prompt=a.prompt, guidance=a.guidance, through=ts)
-        x_t, shown = traj.at(ts), x_to_image(model, traj.x0[None])[0]
+        x_t = sample_to(model, a.seed, timestep=ts, num_steps=a.steps, prompt=a.prompt, guidance=a.guidance)
     bar = tqdm(desc="basis", unit=" it", disable=a.quiet, leave=False)
 
     def progress(info):
@@ -63,9 +62,10 @@ def _cmd_basis(a) -> None:
     if a.png != "":
         from .viz import render_basis
 
-        ab = model.alphas_cumprod[ts]
-        eps = predict_eps(model, x_t[None], ts, a.prompt)[0]
-        denoised = x_to_image(model, ((x_t - (1 - ab).sqrt() * eps) / ab.sqrt())[None])[0]
+        if not a.image:  # the sample this trajectory ends in: continue from x_t, only for the picture
+            rest = [g for g in trajectory_grid(model.num_train_timesteps, a.steps, ts) if g <= ts]
+            shown = x_to_image(model, denoise(model, x_t[None], rest, a.prompt, a.guidance))[0]
+        denoised = x_to_image(model, predict_x0(model, x_t[None], ts, a.prompt))[0]
         render_basis(b, png, images=[("image" if a.image else "sample", shown), ("denoised x_t", denoised)],
                      title=f"{model.name}  {('image ' + Path(a.image).name) if a.image else f'seed {a.seed}'}  "
                            f"t={ts} ({frac:.2f} T)")

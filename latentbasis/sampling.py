@@ -56,13 +56,21 @@ def sample_to(model, seed: int = 0, *, t: float | None = None, timestep: int | N
     trajectory_grid(T, num_steps, t) above t; the same x_t as sample_trajectory(..., through=t). [*x_shape]."""
     T = model.num_train_timesteps
     ts, _ = resolve_timestep(T, fraction=t, timestep=timestep)
-    x = initial_noise(model, seed)[None]
-    ab = model.alphas_cumprod.to(torch.float64)
     grid = [g for g in trajectory_grid(T, num_steps, ts) if g >= ts]
+    return ddim_walk(model, initial_noise(model, seed)[None], grid, prompt, guidance)[-1][0]
+
+
+def ddim_walk(model, x: torch.Tensor, grid: list[int], prompt: str | None = None,
+              guidance: float = 1.0) -> list[torch.Tensor]:
+    """DDIM (eta = 0) from x [B, *x_shape] at grid[0] through every timestep of `grid` (descending);
+    returns the states at each, [x at grid[0], ..., x at grid[-1]]."""
+    ab = model.alphas_cumprod.to(torch.float64)
+    states = [x]
     for a, b in zip(grid[:-1], grid[1:]):
         eps = predict_eps(model, x, a, prompt, guidance).to(torch.float64)
         x = ddim_step(x.to(torch.float64), eps, ab[a], ab[b]).to(torch.float32)
-    return x[0]
+        states.append(x)
+    return states
 
 
 @dataclass
@@ -98,16 +106,17 @@ def denoise(model, x: torch.Tensor, grid: list[int], prompt: str | None = None, 
             clip_denoised: bool = True, keep: bool = False):
     """DDIM over `grid` (descending, ending at 0) from x [B, *x_shape] at grid[0], then the final step to x0:
     x0 = (x_0 - sqrt(1 - abar_0) eps) / sqrt(abar_0). Returns x0 [B, ...] (and the kept states [len(grid), B, ...])."""
-    ab = model.alphas_cumprod.to(torch.float64)
-    kept = [x]
-    for a, b in zip(grid[:-1], grid[1:]):
-        eps = predict_eps(model, x, a, prompt, guidance).to(torch.float64)
-        x = ddim_step(x.to(torch.float64), eps, ab[a], ab[b]).to(torch.float32)
-        kept.append(x)
-    eps = predict_eps(model, x, grid[-1], prompt, guidance).to(torch.float64)
-    x0 = ddim_step(x.to(torch.float64), eps, ab[grid[-1]], torch.tensor(1.0, dtype=torch.float64)).float()
+    kept = ddim_walk(model, x, grid, prompt, guidance)
+    x0 = predict_x0(model, kept[-1], grid[-1], prompt, guidance)
     x0 = x0.clamp(-1, 1) if clip_denoised else x0
     return (x0, torch.stack(kept)) if keep else x0
+
+
+def predict_x0(model, x: torch.Tensor, timestep: int, prompt: str | None = None, guidance: float = 1.0):
+    """The denoised estimate x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t): a DDIM step to abar = 1."""
+    ab = model.alphas_cumprod.to(torch.float64)[timestep]
+    eps = predict_eps(model, x, timestep, prompt, guidance).to(torch.float64)
+    return ddim_step(x.to(torch.float64), eps, ab, torch.tensor(1.0, dtype=torch.float64)).float()
 
 
 def sample_trajectory(model, seed: int = 0, *, num_steps: int = 100, prompt: str | None = None,
@@ -145,7 +154,8 @@ def generate(model, seeds: list[int], *, num_steps: int = 50, prompt: str | None
              clip_denoised: bool = True) -> torch.Tensor:
     """Images x0 [len(seeds), *x_shape] in one batch: DDIM over linspace(T-1, 0, num_steps), then the final
     denoising step x0 = (x_0 - sqrt(1 - abar_0) eps) / sqrt(abar_0). clip_denoised clamps x0 to [-1, 1]
-    (pixel models). Seed i gives the same image alone or in a batch."""
+    (pixel models). Seed i gives the same image alone or in a batch up to rounding (CPU kernels are not
+    bit-identical across batch positions)."""
     x = torch.stack([initial_noise(model, s) for s in seeds])
     grid = ddim_timesteps(model.num_train_timesteps - 1, 0, num_steps)
     return denoise(model, x, grid, prompt, guidance, clip_denoised)
