@@ -30,8 +30,6 @@ def _cmd_basis(a) -> None:
         raise LatentBasisError(f"cannot write {out}: folder {out.parent} does not exist")
     model = load_model(a.model)
     ts, frac = resolve_timestep(model.num_train_timesteps, fraction=a.t, timestep=a.timestep)
-    if a.prompt and not model.conditional:
-        raise LatentBasisError(f"model {model.name!r} is not text-conditioned; drop --prompt")
     init = None
     if a.init:
         from .basisfile import load_basis
@@ -105,8 +103,6 @@ def _cmd_edit(a) -> None:
         model = load_model(r.model)
     else:
         model = load_model(a.model)
-        if a.prompt and not model.conditional:
-            raise LatentBasisError(f"model {model.name!r} is not text-conditioned; drop --prompt")
         ts, frac = resolve_timestep(model.num_train_timesteps, fraction=None if a.timestep is not None else a.t,
                                     timestep=a.timestep)
         r = EditRecipe(model=model.name, seed=None if a.image else a.seed, image=a.image, prompt=a.prompt,

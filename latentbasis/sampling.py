@@ -34,9 +34,10 @@ def ddim_step(x: torch.Tensor, eps: torch.Tensor, abar_from: torch.Tensor, abar_
 def predict_eps(model, x: torch.Tensor, timestep: int, prompt: str | None = None, guidance: float = 1.0):
     """eps_theta(x, t) for a batch x [B, *x_shape]; classifier-free guidance for text models when guidance != 1."""
     t = torch.full((x.shape[0],), int(timestep), dtype=torch.long)
-    if not model.conditional:
+    cond = model.encode_prompt(prompt)  # None for pixel models, which refuse a prompt
+    if cond is None:
         return model.unet(x, t).sample
-    cond = model.encode_prompt(prompt).expand(x.shape[0], -1, -1)
+    cond = cond.expand(x.shape[0], -1, -1)
     eps_c = model.unet(x, t, encoder_hidden_states=cond).sample
     if guidance == 1.0:
         return eps_c
