@@ -9,9 +9,6 @@ import torch
 
 from .errors import LatentBasisError
 
-MODES = {1: ("L",), 3: ("RGB",)}
-
-
 def load_image(path: str | os.PathLike, channels: int, size: int) -> torch.Tensor:
     """Image file -> [channels, size, size] in [-1, 1]: centre-cropped to a square, resized (bicubic).
 
