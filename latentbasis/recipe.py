@@ -110,14 +110,10 @@ def run_recipe(r: EditRecipe, model=None) -> EditResult:
                                    f"is {tuple(model.x_shape)}")
         r.basis_sha256, r.k = sha256_file(r.basis_file), given.k
     r.directions = list(range(r.k)) if r.directions is None else r.directions
-    if given is not None:
-        bad = [i for i in r.directions if not 0 <= i < given.k]
-        if bad:
-            raise LatentBasisError(f"direction {bad[0]} is out of range: the basis has k = {given.k}")
-    else:
-        bad = [i for i in r.directions if not 0 <= i < r.k]
-        if bad:
-            raise LatentBasisError(f"direction {bad[0]} is out of range: k = {r.k} (indices 0..{r.k - 1})")
+    bad = [i for i in r.directions if not 0 <= i < r.k]  # r.k is the file's k when a basis file is given
+    if bad:
+        raise LatentBasisError(f"direction {bad[0]} is out of range: the basis has k = {r.k} "
+                               f"(indices 0..{r.k - 1})")
     recon = None
     if r.image:
         c, size = pixel_size(model)
