@@ -163,6 +163,21 @@ def _cmd_train(a) -> None:
     print(f"wrote {a.out}")
 
 
+def _cmd_report(a) -> None:
+    from .models import load_model
+    from .report import ReportSettings, run_report
+
+    model = load_model(a.model)
+    settings = ReportSettings(samples=a.samples, timesteps=a.timesteps, k=a.k, t_max=a.t_max, t_min=a.t_min,
+                              prompts=tuple(a.prompt or ()), guidance=a.guidance, num_steps=a.steps)
+    numbers = run_report(model, a.out, settings, progress=not a.quiet)
+    if numbers is None:  # not process 0 of a distributed run
+        return
+    for f in numbers["findings"]:
+        print(f"{'holds' if f['holds'] else 'does NOT hold'}: {f['claim']}  [{f['evidence']}]")
+    print(f"wrote {Path(a.out) / 'report.html'}")
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line (the full usage is in --help)."""
 
@@ -218,8 +233,23 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("file")
     i.set_defaults(run=_cmd_info)
 
+    r = sub.add_parser("report", help="tangent-space similarity report over samples x timesteps (x prompts)")
+    r.add_argument("--model", default="digits")
+    r.add_argument("--samples", type=_positive_int, default=8, help="number of samples (seeds 0..N-1)")
+    r.add_argument("--timesteps", type=_positive_int, default=10, help="number of timesteps from --t-max to --t-min")
+    r.add_argument("--t-max", type=float, default=1.0, help="largest timestep, fraction of T")
+    r.add_argument("--t-min", type=float, default=0.1, help="smallest timestep, fraction of T")
+    r.add_argument("--k", type=_positive_int, default=8, help="number of directions")
+    r.add_argument("--prompt", action="append", default=None,
+                   help="a prompt (repeat for several; text models; default: three digits in two wordings)")
+    r.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance of the text sampler")
+    r.add_argument("--steps", type=_positive_int, default=100, help="DDIM steps of the trajectories")
+    r.add_argument("--out", required=True, help="report folder (its cache/ makes a re-run resume)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(run=_cmd_report)
+
     t = sub.add_parser("train", help="train a bundled model (seeded, resumable from OUT/checkpoint.pt)")
-    t.add_argument("--dataset", required=True, help="digits or digits-text")
+    t.add_argument("--dataset", required=True, help="digits, shapes or digits-text")
     t.add_argument("--out", required=True, help="model folder to write")
     t.add_argument("--steps", type=_positive_int, default=None, help="override the preset's number of steps")
     t.add_argument("--no-eval", action="store_true", help="skip the sample-quality evaluation for the model card")

@@ -74,7 +74,10 @@ def render_shapes(factors: dict[str, np.ndarray], resolution: int = 32, supersam
     return torch.from_numpy(out * 2 - 1)
 
 
-def shapes_images(n: int = 20000, seed: int = 0, resolution: int = 32) -> tuple[torch.Tensor, dict]:
+SHAPES_TRAIN_SIZE = 20000
+
+
+def shapes_images(n: int = SHAPES_TRAIN_SIZE, seed: int = 0, resolution: int = 32) -> tuple[torch.Tensor, dict]:
     """The `shapes` training set: (images [n, 3, R, R] in [-1, 1], factors). Reproducible from the seed."""
     f = shape_factors(n, seed)
     return render_shapes(f, resolution), f

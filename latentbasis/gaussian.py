@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import LatentBasisError
+
 
 def ddpm_linear_alphas_cumprod(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
     """abar_t for DDPM's linear betas, float64 [T]."""
@@ -63,6 +65,17 @@ class GaussianModel:
         c = self.U.T @ (xf - ab.sqrt() * self.mu)
         return (self.mu + self.U @ (self.gains(timestep) * c)).reshape(self.x_shape)
 
+    @property
+    def unet(self):
+        """eps(x_t, t) = (x_t - sqrt(abar) D(x_t)) / sqrt(1 - abar) in a U-Net's calling convention
+        (unet(x [B, *x_shape], t [B]).sample), so the DDIM sampler runs on this model unchanged."""
+        return _OptimalEps(self)
+
+    def encode_prompt(self, prompt: str | None):
+        if prompt is not None:
+            raise LatentBasisError("the Gaussian model is unconditional: it takes no prompt")
+        return None
+
     def features(self, timestep: int, prompt: str | None = None, layer: str = "mid_block"):
         """h = P diag(w) U^T (D(x_t) - mu), as a float32 map like a U-Net's."""
         ab = self.alphas_cumprod[timestep]
@@ -80,3 +93,16 @@ class GaussianModel:
         order = torch.argsort(s, descending=True)[:k]
         latent = self.U[:, order].T.reshape(k, *self.x_shape)
         return latent, self.P[:, order].T, s[order]
+
+
+class _OptimalEps:
+    def __init__(self, model: GaussianModel):
+        self.model = model
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor):
+        from types import SimpleNamespace
+
+        m = self.model
+        ab = m.alphas_cumprod[t.long()].reshape(-1, *[1] * (x.dim() - 1))
+        D = torch.stack([m.denoiser(xi, int(ti)) for xi, ti in zip(x, t)])
+        return SimpleNamespace(sample=((x.double() - ab.sqrt() * D) / (1 - ab).sqrt()).to(x.dtype))

@@ -36,6 +36,7 @@ class DiffusionModel:
     text_encoder: Any = None
     tokenizer: Any = None
     vae: Any = None
+    path: str | None = None      # the folder it was loaded from
     _prompt_cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -175,7 +176,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL) -> DiffusionModel:
     name = name_or_path if (MODELS_DIR / name_or_path).resolve() == root.resolve() else str(root)
     return DiffusionModel(unet=parts["unet"], scheduler=scheduler, name=name,
                           model_hash=weights_hash(parts["unet"]), text_encoder=parts.get("text_encoder"),
-                          tokenizer=parts.get("tokenizer"), vae=parts.get("vae"))
+                          tokenizer=parts.get("tokenizer"), vae=parts.get("vae"), path=str(root))
 
 
 def resolve_timestep(num_train_timesteps: int, *, fraction: float | None = None, timestep: int | None = None) -> tuple[int, float]:

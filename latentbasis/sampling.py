@@ -6,6 +6,7 @@ with eps = eps_theta(x_a, a) (classifier-free guided for text models: eps_u + w 
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -94,12 +95,13 @@ class Trajectory:
         return self.xs[self.index(timestep)]
 
 
-def trajectory_grid(T: int, num_steps: int, through: int | None = None) -> list[int]:
-    """The num_steps grid over [T-1, 0] with `through` added, so a trajectory passes exactly through the
-    timestep of an edit or a basis (sample_to and sample_trajectory then reach the same x_t bit for bit)."""
+def trajectory_grid(T: int, num_steps: int, through: int | Iterable[int] | None = None) -> list[int]:
+    """The num_steps grid over [T-1, 0] with `through` (one timestep or several) added, so a trajectory passes
+    exactly through the timestep of an edit or a basis (sample_to and sample_trajectory then reach the same x_t
+    bit for bit when `through` is the one timestep)."""
     grid = set(ddim_timesteps(T - 1, 0, num_steps))
     if through is not None:
-        grid.add(int(through))
+        grid.update([int(through)] if isinstance(through, int) else (int(t) for t in through))
     return sorted(grid, reverse=True)
 
 
@@ -121,7 +123,7 @@ def predict_x0(model, x: torch.Tensor, timestep: int, prompt: str | None = None,
 
 
 def sample_trajectory(model, seed: int = 0, *, num_steps: int = 100, prompt: str | None = None,
-                      guidance: float = 1.0, through: int | None = None) -> Trajectory:
+                      guidance: float = 1.0, through: int | Iterable[int] | None = None) -> Trajectory:
     """x_T ~ N(0, I) from the seed, DDIM (eta = 0) over trajectory_grid(T, num_steps, through), states kept."""
     grid = trajectory_grid(model.num_train_timesteps, num_steps, through)
     x0, kept = denoise(model, initial_noise(model, seed)[None], grid, prompt, guidance, keep=True)

@@ -1,0 +1,394 @@
+"""Geometry of the latent space over a grid of samples x timesteps (x prompts): bases, measurements, theory.
+
+The grid is computed once into a cache of basis files (one per sample, timestep and prompt), so a report
+re-renders without recomputing and an interrupted run resumes where it stopped. Under torch.distributed each
+process takes its share of the (prompt, sample) pairs; all measurements are then read back from the cache.
+
+Measurements (per timestep t, method.md "Analysis the paper reports"):
+    spectrum            s_1(t) >= ... >= s_k(t), mean and spread over samples
+    sample distances    d(A, B) = sqrt(sum_i theta_i^2) between samples' tangent (and latent) spaces,
+                        beside the random-subspace baseline of the same dimensions
+    timestep distances  d(T_a, T_b) between one sample's tangent spaces at timesteps a, b (a t x t matrix)
+    frequency content   radial power spectrum of the latent basis vectors; fraction of energy with radial
+                        frequency <= cutoff (cycles per pixel; Nyquist is 0.5)
+    prompt distances    d between the tangent spaces of two prompts for the same seed and t (text models)
+Theory (theory.md): g_i(t) = sqrt(abar_t) lam_i / (abar_t lam_i + 1 - abar_t) from the data's principal components,
+and resolution chromatography rho_m(t) = SNR_m / (1 + SNR_m), SNR_m = m^2 abar_t / (1 - abar_t).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .atomic import write_text_atomic
+from .errors import LatentBasisError
+from .grassmann import geodesic_distance, random_subspace_distances
+
+LOW_FREQUENCY_CUTOFF = 0.25  # cycles per pixel: half the Nyquist frequency
+
+
+@dataclass
+class GridSpec:
+    """What to compute: bases at every (prompt, seed, timestep); timesteps descending."""
+
+    seeds: list[int]
+    timesteps: list[int]
+    k: int = 8
+    prompts: list[str | None] = field(default_factory=lambda: [None])
+    guidance: float = 1.0
+    num_steps: int = 100          # the DDIM grid of the trajectories (the timesteps are added to it)
+    algorithm: str = "krylov"
+    tol: float = 1e-3
+    warm_start: bool = True       # start each timestep from the previous (larger) timestep's latent basis
+
+    def units(self) -> list[tuple[int, int]]:
+        """(prompt index, seed) pairs: the unit of work (one trajectory, its timesteps in order)."""
+        return [(p, s) for p in range(len(self.prompts)) for s in self.seeds]
+
+
+def report_timesteps(T: int, n: int, t_max: float = 1.0, t_min: float = 0.1) -> list[int]:
+    """n timesteps round(f (T - 1)) for fractions f evenly spaced from t_max down to t_min, descending."""
+    if n < 2:
+        raise LatentBasisError(f"--timesteps {n}: at least 2 timesteps are needed to compare them")
+    if not 0.0 <= t_min < t_max <= 1.0:
+        raise LatentBasisError(f"timestep fractions must satisfy 0 <= t_min < t_max <= 1 (got {t_min}, {t_max})")
+    ts = sorted({int(round(f * (T - 1))) for f in np.linspace(t_max, t_min, n)}, reverse=True)
+    return ts
+
+
+def _basis_path(cache: Path, p: int, seed: int, ts: int) -> Path:
+    return cache / f"p{p}" / f"s{seed}" / f"t{ts:04d}.safetensors"
+
+
+def _manifest(model, spec: GridSpec) -> dict:
+    return {"format": "latentbasis.grid/1", "model": model.name, "model_hash": model.model_hash, **asdict(spec)}
+
+
+def check_cache(model, spec: GridSpec, cache: str | os.PathLike) -> Path:
+    """Create the cache folder, or check that an existing one was made with these settings."""
+    cache = Path(cache)
+    want = _manifest(model, spec)
+    mpath = cache / "manifest.json"
+    if mpath.exists():
+        try:
+            have = json.loads(mpath.read_text())
+        except (OSError, ValueError) as e:
+            raise LatentBasisError(f"{mpath} is unreadable ({e}); remove the cache folder") from None
+        keys = ("model_hash", "k", "prompts", "guidance", "num_steps", "algorithm", "tol", "warm_start")
+        diff = [key for key in keys if have.get(key) != want[key]]
+        if diff:
+            raise LatentBasisError(f"the cache {cache} was made with other settings ({', '.join(diff)}); "
+                                   "use another --out or remove it")
+    cache.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(mpath, json.dumps(want, indent=1))
+    return cache
+
+
+def compute_grid(model, spec: GridSpec, cache: str | os.PathLike, *, rank: int = 0, world: int = 1,
+                 progress: bool = True) -> int:
+    """Compute the bases of this process's share of the grid (units rank, rank + world, ...) into `cache`.
+
+    Bases already in the cache are read, not recomputed (and still serve as the next timestep's warm start).
+    Each file is written atomically, so an interrupted run leaves only whole files. Returns the number computed.
+    """
+    from tqdm.auto import tqdm
+
+    from .basis import latent_basis
+    from .basisfile import load_basis, save_basis
+    from .sampling import sample_trajectory
+
+    cache = Path(cache)
+    mine = spec.units()[rank::world]
+    bar = tqdm(total=len(mine) * len(spec.timesteps), desc="bases", disable=not progress or rank != 0)
+    computed = 0
+    for p, seed in mine:
+        prompt = spec.prompts[p]
+        paths = [_basis_path(cache, p, seed, ts) for ts in spec.timesteps]
+        if all(path.exists() for path in paths):
+            bar.update(len(paths))
+            continue
+        traj = sample_trajectory(model, seed, num_steps=spec.num_steps, prompt=prompt, guidance=spec.guidance,
+                                 through=spec.timesteps)
+        prev = None
+        for ts, path in zip(spec.timesteps, paths):
+            if path.exists():
+                b = load_basis(path, model=model)
+            else:
+                init = prev.latent if (spec.warm_start and prev is not None) else None
+                b = latent_basis(model, traj.at(ts), timestep=ts, k=spec.k, prompt=prompt,
+                                 algorithm=spec.algorithm, tol=spec.tol, init=init)
+                b.extra = {"sample_seed": str(seed), "guidance": str(spec.guidance)}
+                path.parent.mkdir(parents=True, exist_ok=True)
+                save_basis(b, path)
+                computed += 1
+            prev = b
+            bar.update(1)
+    bar.close()
+    return computed
+
+
+def load_grid(model, spec: GridSpec, cache: str | os.PathLike) -> dict[tuple[int, int, int], object]:
+    """Every basis of the grid from the cache, keyed (prompt index, seed, timestep)."""
+    from .basisfile import load_basis
+
+    cache = Path(cache)
+    out = {}
+    for p, seed in spec.units():
+        for ts in spec.timesteps:
+            path = _basis_path(cache, p, seed, ts)
+            if not path.exists():
+                raise LatentBasisError(f"{path} is missing: the grid is not complete (run the report again)")
+            out[p, seed, ts] = load_basis(path, model=model)
+    return out
+
+
+@contextlib.contextmanager
+def distributed():
+    """(rank, world): a gloo process group when launched by torchrun / accelerate (WORLD_SIZE > 1), else (0, 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        yield 0, 1
+        return
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    try:
+        yield dist.get_rank(), dist.get_world_size()
+    finally:
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+# ---------------------------------------------------------------- measurements (pure functions)
+
+def pairwise_geodesic(subspaces: list[torch.Tensor]) -> np.ndarray:
+    """[n, n] Grassmann geodesic distances between n subspaces given as [k, ...] row sets."""
+    n = len(subspaces)
+    d = np.zeros((n, n))
+    for i in range(n):
+        for j in range(i + 1, n):
+            d[i, j] = d[j, i] = float(geodesic_distance(subspaces[i], subspaces[j]))
+    return d
+
+
+def _upper(d: np.ndarray) -> np.ndarray:
+    return d[np.triu_indices(len(d), 1)]
+
+
+def radial_power(v: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Radial power spectrum of images v [n, C, H, W]: (frequencies [H//2 + 1] in cycles per pixel, power
+    [n, H//2 + 1]) with power summed over channels and over rings of width 1/H, each row normalised to sum 1."""
+    v = v.detach().double()
+    H, W = v.shape[-2:]
+    P = (torch.fft.fft2(v).abs() ** 2).sum(dim=1)                      # [n, H, W]
+    fy, fx = torch.fft.fftfreq(H, dtype=torch.float64), torch.fft.fftfreq(W, dtype=torch.float64)
+    r = (fy[:, None] ** 2 + fx[None, :] ** 2).sqrt()
+    ring = (r * H).round().long().clamp(max=H // 2)                    # rings up to Nyquist (corners folded in)
+    out = torch.zeros(v.shape[0], H // 2 + 1, dtype=torch.float64)
+    out.index_add_(1, ring.reshape(-1), P.reshape(v.shape[0], -1))
+    out = out / out.sum(dim=1, keepdim=True).clamp(min=1e-300)
+    return (torch.arange(H // 2 + 1, dtype=torch.float64) / H).numpy(), out.numpy()
+
+
+def low_frequency_fraction(v: torch.Tensor, cutoff: float = LOW_FREQUENCY_CUTOFF) -> np.ndarray:
+    """Fraction of each image's energy (v [n, C, H, W]) at radial frequency <= cutoff (cycles per pixel), [n]."""
+    v = v.detach().double()
+    H, W = v.shape[-2:]
+    P = (torch.fft.fft2(v).abs() ** 2).sum(dim=1)
+    fy, fx = torch.fft.fftfreq(H, dtype=torch.float64), torch.fft.fftfreq(W, dtype=torch.float64)
+    low = (fy[:, None] ** 2 + fx[None, :] ** 2).sqrt() <= cutoff + 1e-12
+    return ((P * low).sum(dim=(1, 2)) / P.sum(dim=(1, 2)).clamp(min=1e-300)).numpy()
+
+
+def data_pca(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Principal components of data [N, *x_shape]: (variances lam [D] descending, components [D, *x_shape])."""
+    X = images.reshape(len(images), -1).double()
+    X = X - X.mean(0)
+    _, S, Vh = torch.linalg.svd(X, full_matrices=False)
+    lam = S ** 2 / (len(X) - 1)
+    return lam, Vh.reshape(len(Vh), *images.shape[1:])
+
+
+def gaussian_gains(alphas_cumprod: torch.Tensor, lam: torch.Tensor, timesteps: list[int]) -> np.ndarray:
+    """g_i(t) = sqrt(abar_t) lam_i / (abar_t lam_i + 1 - abar_t) (theory.md), [len(timesteps), len(lam)]."""
+    ab = alphas_cumprod.double()[torch.tensor(timesteps)][:, None]
+    return (ab.sqrt() * lam[None].double() / (ab * lam[None].double() + 1 - ab)).numpy()
+
+
+def signal_fraction(alphas_cumprod: torch.Tensor, m: int) -> np.ndarray:
+    """rho_m(t) = SNR_m / (1 + SNR_m), SNR_m = m^2 abar_t / (1 - abar_t): the signal share of x_t average-pooled
+    by m x m (pooling divides the noise variance by m^2), [T]."""
+    ab = alphas_cumprod.double()
+    snr = m ** 2 * ab / (1 - ab)
+    return (snr / (1 + snr)).numpy()
+
+
+def half_signal_timestep(alphas_cumprod: torch.Tensor, m: int) -> int | None:
+    """The first timestep at which rho_m(t) < 1/2: where resolution m x m stops being mostly signal
+    (None when it never does, e.g. coarse resolutions under Stable Diffusion's schedule)."""
+    rho = signal_fraction(alphas_cumprod, m)
+    below = np.nonzero(rho < 0.5)[0]
+    return None if len(below) == 0 else int(below[0])
+
+
+def generation_rate(alphas_cumprod: torch.Tensor, m: int) -> np.ndarray:
+    """r_m(t) = -d rho_m / dt (per timestep, central differences), [T]."""
+    return -np.gradient(signal_fraction(alphas_cumprod, m))
+
+
+def _rank_correlation(a, b) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def measure(model, spec: GridSpec, bases: dict, pca: tuple[torch.Tensor, torch.Tensor] | None = None,
+            prompt_groups: list[str | None] | None = None, cutoff: float = LOW_FREQUENCY_CUTOFF) -> dict:
+    """All the report's numbers from a loaded grid (see the module docstring). JSON-ready (lists and floats)."""
+    ts_list, seeds, P = spec.timesteps, spec.seeds, len(spec.prompts)
+    T = model.num_train_timesteps
+    any_b = next(iter(bases.values()))
+    n_x, n_h, k = any_b.latent[0].numel(), any_b.tangent[0].numel(), spec.k
+    base_h = random_subspace_distances(n_h, k)
+    base_x = random_subspace_distances(n_x, k)
+    out = {"model": model.name, "model_hash": model.model_hash, "k": k, "seeds": seeds,
+           "prompts": spec.prompts, "guidance": spec.guidance, "timesteps": ts_list,
+           "t_fractions": [ts / (T - 1) for ts in ts_list], "latent_dim": n_x, "tangent_dim": n_h,
+           "random_baseline": {"tangent": base_h, "latent": base_x}, "low_frequency_cutoff": cutoff}
+
+    spec_mean, spec_std = [], []
+    tan_mean, tan_std, lat_mean, lat_std, lowf, lowf_std, radial = [], [], [], [], [], [], []
+    for ts in ts_list:
+        s = np.stack([bases[p, sd, ts].singular_values.double().numpy() for p in range(P) for sd in seeds])
+        spec_mean.append(s.mean(0).tolist())
+        spec_std.append(s.std(0).tolist())
+        dt = np.concatenate([_upper(pairwise_geodesic([bases[p, sd, ts].tangent for sd in seeds])) for p in range(P)])
+        dl = np.concatenate([_upper(pairwise_geodesic([bases[p, sd, ts].latent for sd in seeds])) for p in range(P)])
+        tan_mean.append(float(dt.mean()))
+        tan_std.append(float(dt.std()))
+        lat_mean.append(float(dl.mean()))
+        lat_std.append(float(dl.std()))
+        V = torch.cat([bases[p, sd, ts].latent for p in range(P) for sd in seeds])
+        f = low_frequency_fraction(V, cutoff)
+        lowf.append(float(f.mean()))
+        lowf_std.append(float(f.std()))
+        freqs, rp = radial_power(V)
+        radial.append(rp.mean(0).tolist())
+    out["spectrum"] = {"mean": spec_mean, "std": spec_std}
+    out["sample_distance"] = {"tangent_mean": tan_mean, "tangent_std": tan_std,
+                              "latent_mean": lat_mean, "latent_std": lat_std}
+    out["frequency"] = {"low_fraction_mean": lowf, "low_fraction_std": lowf_std,
+                        "radial_frequencies": freqs.tolist(), "radial_power": radial}
+    mats = [pairwise_geodesic([bases[p, sd, ts].tangent for ts in ts_list]) for p in range(P) for sd in seeds]
+    out["timestep_distance"] = {"mean": np.mean(mats, 0).tolist(), "first_sample": mats[0].tolist()}
+
+    if P > 1:
+        per_t = []
+        for ts in ts_list:
+            per_t.append(np.mean([pairwise_geodesic([bases[p, sd, ts].tangent for p in range(P)]) for sd in seeds], 0))
+        pd = {"matrix": [m.tolist() for m in per_t], "mean": [float(_upper(m).mean()) for m in per_t]}
+        if prompt_groups is not None and all(g is not None for g in prompt_groups):
+            same = np.array([[prompt_groups[i] == prompt_groups[j] for j in range(P)] for i in range(P)])
+            iu = np.triu_indices(P, 1)
+            if same[iu].any() and (~same[iu]).any():
+                pd["groups"] = list(prompt_groups)
+                pd["same_group_mean"] = [float(m[iu][same[iu]].mean()) for m in per_t]
+                pd["different_group_mean"] = [float(m[iu][~same[iu]].mean()) for m in per_t]
+        out["prompt_distance"] = pd
+
+    if pca is not None:
+        lam, comps = pca
+        top = comps[:k]
+        g = gaussian_gains(model.alphas_cumprod, lam[:k], ts_list)
+        out["gaussian"] = {
+            "data_variances": lam[:k].tolist(),
+            "gains": g.tolist(),
+            "latent_to_data_pcs_mean": [float(np.mean([float(geodesic_distance(bases[p, sd, ts].latent, top))
+                                                       for p in range(P) for sd in seeds])) for ts in ts_list],
+            # spectrum shape: each curve divided by its top value (the scale of h is arbitrary for a U-Net)
+            "spectrum_shape_error": [float(np.abs(np.array(sm) / sm[0] - gi / gi[0]).max())
+                                     for sm, gi in zip(spec_mean, g)],
+            "spectrum_error": [float(np.abs(np.array(sm) - gi).max() / gi[0]) for sm, gi in zip(spec_mean, g)],
+        }
+
+    ab = model.alphas_cumprod
+    R = model.x_shape[-1]
+    ms = [2 ** i for i in range(int(np.log2(R)) + 1)]
+    rates = np.stack([generation_rate(ab, m) for m in ms])
+    out["chromatography"] = {
+        "m": ms, "half_signal_timestep": {str(m): half_signal_timestep(ab, m) for m in ms},
+        "dominant_m_at_timesteps": [ms[int(np.argmax(rates[:, ts]))] for ts in ts_list]}
+    out["findings"] = findings(out)
+    return out
+
+
+def findings(n: dict) -> list[dict]:
+    """The paper's claims checked on these numbers: each {'claim', 'holds' (True/False/None), 'evidence'}.
+    Largest t is the first timestep, smallest the last."""
+    tf = n["t_fractions"]
+    hi, lo = f"t = {tf[0]:.2f}", f"t = {tf[-1]:.2f}"
+    res = []
+    d = n["sample_distance"]["tangent_mean"]
+    b = n["random_baseline"]["tangent"]["geodesic_mean"]
+    res.append({"claim": "samples share more similar tangent spaces at large t than at small t "
+                         "(mean geodesic distance between samples lower at large t)",
+                "holds": bool(d[0] < d[-1]),
+                "evidence": f"mean distance {d[0]:.3f} at {hi} vs {d[-1]:.3f} at {lo} (random subspaces: {b:.3f}); "
+                            f"rank correlation of distance with t: {_rank_correlation(tf, d):+.2f}"})
+    f = n["frequency"]["low_fraction_mean"]
+    res.append({"claim": f"the low-frequency energy fraction (radial frequency <= {n['low_frequency_cutoff']} "
+                         "cycles/pixel) of the latent basis falls as t falls",
+                "holds": bool(f[0] > f[-1]),
+                "evidence": f"fraction {f[0]:.3f} at {hi} vs {f[-1]:.3f} at {lo}; rank correlation with t: "
+                            f"{_rank_correlation(tf, f):+.2f}"})
+    pd = n.get("prompt_distance")
+    if pd and "same_group_mean" in pd:
+        s, o = np.array(pd["same_group_mean"]), np.array(pd["different_group_mean"])
+        res.append({"claim": "prompts with the same meaning in different words give closer tangent spaces than "
+                             "prompts with different meanings",
+                    "holds": bool((s < o).sum() > len(s) / 2),
+                    "evidence": f"same meaning {s.mean():.3f} vs different {o.mean():.3f} (mean over timesteps); "
+                                f"closer at {(s < o).sum()} of {len(s)} timesteps"})
+    if pd:
+        m = pd["mean"]
+        res.append({"claim": "the tangent space depends less on the prompt as t falls",
+                    "holds": bool(m[-1] < m[0]),
+                    "evidence": f"mean distance between prompts {m[0]:.3f} at {hi} vs {m[-1]:.3f} at {lo}; rank "
+                                f"correlation with t: {_rank_correlation(tf, m):+.2f}"})
+    return res
+
+
+def training_data(model) -> torch.Tensor | None:
+    """The images a bundled model was trained on ([N, *x_shape] in [-1, 1]), from its training_log.json, or None
+    (a user's checkpoint, or a latent model: the data PCA overlay then is left out)."""
+    if getattr(model, "vae", None) is not None or not getattr(model, "path", None):
+        return None
+    log = Path(model.path) / "training_log.json"
+    if not log.exists():
+        return None
+    try:
+        cfg = json.loads(log.read_text())["config"]
+    except (OSError, ValueError, KeyError):
+        return None
+    if cfg.get("dataset") in ("digits", "digits-text"):
+        from .data import digits_images
+
+        return digits_images(model.x_shape[-1])[0]
+    if cfg.get("dataset") == "shapes":
+        from .data import shapes_images
+
+        return shapes_images(seed=int(cfg.get("seed", 0)), resolution=model.x_shape[-1])[0]
+    return None

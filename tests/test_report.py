@@ -1,0 +1,110 @@
+"""`latentbasis report`: the files it writes, resuming, prompts, bad input, and the 2-process (gloo) run."""
+import base64
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from latentbasis.cli import main
+from latentbasis.report import prompt_group
+
+SMALL = ["--samples", "2", "--timesteps", "3", "--k", "3", "--steps", "10", "--quiet"]
+
+
+def _numbers(folder):
+    n = json.loads((folder / "numbers.json").read_text())
+    n.pop("seconds_per_basis")
+    return n
+
+
+@pytest.fixture(scope="module")
+def report(tiny_unet_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report") / "r"
+    assert main(["report", "--model", str(tiny_unet_dir), *SMALL, "--out", str(out)]) == 0
+    return out
+
+
+def test_report_writes_a_self_contained_page_numbers_and_plots(report):
+    page = (report / "report.html").read_text()
+    assert "src=\"http" not in page and "<script" not in page                 # nothing to fetch: readable offline
+    pngs = [p.split('"')[0] for p in page.split('src="data:image/png;base64,')[1:]]
+    assert len(pngs) >= 6 and all(base64.b64decode(p)[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    for name in ("spectrum", "sample_distance", "timestep_distance", "frequency", "theory", "directions"):
+        assert (report / f"{name}.png").stat().st_size > 1000
+    n = _numbers(report)
+    assert n["timesteps"] == [999, 549, 100] and len(n["spectrum"]["mean"]) == 3
+    assert len(n["timestep_distance"]["mean"]) == 3 and n["timestep_distance"]["mean"][0][0] == 0
+    assert {f["claim"][:20] for f in n["findings"]} and all(isinstance(f["holds"], bool) for f in n["findings"])
+    assert ("does not hold" in page) or ("holds" in page)
+    rows = (report / "per_timestep.csv").read_text().splitlines()
+    assert rows[0].startswith("timestep,t,tangent_distance_mean") and len(rows) == 4
+
+
+def test_a_second_run_reuses_the_cache(report, tiny_unet_dir, capsys):
+    before = _numbers(report)
+    stamp = {p: p.stat().st_mtime_ns for p in (report / "cache").rglob("*.safetensors")}
+    assert main(["report", "--model", str(tiny_unet_dir), *SMALL, "--out", str(report)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (report / "cache").rglob("*.safetensors")} == stamp
+    assert _numbers(report) == before
+
+
+def test_prompts_of_a_text_model(tiny_sd_dir, tmp_path):
+    out = tmp_path / "r"
+    prompts = ["the digit one", "number one", "the digit two", "number two"]
+    argv = ["report", "--model", str(tiny_sd_dir), *SMALL, "--out", str(out)]
+    for p in prompts:
+        argv += ["--prompt", p]
+    assert main(argv) == 0
+    n = _numbers(out)
+    pd = n["prompt_distance"]
+    assert pd["groups"] == ["1", "1", "2", "2"] and len(pd["same_group_mean"]) == 3
+    assert len(pd["matrix"][0]) == 4
+    claims = " ".join(f["claim"] for f in n["findings"])
+    assert "same meaning" in claims and "depends less on the prompt" in claims
+    assert (out / "prompt_distance.png").exists() and (out / "prompt_distance.csv").exists()
+
+
+def test_prompt_groups():
+    assert prompt_group("the digit seven") == prompt_group("number 7") == "7"
+    assert prompt_group("a cat") is None and prompt_group("one or two") is None
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--samples", "1"], "at least 2 samples"),
+    (["--k", "1000"], "out of range"),
+    (["--t-min", "0.8", "--t-max", "0.5"], "t_min < t_max"),
+    (["--prompt", "the digit one"], "not a text model"),
+])
+def test_bad_input_one_line_and_no_output(extra, message, tiny_unet_dir, tmp_path):
+    out = tmp_path / "r"
+    argv = [sys.executable, "-m", "latentbasis.cli", "report", "--model", str(tiny_unet_dir), *SMALL, "--out",
+            str(out)]
+    r = subprocess.run(argv + extra, capture_output=True, text=True)
+    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_two_gloo_processes_give_the_single_process_numbers(report, tiny_unet_dir, tmp_path):
+    out = tmp_path / "dist"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "latentbasis.cli", "report", "--model", str(tiny_unet_dir), *SMALL, "--out", str(out)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    made = sorted(p.relative_to(out / "cache") for p in (out / "cache").rglob("*.safetensors"))
+    assert len(made) == 6
+    single, dist = _numbers(report), _numbers(out)
+    assert single.keys() == dist.keys()
+
+    def close(a, b):
+        if isinstance(a, dict):
+            return all(close(a[k], b[k]) for k in a)
+        if isinstance(a, list):
+            return len(a) == len(b) and all(close(x, y) for x, y in zip(a, b))
+        if isinstance(a, float):
+            return abs(a - b) <= 1e-4 * max(1.0, abs(a))
+        return a == b
+
+    assert close(single, dist)
