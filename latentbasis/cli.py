@@ -110,8 +110,12 @@ def _cmd_edit(a) -> None:
                        basis_file=a.basis, basis_seed=a.seed, method=a.method, n_iter=a.n_iter, scale=a.scale,
                        keep_norm=a.keep_norm, directions=a.directions, strengths=a.strengths)
     res = run_recipe(r, model)
-    rows = [f"v{i + 1}  s={float(res.basis.singular_values[i]):.3g}" for i in r.directions]
-    cols = [f"{s:+g}" for s in r.strengths]
+    if r.combination is not None:  # one combined edit (e.g. a recipe exported by the app)
+        rows = [", ".join(f"v{int(i) + 1} {float(w):+g}" for i, w in sorted(r.combination.items(), key=lambda kv: int(kv[0])))]
+        cols = ["combined"]
+    else:
+        rows = [f"v{i + 1}  s={float(res.basis.singular_values[i]):.3g}" for i in r.directions]
+        cols = [f"{s:+g}" for s in r.strengths]
     src = f"image {Path(r.image).name}" if r.image else f"seed {r.seed}"
     render_edit_grid(res.images, rows, cols, out, f"{model.name}, {src}, t={r.timestep}, {r.method}")
     recipe_path = out.with_suffix(".json")
@@ -119,7 +123,8 @@ def _cmd_edit(a) -> None:
         write_text_atomic(recipe_path, r.to_json())
     if res.reconstruction_psnr is not None:
         print(f"inversion: reconstruction PSNR {res.reconstruction_psnr:.2f} dB ({r.num_steps} steps)")
-    print(f"wrote {out} ({len(r.directions)} directions x {len(r.strengths)} strengths) and {recipe_path}")
+    shape = "1 combined edit" if r.combination is not None else f"{len(r.directions)} directions x {len(r.strengths)} strengths"
+    print(f"wrote {out} ({shape}) and {recipe_path}")
 
 
 def _cmd_info(a) -> None:
@@ -178,6 +183,35 @@ def _cmd_report(a) -> None:
     print(f"wrote {Path(a.out) / 'report.html'}")
 
 
+def _load_editor():
+    """apps/editor.py of this source tree (the app ships beside the package, not inside it)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "apps" / "editor.py"
+    if not path.is_file():
+        raise LatentBasisError(f"the app is not here ({path}); run latentbasis from its source tree")
+    try:
+        import gradio  # noqa: F401  (a clear message instead of an ImportError later)
+    except ImportError:
+        raise LatentBasisError('the app needs gradio: pip install -e ".[app]"') from None
+    spec = importlib.util.spec_from_file_location("latentbasis_editor", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _cmd_app(a) -> None:
+    from .models import load_model
+
+    editor = _load_editor()
+    model = load_model(a.model)
+    if not 0 <= a.port <= 65535:
+        raise LatentBasisError(f"--port {a.port} is not a port number (0 for a free one)")
+    port = a.port or editor.free_port(a.host)
+    print(f"latentbasis editor for {model.name} on http://{a.host}:{port}/ (Ctrl-C to stop)", flush=True)
+    editor.launch(model, host=a.host, port=port, share=a.share, block=True)
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line (the full usage is in --help)."""
 
@@ -232,6 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="print a basis file's header and shapes")
     i.add_argument("file")
     i.set_defaults(run=_cmd_info)
+
+    ap = sub.add_parser("app", help="the editor in the browser (Gradio)")
+    ap.add_argument("--model", default="digits")
+    ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    ap.add_argument("--port", type=int, default=0, help="port (default 0: a free one)")
+    ap.add_argument("--share", action="store_true", help="ask Gradio for a public share link (off by default)")
+    ap.set_defaults(run=_cmd_app)
 
     r = sub.add_parser("report", help="tangent-space similarity report over samples x timesteps (x prompts)")
     r.add_argument("--model", default="digits")

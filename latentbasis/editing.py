@@ -115,3 +115,18 @@ def transport(u0: torch.Tensor, latent1: torch.Tensor, tangent1: torch.Tensor) -
     if norm == 0:
         raise LatentBasisError("the direction is orthogonal to the target tangent space: nothing to transport")
     return (v / norm).float().reshape(latent1.shape[1:])
+
+
+def transported_basis(model, given, x_t: torch.Tensor, timestep: int, prompt: str | None = None, **basis_kw):
+    """A basis from elsewhere (another sample, timestep or a file) made usable at (x_t, timestep): itself when it
+    was computed at this very point, else the local basis with each given direction transported onto it
+    (transport of given.tangent[i]); singular values and tangent vectors are the local ones."""
+    import dataclasses
+
+    from .basis import latent_basis
+
+    if torch.equal(given.point, x_t) and given.timestep == timestep:
+        return given
+    local = latent_basis(model, x_t, timestep=timestep, k=given.k, prompt=prompt, **basis_kw)
+    moved = torch.stack([transport(given.tangent[i], local.latent, local.tangent) for i in range(given.k)])
+    return dataclasses.replace(local, latent=moved)

@@ -33,16 +33,10 @@ def _contiguous_output(module, args, output):
     return output.contiguous() if isinstance(output, torch.Tensor) else output
 
 
-def prepare_for_autodiff(unet: torch.nn.Module) -> None:
-    """Make attention outputs contiguous (idempotent). Harmless for ordinary sampling."""
+def _attention_modules(unet: torch.nn.Module) -> list[torch.nn.Module]:
     from diffusers.models.attention_processor import Attention
 
-    if getattr(unet, "_latentbasis_ready", False):
-        return
-    for m in unet.modules():
-        if isinstance(m, Attention):
-            m.register_forward_hook(_contiguous_output)
-    unet._latentbasis_ready = True
+    return [m for m in unet.modules() if isinstance(m, Attention)]
 
 
 def unet_forward_to(unet: torch.nn.Module, layer: str, x: torch.Tensor, timestep: int,
@@ -56,7 +50,9 @@ def unet_forward_to(unet: torch.nn.Module, layer: str, x: torch.Tensor, timestep
     def stop(mod, args, output):
         raise _Stop(output[0] if isinstance(output, tuple) else output)
 
-    handle = module.register_forward_hook(stop)
+    # hooks live only for this forward: sampling elsewhere runs the model untouched (bit-for-bit replays)
+    handles = [module.register_forward_hook(stop)]
+    handles += [m.register_forward_hook(_contiguous_output) for m in _attention_modules(unet)]
     t = torch.full((x.shape[0],), int(timestep), dtype=torch.long)
     try:
         with sdpa_kernel(SDPBackend.MATH):
@@ -67,13 +63,13 @@ def unet_forward_to(unet: torch.nn.Module, layer: str, x: torch.Tensor, timestep
     except _Stop as s:
         return s.h
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
     raise LatentBasisError(f"layer {layer!r} was never reached in the U-Net forward")
 
 
 def unet_feature_map(model, timestep: int, prompt: str | None = None, layer: str = "mid_block") -> FeatureMap:
     """f_t for a loaded DiffusionModel at an integer timestep (and prompt, for text models; no CFG inside J)."""
-    prepare_for_autodiff(model.unet)
     cond = model.encode_prompt(prompt)
     unet = model.unet
 

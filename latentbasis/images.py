@@ -36,6 +36,10 @@ def load_image(path: str | os.PathLike, channels: int, size: int) -> torch.Tenso
         raise LatentBasisError(f"{p} has {have} channel(s) ({mode}); the model takes {channels}-channel "
                                f"{'grey' if channels == 1 else 'RGB'} images")
     w, h = img.size
+    if min(w, h) < 8:
+        raise LatentBasisError(f"{p} is {w}x{h} pixels: too small (at least 8x8)")
+    if max(w, h) > 4 * min(w, h):
+        raise LatentBasisError(f"{p} is {w}x{h} pixels: too elongated for a centre crop to a square (crop it first)")
     s = min(w, h)
     img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
     img = img.resize((size, size), Image.Resampling.BICUBIC)

@@ -41,6 +41,8 @@ class EditRecipe:
     keep_norm: bool = False
     directions: list[int] | None = None  # None: all k
     strengths: list[float] = field(default_factory=lambda: [-6.0, -3.0, 0.0, 3.0, 6.0])
+    # one combined edit instead of a sweep: {"direction index": strength}, d = sum_i strength_i v_i (the app's sliders)
+    combination: dict[str, float] | None = None
     format: str = FORMAT
     version: str = ""
 
@@ -87,11 +89,12 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def run_recipe(r: EditRecipe, model=None) -> EditResult:
     """Run an edit recipe: trajectory (seed or inverted image), basis at x_t (computed, or loaded and
-    transported), then the strength sweep of every direction in one batch."""
+    transported), then the strength sweep of every direction in one batch (images [directions, strengths, ...]),
+    or, for a recipe with a `combination`, the one combined edit (images [1, 1, ...])."""
     from . import __version__
     from .basis import latent_basis
     from .basisfile import load_basis
-    from .editing import EditSettings, edit_images, sweep_directions, transport
+    from .editing import EditSettings, combine, edit_images, sweep_directions, transported_basis
     from .images import image_to_x, load_image, pixel_size, x_to_image
     from .models import load_model
     from .sampling import denoise, invert, sample_trajectory
@@ -100,7 +103,7 @@ def run_recipe(r: EditRecipe, model=None) -> EditResult:
     if r.model_hash and r.model_hash != model.model_hash:
         raise LatentBasisError(f"the recipe was made with model weights {r.model_hash}, "
                                f"but {model.name!r} has {model.model_hash}")
-    if r.directions == [] or not r.strengths:
+    if r.combination is None and (r.directions == [] or not r.strengths):
         raise LatentBasisError("give at least one direction and one strength")
     given = None
     if r.basis_file:  # validate before any slow work
@@ -109,6 +112,10 @@ def run_recipe(r: EditRecipe, model=None) -> EditResult:
             raise LatentBasisError(f"{r.basis_file} is for x of shape {tuple(given.point.shape)}; this model's x_t "
                                    f"is {tuple(model.x_shape)}")
         r.basis_sha256, r.k = sha256_file(r.basis_file), given.k
+    if r.combination is not None:
+        if not r.combination:
+            raise LatentBasisError("the combination is empty: give at least one direction")
+        r.directions = sorted(int(i) for i in r.combination)
     r.directions = list(range(r.k)) if r.directions is None else r.directions
     bad = [i for i in r.directions if not 0 <= i < r.k]  # r.k is the file's k when a basis file is given
     if bad:
@@ -128,19 +135,19 @@ def run_recipe(r: EditRecipe, model=None) -> EditResult:
                                  through=r.timestep)
     x_t = traj.at(r.timestep)
     if given is not None:
-        if torch.equal(given.point, x_t) and given.timestep == r.timestep:
-            basis = given
-        else:  # computed at another point: transport its tangent vectors to this x_t
-            local = latent_basis(model, x_t, timestep=r.timestep, k=given.k, prompt=r.prompt,
-                                 algorithm=r.algorithm, seed=r.basis_seed, tol=r.tol)
-            moved = torch.stack([transport(given.tangent[i], local.latent, local.tangent) for i in range(given.k)])
-            basis = dataclasses.replace(local, latent=moved)
+        basis = transported_basis(model, given, x_t, r.timestep, prompt=r.prompt, algorithm=r.algorithm,
+                                  seed=r.basis_seed, tol=r.tol)
     else:
         basis = latent_basis(model, x_t, timestep=r.timestep, k=r.k, prompt=r.prompt, algorithm=r.algorithm,
                              seed=r.basis_seed, tol=r.tol)
     settings = EditSettings(r.method, r.n_iter, r.step, r.scale, r.keep_norm)
-    x0 = edit_images(model, traj, r.timestep, sweep_directions(basis.latent, r.directions, r.strengths), settings)
-    images = x_to_image(model, x0)
+    if r.combination is not None:
+        d = combine(basis.latent, {int(i): float(w) for i, w in r.combination.items()})[None]
+        rows, cols = 1, 1
+    else:
+        d = sweep_directions(basis.latent, r.directions, r.strengths)
+        rows, cols = len(r.directions), len(r.strengths)
+    images = x_to_image(model, edit_images(model, traj, r.timestep, d, settings))
     r.model, r.model_hash, r.version = model.name, model.model_hash, __version__
-    return EditResult(images.reshape(len(r.directions), len(r.strengths), *images.shape[1:]), basis, traj, r, recon)
+    return EditResult(images.reshape(rows, cols, *images.shape[1:]), basis, traj, r, recon)
 

@@ -80,3 +80,18 @@ def test_unknown_layer(pixel):
 def test_other_layer(pixel):
     h = pixel.features(10, layer="down_blocks.0")(torch.randn(pixel.x_shape))
     assert h.shape == (8, 4, 4)
+
+
+def test_the_feature_map_leaves_the_model_untouched(tiny_unet_dir):
+    """Hooks live only during the feature map: sampling after a basis is bit-identical to sampling before it
+    (so an edit recipe replays to the same pixels in a fresh process)."""
+    from latentbasis.basis import latent_basis
+    from latentbasis.models import load_model
+    from latentbasis.sampling import sample_trajectory
+
+    model = load_model(str(tiny_unet_dir))
+    before = sample_trajectory(model, 3, num_steps=10, through=500)
+    latent_basis(model, before.at(500), timestep=500, k=2)
+    after = sample_trajectory(model, 3, num_steps=10, through=500)
+    assert torch.equal(before.xs, after.xs)
+    assert not any(m._forward_hooks for m in model.unet.modules())
