@@ -324,30 +324,33 @@ def build_app(model):
 
     text = model.conditional
     with gr.Blocks(title="latentbasis editor") as demo:
-        state = gr.State(Session)
+        state = gr.State(None)   # a Session per browser tab, made on first use
         gr.Markdown(f"## latentbasis editor: `{model.name}`\nPick a source, press **Find directions**, then slide. "
                     "Directions are the top right singular vectors of the Jacobian of the U-Net bottleneck at x_t.")
         with gr.Tab("Edit"):
             with gr.Row():
-                with gr.Column(scale=1):
+                with gr.Column(scale=2):
                     seed = gr.Number(value=0, precision=0, label="seed", elem_id="seed")
                     prompt = gr.Textbox(label="prompt", visible=text, elem_id="prompt",
                                         value="the digit seven" if text else "")
                     guidance = gr.Slider(1.0, 8.0, value=3.0, step=0.5, label="guidance", visible=text)
                     sample_btn = gr.Button("Sample", elem_id="sample")
-                    upload = gr.File(label="or upload an image (it is DDIM-inverted)", elem_id="upload")
+                    upload = gr.File(label="or upload an image (it is DDIM-inverted)", elem_id="upload", height=130)
                     t = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="timestep t (fraction of T)", elem_id="t")
                     k = gr.Slider(1, MAX_K, value=6, step=1, label="k (number of directions)", elem_id="k")
                     method = gr.Radio(["guidance", "direct"], value="guidance", label="edit method")
                     find_btn = gr.Button("Find directions", variant="primary", elem_id="find")
                     status = gr.Markdown(elem_id="status")
-                with gr.Column(scale=1):
-                    source = gr.Image(label="source", format="png", interactive=False, elem_id="source")
-                    edited = gr.Image(label="edited", format="png", interactive=False, elem_id="edited")
+                with gr.Column(scale=2):
+                    with gr.Row():
+                        source = gr.Image(label="source", format="png", interactive=False, elem_id="source",
+                                          height=200)
+                        edited = gr.Image(label="edited", format="png", interactive=False, elem_id="edited",
+                                          height=200)
+                    sliders = [gr.Slider(-10, 10, value=0, step=0.5, label=f"v{i + 1}", visible=False,
+                                         elem_id=f"v{i + 1}") for i in range(MAX_K)]
             gallery = gr.Gallery(label="directions: v_i | -preview | +preview", columns=3, format="png",
-                                 elem_id="gallery", height="auto")
-            sliders = [gr.Slider(-10, 10, value=0, step=0.5, label=f"v{i + 1}", visible=False, elem_id=f"v{i + 1}")
-                       for i in range(MAX_K)]
+                                 elem_id="gallery", object_fit="contain", height=360)
             with gr.Row():
                 export_btn = gr.Button("Export basis, image and recipe", elem_id="export")
                 imported = gr.File(label="import a basis file (.safetensors)", elem_id="import")
@@ -362,37 +365,46 @@ def build_app(model):
             r_plots = gr.Gallery(label="plots", columns=2, format="png", height="auto")
             r_file = gr.File(label="report.html")
 
-        def slider_updates(n):
-            return [gr.update(visible=i < n, value=0) for i in range(MAX_K)]
+        def slider_updates(n, basis=None):
+            return [gr.update(visible=i < n, value=0,
+                              label=f"v{i + 1}" + (f"  (s = {float(basis.singular_values[i]):.3g})" if i < n else ""))
+                    for i in range(MAX_K)]
 
         def on_sample(s, seed_v, t_v, prompt_v, guidance_v):
+            s = s if s is not None else Session()
             pic = new_sample(model, s, seed_v, t_v, prompt_v, guidance_v)
             return s, pic, pic, [], f"Seed {s.seed} at t = {s.t_fraction:.2f}.", *slider_updates(0)
 
         def on_upload(s, path, t_v, prompt_v):
+            s = s if s is not None else Session()
             pic, msg = upload_image(model, s, path, t_v, prompt_v)
             return s, pic, pic, [], msg, *slider_updates(0)
 
         def on_find(s, t_v, k_v, m, progress=gr.Progress()):
+            s = s if s is not None else Session()
             g = find_directions(model, s, t_v, k_v, m, progress)
             return s, g, display(s.edited), f"{s.basis.k} directions at t = {s.t_fraction:.2f} " \
                 f"({s.basis.jvps + s.basis.vjps} Jacobian products, {s.basis.seconds:.2f} s).", \
-                *slider_updates(s.basis.k)
+                *slider_updates(s.basis.k, s.basis)
 
         def on_slide(s, m, *vals):
+            s = s if s is not None else Session()
             return s, apply_edit(model, s, m, list(vals))
 
         def on_import(s, path):
+            s = s if s is not None else Session()
             if not path:
                 return (s, gr.update(), gr.update(), *[gr.update()] * MAX_K)
             g = import_basis(model, s, path)
             return (s, g, f"Imported {Path(path).name}: {s.basis.k} directions transported to this image.",
-                    *slider_updates(s.basis.k))
+                    *slider_updates(s.basis.k, s.basis))
 
         def on_export(s):
+            s = s if s is not None else Session()
             return list(export(model, s))
 
         def on_report(s, n, m, kk, progress=gr.Progress()):
+            s = s if s is not None else Session()
             progress(0, desc="computing bases")
             plots, text_, html_ = small_report(model, s, n, m, kk)
             return plots, text_, html_

@@ -183,7 +183,7 @@ def _cmd_report(a) -> None:
     print(f"wrote {Path(a.out) / 'report.html'}")
 
 
-def _load_editor():
+def load_editor():
     """apps/editor.py of this source tree (the app ships beside the package, not inside it)."""
     import importlib.util
 
@@ -194,8 +194,11 @@ def _load_editor():
         import gradio  # noqa: F401  (a clear message instead of an ImportError later)
     except ImportError:
         raise LatentBasisError('the app needs gradio: pip install -e ".[app]"') from None
+    if "latentbasis_editor" in sys.modules:
+        return sys.modules["latentbasis_editor"]
     spec = importlib.util.spec_from_file_location("latentbasis_editor", path)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules["latentbasis_editor"] = mod  # dataclasses look their module up while it loads
     spec.loader.exec_module(mod)
     return mod
 
@@ -203,7 +206,7 @@ def _load_editor():
 def _cmd_app(a) -> None:
     from .models import load_model
 
-    editor = _load_editor()
+    editor = load_editor()
     model = load_model(a.model)
     if not 0 <= a.port <= 65535:
         raise LatentBasisError(f"--port {a.port} is not a port number (0 for a free one)")
