@@ -46,6 +46,9 @@ class GridSpec:
     algorithm: str = "krylov"
     tol: float = 1e-3
     warm_start: bool = True       # start each timestep from the previous (larger) timestep's latent basis
+    # text models: "own" samples x_t on each prompt's own guided trajectory; "shared" takes x_t from the
+    # unconditional trajectory of the seed for every prompt, so prompts are compared at the very same point
+    prompt_points: str = "own"
 
     def units(self) -> list[tuple[int, int]]:
         """(prompt index, seed) pairs: the unit of work (one trajectory, its timesteps in order)."""
@@ -80,7 +83,9 @@ def check_cache(model, spec: GridSpec, cache: str | os.PathLike) -> Path:
             have = json.loads(mpath.read_text())
         except (OSError, ValueError) as e:
             raise LatentBasisError(f"{mpath} is unreadable ({e}); remove the cache folder") from None
-        keys = ("model_hash", "k", "prompts", "guidance", "num_steps", "algorithm", "tol", "warm_start")
+        keys = ("model_hash", "k", "prompts", "guidance", "num_steps", "algorithm", "tol", "warm_start",
+                "prompt_points")
+        have.setdefault("prompt_points", "own")  # caches from before the setting existed
         diff = [key for key in keys if have.get(key) != want[key]]
         if diff:
             raise LatentBasisError(f"the cache {cache} was made with other settings ({', '.join(diff)}); "
@@ -113,8 +118,11 @@ def compute_grid(model, spec: GridSpec, cache: str | os.PathLike, *, rank: int =
         if all(path.exists() for path in paths):
             bar.update(len(paths))
             continue
-        traj = sample_trajectory(model, seed, num_steps=spec.num_steps, prompt=prompt, guidance=spec.guidance,
-                                 through=spec.timesteps)
+        if spec.prompt_points == "shared" and prompt is not None:
+            traj = sample_trajectory(model, seed, num_steps=spec.num_steps, prompt=None, through=spec.timesteps)
+        else:
+            traj = sample_trajectory(model, seed, num_steps=spec.num_steps, prompt=prompt, guidance=spec.guidance,
+                                     through=spec.timesteps)
         prev = None
         for ts, path in zip(spec.timesteps, paths):
             if path.exists():
@@ -265,7 +273,8 @@ def measure(model, spec: GridSpec, bases: dict, pca: tuple[torch.Tensor, torch.T
     base_h = random_subspace_distances(n_h, k)
     base_x = random_subspace_distances(n_x, k)
     out = {"model": model.name, "model_hash": model.model_hash, "k": k, "seeds": seeds,
-           "prompts": spec.prompts, "guidance": spec.guidance, "timesteps": ts_list,
+           "prompts": spec.prompts, "guidance": spec.guidance, "prompt_points": spec.prompt_points,
+           "timesteps": ts_list,
            "t_fractions": [ts / (T - 1) for ts in ts_list], "latent_dim": n_x, "tangent_dim": n_h,
            "random_baseline": {"tangent": base_h, "latent": base_x}, "low_frequency_cutoff": cutoff}
 

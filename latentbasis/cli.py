@@ -174,7 +174,8 @@ def _cmd_report(a) -> None:
 
     model = load_model(a.model)
     settings = ReportSettings(samples=a.samples, timesteps=a.timesteps, k=a.k, t_max=a.t_max, t_min=a.t_min,
-                              prompts=tuple(a.prompt or ()), guidance=a.guidance, num_steps=a.steps)
+                              prompts=tuple(a.prompt or ()), guidance=a.guidance, num_steps=a.steps,
+                              prompt_points=a.prompt_points)
     numbers = run_report(model, a.out, settings, progress=not a.quiet)
     if numbers is None:  # not process 0 of a distributed run
         return
@@ -190,10 +191,8 @@ def load_editor():
     path = Path(__file__).resolve().parents[1] / "apps" / "editor.py"
     if not path.is_file():
         raise LatentBasisError(f"the app is not here ({path}); run latentbasis from its source tree")
-    try:
-        import gradio  # noqa: F401  (a clear message instead of an ImportError later)
-    except ImportError:
-        raise LatentBasisError('the app needs gradio: pip install -e ".[app]"') from None
+    if importlib.util.find_spec("gradio") is None:
+        raise LatentBasisError('the app needs gradio: pip install -e ".[app]"')
     if "latentbasis_editor" in sys.modules:
         return sys.modules["latentbasis_editor"]
     spec = importlib.util.spec_from_file_location("latentbasis_editor", path)
@@ -287,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prompt", action="append", default=None,
                    help="a prompt (repeat for several; text models; default: three digits in two wordings)")
     r.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance of the text sampler")
+    r.add_argument("--prompt-points", choices=("own", "shared"), default="own",
+                   help="text models: x_t on each prompt's own trajectory, or one shared (unconditional) x_t")
     r.add_argument("--steps", type=_positive_int, default=100, help="DDIM steps of the trajectories")
     r.add_argument("--out", required=True, help="report folder (its cache/ makes a re-run resume)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -31,6 +31,7 @@ class ReportSettings:
     guidance: float = 3.0     # text models only
     num_steps: int = 100
     algorithm: str = "krylov"
+    prompt_points: str = "own"  # text models: "own" (each prompt's trajectory) or "shared" (one x_t for all)
 
 
 def default_prompts(model) -> tuple[list[str], list[str]]:
@@ -60,6 +61,8 @@ def run_report(model, out: str | os.PathLike, settings: ReportSettings, *, progr
     from .analysis import (GridSpec, barrier, check_cache, compute_grid, data_pca, distributed, load_grid,
                            measure, report_timesteps, training_data)
 
+    if settings.prompt_points not in ("own", "shared"):
+        raise LatentBasisError(f"prompt points {settings.prompt_points!r}: choose 'own' or 'shared'")
     if settings.samples < 2:
         raise LatentBasisError(f"--samples {settings.samples}: at least 2 samples are needed to compare them")
     D = int(np.prod(model.x_shape))
@@ -81,7 +84,8 @@ def run_report(model, out: str | os.PathLike, settings: ReportSettings, *, progr
                     timesteps=report_timesteps(model.num_train_timesteps, settings.timesteps, settings.t_max,
                                                settings.t_min),
                     k=settings.k, prompts=prompts, guidance=settings.guidance if model.conditional else 1.0,
-                    num_steps=settings.num_steps, algorithm=settings.algorithm)
+                    num_steps=settings.num_steps, algorithm=settings.algorithm,
+                    prompt_points=settings.prompt_points)
     with distributed() as (rank, world):
         if rank == 0:
             check_cache(model, spec, out / "cache")
@@ -295,7 +299,9 @@ def write_report(n: dict, out: str | os.PathLike, *, bases, pca, alphas_cumprod)
     rb = n["random_baseline"]
     chrom = ", ".join(f"{m}x{m}: {v if v is not None else 'never'}"
                       for m, v in n["chromatography"]["half_signal_timestep"].items())
-    prompts = ("<p>Prompts (each sampled on its own trajectory, guidance " + f"{n['guidance']}): "
+    where = ("each on its own guided trajectory (guidance " + f"{n['guidance']})" if n.get("prompt_points") != "shared"
+             else "all at the same x_t, from the seed's unconditional trajectory")
+    prompts = (f"<p>Prompts ({where}): "
                + "; ".join(e(repr(p)) for p in n["prompts"]) + "</p>") if n["prompts"] != [None] else ""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>latentbasis report: {e(n['model'])}</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}img{{max-width:100%}}

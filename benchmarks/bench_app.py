@@ -1,0 +1,54 @@
+"""Benchmark: how live the editor feels: the app's handlers timed on the bundled model (no browser in the loop).
+
+    python benchmarks/bench_app.py [--model digits] [--t 0.6] [--k 6] [--repeats 9]
+
+Rows: a new sample (the trajectory, 50-step grid), "Find directions" (the basis and the -/+ previews of every
+direction), and a released slider (one combined edit), for both edit methods. Target for the slider: well under a
+second on a 2-core CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from latentbasis.cli import load_editor
+from latentbasis.models import load_model
+
+
+def median_seconds(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="digits")
+    ap.add_argument("--t", type=float, default=0.6)
+    ap.add_argument("--k", type=int, default=6)
+    ap.add_argument("--repeats", type=int, default=9)
+    a = ap.parse_args()
+    E = load_editor()
+    model = load_model(a.model)
+    s = E.Session()
+    rows = [("new sample (seed, t)", median_seconds(lambda: E.new_sample(model, s, 0, a.t), 3))]
+    rows.append((f"Find directions (k = {a.k}, with previews)",
+                 median_seconds(lambda: E.find_directions(model, s, a.t, a.k, "guidance"), 3)))
+    for method in ("guidance", "direct"):
+        rows.append((f"slider released ({method}, 2 directions)",
+                     median_seconds(lambda: E.apply_edit(model, s, method, [4.0, -2.0]), a.repeats)))
+    print()
+    print(f"model {a.model}, t = {a.t}, app grid {E.APP_STEPS} DDIM steps")
+    print("| handler | median s |")
+    print("|---|---|")
+    for name, sec in rows:
+        print(f"| {name} | {sec:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
