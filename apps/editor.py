@@ -285,7 +285,7 @@ def export(model, s: Session) -> tuple[str, str, str]:
 
 def small_report(model, s: Session, samples, timesteps, k, progress=None) -> tuple[list[tuple[str, str]], str, str]:
     """A small similarity report of this model in the session folder: (plots with captions, findings, report.html)."""
-    from latentbasis.report import ReportSettings, run_report
+    from latentbasis.report import ReportSettings, run_report, verdict
 
     try:
         settings = ReportSettings(samples=int(samples), timesteps=int(timesteps), k=int(k), num_steps=APP_STEPS)
@@ -302,8 +302,7 @@ def small_report(model, s: Session, samples, timesteps, k, progress=None) -> tup
              ("timestep_distance", "across timesteps"), ("frequency", "frequency content"),
              ("prompt_distance", "prompts"), ("theory", "theory overlays"), ("directions", "directions")]
     plots = [(str(out / f"{f}.png"), c) for f, c in names if (out / f"{f}.png").exists()]
-    text = "\n".join(f"- **{'holds' if f['holds'] else 'does not hold'}**: {f['claim']} ({f['evidence']})"
-                     for f in n["findings"])
+    text = "\n".join(f"- **{verdict(f['holds'])}**: {f['claim']} ({f['evidence']})" for f in n["findings"])
     return plots, text, str(out / "report.html")
 
 

@@ -344,9 +344,20 @@ def measure(model, spec: GridSpec, bases: dict, pca: tuple[torch.Tensor, torch.T
     return out
 
 
+def _trend(first: float, last: float, rho: float, falls: bool) -> bool | None:
+    """A claim that a quantity falls (or rises) as t falls: it holds when the end points say so and the rank
+    correlation with t agrees (|rho| > 0.5); it does not hold when both say the opposite; else it is mixed (None)."""
+    s = 1 if falls else -1
+    if s * (first - last) > 0 and s * rho > 0.5:
+        return True
+    if s * (first - last) < 0 and s * rho < -0.5:
+        return False
+    return None
+
+
 def findings(n: dict) -> list[dict]:
-    """The paper's claims checked on these numbers: each {'claim', 'holds' (True/False/None), 'evidence'}.
-    Largest t is the first timestep, smallest the last."""
+    """The paper's claims checked on these numbers: each {'claim', 'holds' (True, False, or None: mixed),
+    'evidence'}. Largest t is the first timestep, smallest the last."""
     tf = n["t_fractions"]
     hi, lo = f"t = {tf[0]:.2f}", f"t = {tf[-1]:.2f}"
     res = []
@@ -354,13 +365,13 @@ def findings(n: dict) -> list[dict]:
     b = n["random_baseline"]["tangent"]["geodesic_mean"]
     res.append({"claim": "samples share more similar tangent spaces at large t than at small t "
                          "(mean geodesic distance between samples lower at large t)",
-                "holds": bool(d[0] < d[-1]),
+                "holds": _trend(d[0], d[-1], _rank_correlation(tf, d), falls=False),
                 "evidence": f"mean distance {d[0]:.3f} at {hi} vs {d[-1]:.3f} at {lo} (random subspaces: {b:.3f}); "
                             f"rank correlation of distance with t: {_rank_correlation(tf, d):+.2f}"})
     f = n["frequency"]["low_fraction_mean"]
     res.append({"claim": f"the low-frequency energy fraction (radial frequency <= {n['low_frequency_cutoff']} "
                          "cycles/pixel) of the latent basis falls as t falls",
-                "holds": bool(f[0] > f[-1]),
+                "holds": _trend(f[0], f[-1], _rank_correlation(tf, f), falls=True),
                 "evidence": f"fraction {f[0]:.3f} at {hi} vs {f[-1]:.3f} at {lo}; rank correlation with t: "
                             f"{_rank_correlation(tf, f):+.2f}"})
     pd = n.get("prompt_distance")
@@ -374,7 +385,7 @@ def findings(n: dict) -> list[dict]:
     if pd:
         m = pd["mean"]
         res.append({"claim": "the tangent space depends less on the prompt as t falls",
-                    "holds": bool(m[-1] < m[0]),
+                    "holds": _trend(m[0], m[-1], _rank_correlation(tf, m), falls=True),
                     "evidence": f"mean distance between prompts {m[0]:.3f} at {hi} vs {m[-1]:.3f} at {lo}; rank "
                                 f"correlation with t: {_rank_correlation(tf, m):+.2f}"})
     return res

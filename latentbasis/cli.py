@@ -157,7 +157,14 @@ def _cmd_train(a) -> None:
         from .train import prompt_markdown, quality_markdown, write_model_card
 
         model = load_model(a.out)
-        if cfg.text:
+        if cfg.dataset == "shapes":
+            from .evaluate import shapes_quality
+            from .train import shapes_markdown
+
+            q = shapes_quality(model)
+            write_model_card(Path(a.out), cfg, log, cfg.steps, shapes=q)
+            print(shapes_markdown(q))
+        elif cfg.text:
             p = prompt_following(model)
             write_model_card(Path(a.out), cfg, log, cfg.steps, prompts=p)
             print(prompt_markdown(p))
@@ -179,8 +186,10 @@ def _cmd_report(a) -> None:
     numbers = run_report(model, a.out, settings, progress=not a.quiet)
     if numbers is None:  # not process 0 of a distributed run
         return
+    from .report import verdict
+
     for f in numbers["findings"]:
-        print(f"{'holds' if f['holds'] else 'does NOT hold'}: {f['claim']}  [{f['evidence']}]")
+        print(f"{verdict(f['holds'])}: {f['claim']}  [{f['evidence']}]")
     print(f"wrote {Path(a.out) / 'report.html'}")
 
 

@@ -106,6 +106,10 @@ def run_report(model, out: str | os.PathLike, settings: ReportSettings, *, progr
 
 # ---------------------------------------------------------------- rendering
 
+def verdict(holds: bool | None) -> str:
+    return {True: "holds", False: "does not hold", None: "mixed (end points and trend disagree)"}[holds]
+
+
 def _csv(path: Path, header: list[str], rows: list[list]) -> None:
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -283,8 +287,8 @@ def write_report(n: dict, out: str | os.PathLike, *, bases, pca, alphas_cumprod)
                 if name in figs else "")
 
     rows = "".join(
-        f"<tr><td>{e(f['claim'])}</td><td class={'yes' if f['holds'] else 'no'}>"
-        f"{'holds' if f['holds'] else 'does not hold'}</td><td>{e(f['evidence'])}</td></tr>" for f in n["findings"])
+        f"<tr><td>{e(f['claim'])}</td><td class={ {True: 'yes', False: 'no', None: 'mixed'}[f['holds']]}>"
+        f"{verdict(f['holds'])}</td><td>{e(f['evidence'])}</td></tr>" for f in n["findings"])
     sd, fq = n["sample_distance"], n["frequency"]
     per_t = "".join(
         f"<tr><td>{ts}</td><td>{t:.2f}</td><td>{sd['tangent_mean'][i]:.3f} ± {sd['tangent_std'][i]:.3f}</td>"
@@ -306,7 +310,7 @@ def write_report(n: dict, out: str | os.PathLike, *, bases, pca, alphas_cumprod)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>latentbasis report: {e(n['model'])}</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}img{{max-width:100%}}
 table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;padding:3px 6px}}
-.yes{{color:#070;font-weight:bold}}.no{{color:#a00;font-weight:bold}}</style></head><body>
+.yes{{color:#070;font-weight:bold}}.no{{color:#a00;font-weight:bold}}.mixed{{color:#a60;font-weight:bold}}</style></head><body>
 <h1>Latent-space geometry of {e(n['model'])}</h1>
 <p>Model hash {e(n['model_hash'])}. {len(n['seeds'])} samples (seeds {n['seeds'][0]}..{n['seeds'][-1]}) x
 {len(n['timesteps'])} timesteps, k = {n['k']}; x has {n['latent_dim']} dimensions, h (the bottleneck) {n['tangent_dim']}.

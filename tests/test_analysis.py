@@ -102,3 +102,13 @@ def test_warm_start_changes_cost_not_the_subspace(tmp_path, tiny_unet_dir):
     for key in bw:
         torch.testing.assert_close(bw[key].singular_values, bc[key].singular_values, rtol=2e-3, atol=0)
     assert sum(bw[key].jvps for key in bw) <= sum(bc[key].jvps for key in bc)
+
+
+def test_a_trend_claim_needs_end_points_and_rank_correlation_to_agree():
+    from latentbasis.analysis import _rank_correlation, _trend
+
+    t = [1.0, 0.7, 0.4, 0.1]
+    assert _trend(3.0, 1.0, _rank_correlation(t, [3, 2.5, 1.5, 1]), falls=True) is True
+    assert _trend(1.0, 3.0, _rank_correlation(t, [1, 2, 2.5, 3]), falls=True) is False
+    assert _trend(1.3, 1.2, _rank_correlation(t, [1.3, 1.9, 1.8, 1.2]), falls=True) is None   # up, then down
+    assert _trend(1.0, 3.0, _rank_correlation(t, [1, 2, 2.5, 3]), falls=False) is True
