@@ -139,6 +139,41 @@ def test_launched_app_over_loopback(model, tmp_path):
             c.predict(handle_file(str(bad)), 0.6, "", api_name="/on_upload")
         again = c.predict(0.6, 2, "guidance", api_name="/on_find")   # still running after the bad input
         assert len(again[0]) == 2
+        other = Client(url, verbose=False)                            # another session: its own state
+        other.predict(5, 0.6, "", 3.0, api_name="/on_sample")
+        with pytest.raises(Exception, match="Find directions"):
+            other.predict("guidance", 5, *[0] * (E.MAX_K - 1), api_name="/on_slide")
+        assert Path(c.predict("guidance", 5, *[0] * (E.MAX_K - 1), api_name="/on_slide")).is_file()
     finally:
         demo.close()
         shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_the_app_command_serves_the_page_and_refuses_a_bad_port(tiny_unet_dir):
+    import subprocess
+    import sys
+    import urllib.request
+
+    r = subprocess.run([sys.executable, "-m", "latentbasis.cli", "app", "--model", str(tiny_unet_dir), "--port",
+                        "70000"], capture_output=True, text=True)
+    assert r.returncode == 2 and "not a port number" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    proc = subprocess.Popen([sys.executable, "-m", "latentbasis.cli", "app", "--model", str(tiny_unet_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "http://127.0.0.1:" in line                         # loopback only, a free port
+        url = line.split("on ")[1].split()[0]
+        for _ in range(240):
+            try:
+                page = urllib.request.urlopen(url, timeout=5).read().decode()
+                break
+            except OSError:
+                import time
+
+                time.sleep(0.5)
+        else:
+            raise AssertionError("the app did not answer")
+        assert "latentbasis editor" in page
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
