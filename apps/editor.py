@@ -9,6 +9,7 @@ keeps running.
 """
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ from latentbasis.images import image_to_x, load_image, pixel_size, x_to_image
 from latentbasis.models import resolve_timestep
 from latentbasis.recipe import EditRecipe, sha256_file
 from latentbasis.sampling import invert, sample_trajectory
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no network at run time
 
 MAX_K = 12            # sliders made (the k slider goes up to this)
 APP_STEPS = 50        # DDIM grid of the app's trajectories: an edit from t re-runs at most 50 steps
