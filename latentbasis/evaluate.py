@@ -155,6 +155,25 @@ def _r2(y, p) -> float:
     return float(1 - ((y - p) ** 2).sum() / ((y - y.mean()) ** 2).sum())
 
 
+MIN_SHAPE_AREA = 0.5 * (3 * np.sqrt(3) / 4) * 0.10 ** 2  # half the smallest shape the generator draws
+
+
+def recovery(reader, images: torch.Tensor) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(factors read, pixel R^2 of their re-rendering against each image, recovered [N] bool).
+
+    pixel R^2 = 1 - ||render(read(x)) - x||^2 / ||x - mean(x)||^2; an image is recovered when it is >= 0.9 and the
+    image holds a shape at all (coverage area >= MIN_SHAPE_AREA: a blank image is not a recovered shape)."""
+    from .data import render_shapes
+
+    read = read_shapes(reader, images)
+    again = render_shapes({k: read[k] for k in ("kind", "x", "y", "size", "hue", "background")}, images.shape[-1])
+    err = ((again - images) ** 2).flatten(1).sum(1)
+    var = ((images - images.flatten(1).mean(1)[:, None, None, None]) ** 2).flatten(1).sum(1)
+    pix_r2 = (1 - err / var.clamp(min=1e-12)).numpy()
+    area = shape_alpha(images).mean(axis=(1, 2))
+    return read, pix_r2, (pix_r2 >= 0.9) & (area >= MIN_SHAPE_AREA)
+
+
 def shapes_quality(model, n: int = 256, num_steps: int = 50, batch: int = 128, reader=None) -> dict:
     """Sample quality of a `shapes` model, read back with the factor reader.
 
@@ -164,7 +183,7 @@ def shapes_quality(model, n: int = 256, num_steps: int = 50, batch: int = 128, r
     (pixel R^2 >= 0.9), which a wrong kind, position or size cannot do. Reported: the fraction recovered, the mean
     pixel R^2, the kinds found, and the reader's mean kind probability against the same on procedural images.
     """
-    from .data import render_shapes, shapes_images
+    from .data import shapes_images
     from .sampling import generate
 
     reader = reader or shapes_reader(resolution=model.x_shape[-1])
@@ -176,12 +195,8 @@ def shapes_quality(model, n: int = 256, num_steps: int = 50, batch: int = 128, r
                 "kind_probability": float(got["kind_probability"].mean())}
     xs = torch.cat([generate(model, list(range(s, min(s + batch, n))), num_steps=num_steps)
                     for s in range(0, n, batch)])
-    read = read_shapes(reader, xs)
-    again = render_shapes({k: read[k] for k in ("kind", "x", "y", "size", "hue", "background")}, R)
-    err = ((again - xs) ** 2).flatten(1).sum(1)
-    var = ((xs - xs.flatten(1).mean(1)[:, None, None, None]) ** 2).flatten(1).sum(1)
-    pix_r2 = (1 - err / var.clamp(min=1e-12)).numpy()
-    return {"samples": n, "held_out": held_out, "recovered": float((pix_r2 >= 0.9).mean()),
+    read, pix_r2, ok = recovery(reader, xs)
+    return {"samples": n, "held_out": held_out, "recovered": float(ok.mean()),
             "pixel_r2_mean": float(pix_r2.mean()), "pixel_r2_median": float(np.median(pix_r2)),
             "kind_probability": float(read["kind_probability"].mean()),
             "kinds": np.bincount(read["kind"], minlength=3).tolist(), "images": xs, "read": read}

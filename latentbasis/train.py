@@ -329,7 +329,7 @@ def shapes_markdown(q: dict) -> str:
             f"factors known): kind accuracy {100 * h['kind_accuracy']:.1f} %, R^2 x {h['x_r2']:.4f}, y {h['y_r2']:.4f}, "
             f"size {h['size_r2']:.4f}. On {q['samples']} DDIM samples (50 steps, seeds 0..{q['samples'] - 1}), which "
             f"have no ground truth, each sample's factors are read, re-rendered and compared with the sample: "
-            f"{100 * q['recovered']:.1f} % are recovered (the re-rendering explains >= 90 % of the sample's pixel "
-            f"variance; target >= 90 %), mean pixel R^2 {q['pixel_r2_mean']:.3f} (median {q['pixel_r2_median']:.3f}); "
+            f"{100 * q['recovered']:.1f} % are recovered (the sample holds a shape, and the re-rendering explains >= 90 % "
+            f"of its pixel variance; target >= 90 %), mean pixel R^2 {q['pixel_r2_mean']:.3f} (median {q['pixel_r2_median']:.3f}); "
             f"kinds read (square, circle, triangle): {q['kinds']}; the reader's mean kind probability "
             f"{q['kind_probability']:.3f} against {h['kind_probability']:.3f} on procedural images.")
