@@ -177,3 +177,20 @@ def test_the_app_command_serves_the_page_and_refuses_a_bad_port(tiny_unet_dir):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_text_model_with_a_vae(tiny_sd_dir, tmp_path):
+    from PIL import Image
+
+    sd = load_model(str(tiny_sd_dir))
+    s = E.Session()
+    pic = E.new_sample(sd, s, 0, 0.7, prompt="the digit one", guidance=2.0)
+    assert pic.shape[-1] == 3 and s.prompt == "the digit one"
+    assert len(E.find_directions(sd, s, 0.7, 2, "guidance")) == 2
+    assert not np.array_equal(E.apply_edit(sd, s, "guidance", [20, 0]), E.apply_edit(sd, s, "guidance", [-20, 0]))
+    img = tmp_path / "rgb.png"
+    Image.fromarray((np.random.default_rng(0).random((20, 20, 3)) * 255).astype(np.uint8)).save(img)
+    _, msg = E.upload_image(sd, s, str(img), 0.7, prompt="the digit two")
+    assert "PSNR" in msg and s.image == str(img)
+    with pytest.raises(E.AppError, match="not a text model"):
+        E.new_sample(load_model("digits"), E.Session(), 0, 0.6, prompt="a cat")
