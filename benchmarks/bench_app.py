@@ -9,21 +9,10 @@ second on a 2-core CPU.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
+from bench_edit import median_seconds  # the same timing rule as the edit benchmark (run as a script)
 from latentbasis.cli import load_editor
 from latentbasis.models import load_model
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main():
