@@ -346,8 +346,11 @@ def measure(model, spec: GridSpec, bases: dict, pca: tuple[torch.Tensor, torch.T
 
 def _trend(first: float, last: float, rho: float, falls: bool) -> bool | None:
     """A claim that a quantity falls (or rises) as t falls: it holds when the end points say so and the rank
-    correlation with t agrees (|rho| > 0.5); it does not hold when both say the opposite; else it is mixed (None)."""
+    correlation with t agrees (|rho| > 0.5); it does not hold when both say the opposite; else (or when the end
+    points agree to 0.1 %) it is mixed (None)."""
     s = 1 if falls else -1
+    if abs(first - last) <= 1e-3 * max(abs(first), abs(last)):   # no change beyond rounding: no trend to claim
+        return None
     if s * (first - last) > 0 and s * rho > 0.5:
         return True
     if s * (first - last) < 0 and s * rho < -0.5:

@@ -112,3 +112,19 @@ def test_a_trend_claim_needs_end_points_and_rank_correlation_to_agree():
     assert _trend(1.0, 3.0, _rank_correlation(t, [1, 2, 2.5, 3]), falls=True) is False
     assert _trend(1.3, 1.2, _rank_correlation(t, [1.3, 1.9, 1.8, 1.2]), falls=True) is None   # up, then down
     assert _trend(1.0, 3.0, _rank_correlation(t, [1, 2, 2.5, 3]), falls=False) is True
+    assert _trend(0.12900, 0.12899, 0.9, falls=True) is None                                     # rounding only
+
+
+def test_the_report_on_the_gaussian_model_shows_what_theory_says(tmp_path):
+    """The whole report (run_report: grid, cache, measurements, page) on the closed-form model."""
+    from latentbasis.report import ReportSettings, run_report
+
+    model = GaussianModel.random((1, 4, 4), h_dim=24, seed=1)
+    pca = (model.lam, model.U.T.reshape(-1, *model.x_shape))
+    n = run_report(model, tmp_path / "g", ReportSettings(samples=3, timesteps=4, k=4, t_max=0.95, t_min=0.05,
+                                                         num_steps=20), progress=False, pca=pca)
+    saved = json.loads((tmp_path / "g" / "numbers.json").read_text())
+    assert saved["timesteps"] == n["timesteps"]
+    assert np.abs(np.array(saved["timestep_distance"]["mean"])).max() < 1e-2
+    assert max(saved["gaussian"]["latent_to_data_pcs_mean"]) < 1e-2 and max(saved["gaussian"]["spectrum_error"]) < 1e-4
+    assert "latent vs data PCs" in (tmp_path / "g" / "report.html").read_text()
