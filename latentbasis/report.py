@@ -107,7 +107,7 @@ def run_report(model, out: str | os.PathLike, settings: ReportSettings, *, progr
 # ---------------------------------------------------------------- rendering
 
 def verdict(holds: bool | None) -> str:
-    return {True: "holds", False: "does not hold", None: "mixed (end points and trend disagree)"}[holds]
+    return {True: "holds", False: "does not hold", None: "mixed (no clear trend)"}[holds]
 
 
 def _csv(path: Path, header: list[str], rows: list[list]) -> None:
