@@ -150,6 +150,7 @@ def _cmd_train(a) -> None:
     cfg = PRESETS[a.dataset]
     if a.steps:
         cfg = dataclasses.replace(cfg, steps=a.steps)
+    cfg = dataclasses.replace(cfg, device=a.device)
     log = train(cfg, a.out, progress=not a.quiet)
     if not a.no_eval:
         from .evaluate import digits_quality, prompt_following
@@ -306,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", required=True, help="digits, shapes or digits-text")
     t.add_argument("--out", required=True, help="model folder to write")
     t.add_argument("--steps", type=_positive_int, default=None, help="override the preset's number of steps")
+    t.add_argument("--device", default="cpu", help="cpu (default) or cuda: where the steps run (a run may resume "
+                   "on another device; the random draws come from one CPU generator)")
     t.add_argument("--no-eval", action="store_true", help="skip the sample-quality evaluation for the model card")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(run=_cmd_train)

@@ -41,6 +41,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 250
     num_threads: int = 0  # 0: torch's default
+    device: str = "cpu"   # "cuda" on a GPU machine; the random draws stay on the CPU generator either way
     # text conditioning (digits-text): a CLIP text encoder trained from scratch on the captions
     text: bool = False
     cross_attention_dim: int = 64
@@ -135,7 +136,7 @@ def _captions(labels: torch.Tensor, gen: torch.Generator, dropout: float) -> lis
 
 # Settings that do not change the sequence of weights: a run may be resumed with other values (e.g. to go on
 # for more steps, since the learning rate does not depend on the total).
-_RESUMABLE_CHANGES = ("steps", "checkpoint_every", "num_threads")
+_RESUMABLE_CHANGES = ("steps", "checkpoint_every", "num_threads", "device")
 
 
 def _trajectory_settings(config: dict) -> dict:
@@ -164,8 +165,13 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
     out.mkdir(parents=True, exist_ok=True)
     data, labels = load_dataset(cfg)
     torch.manual_seed(cfg.seed)
-    unet = build_unet(cfg)
+    if cfg.device != "cpu" and not (cfg.device.startswith("cuda") and torch.cuda.is_available()):
+        raise LatentBasisError(f"device {cfg.device!r} is not available here (use cpu)")
+    dev = torch.device(cfg.device)
+    unet = build_unet(cfg).to(dev)
     tokenizer, text_encoder = build_text(cfg) if cfg.text else (None, None)
+    if cfg.text:
+        text_encoder.to(dev)
     scheduler = build_scheduler(cfg)
     params = list(unet.parameters()) + (list(text_encoder.parameters()) if cfg.text else [])
     ema = EMAModel(params, decay=cfg.ema_decay)
@@ -175,7 +181,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
     step = 0
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=False)
+        ckpt = torch.load(ckpt_path, weights_only=False, map_location=dev)
         if _trajectory_settings(ckpt["config"]) != _trajectory_settings(dataclasses.asdict(cfg)):
             raise LatentBasisError(f"{ckpt_path} was written with other settings; remove it or use another --out")
         if ckpt["step"] > cfg.steps:
@@ -201,11 +207,12 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
         x0 = data[idx]
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, cfg.num_train_timesteps, (cfg.batch_size,), generator=gen)
+        x0, noise, t = x0.to(dev), noise.to(dev), t.to(dev)
         xt = scheduler.add_noise(x0, noise, t)
         if cfg.text:
             tok = tokenizer(_captions(labels[idx], gen, cfg.caption_dropout), padding="max_length",
                             max_length=cfg.text_max_length, truncation=True, return_tensors="pt")
-            pred = unet(xt, t, encoder_hidden_states=text_encoder(tok.input_ids)[0]).sample
+            pred = unet(xt, t, encoder_hidden_states=text_encoder(tok.input_ids.to(dev))[0]).sample
         else:
             pred = unet(xt, t).sample
         loss = F.mse_loss(pred, noise)
@@ -228,7 +235,9 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
             _atomic_torch_save(state, ckpt_path)
     bar.close()
     ema.copy_to(params)
-    unet.eval()
+    unet.eval().to("cpu")
+    if cfg.text:
+        text_encoder.to("cpu")
     if cfg.text:  # a pipeline folder without a VAE, opened like any SD-style pipeline
         unet.save_pretrained(out / "unet", safe_serialization=True)
         text_encoder.eval().save_pretrained(out / "text_encoder")
@@ -288,7 +297,8 @@ def write_model_card(out: Path, cfg: TrainConfig, log: dict, step: int, quality:
            "classifier-free guidance works. Saved as a pipeline folder without a VAE.", ""] if cfg.text else []),
         f"Training: {step} steps, batch {cfg.batch_size}, AdamW lr {cfg.lr} ({cfg.warmup_steps} warm-up steps), "
         f"EMA decay {cfg.ema_decay} (the EMA weights ship), seed {cfg.seed}; {log['seconds'] / 60:.1f} min on "
-        f"{torch.get_num_threads()} CPU threads. Final loss (mean of the last 200 steps): {last:.4f}.",
+        f"{torch.get_num_threads()} CPU threads" + (f" and {cfg.device}" if cfg.device != "cpu" else "")
+        + f". Final loss (mean of the last 200 steps): {last:.4f}.",
         "",
         "Reproduce:",
         "",

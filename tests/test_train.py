@@ -58,3 +58,20 @@ def test_captions_and_vocabulary():
     tok = word_tokenizer(caption_vocabulary())
     ids = tok("a handwritten digit 7").input_ids
     assert tok.unk_token_id not in ids
+
+
+def test_shapes_preset_trains_rgb_and_the_card_describes_its_data(tmp_path):
+    cfg = dataclasses.replace(TINY, dataset="shapes", in_channels=3, steps=2, checkpoint_every=1)
+    train(cfg, tmp_path, progress=False)
+    m = load_model(str(tmp_path))
+    assert m.x_shape == (3, 8, 8)
+    card = (tmp_path / "README.md").read_text()
+    assert "procedural shapes" in card and "load_digits" not in card
+
+
+def test_a_device_that_is_not_there_is_refused(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here")
+    with pytest.raises(LatentBasisError, match="not available"):
+        train(dataclasses.replace(TINY, device="cuda"), tmp_path, progress=False)
+    assert not (tmp_path / "checkpoint.pt").exists()
