@@ -41,3 +41,20 @@ def test_sample_with_prompt(tiny_sd_dir):
     m = load_model(str(tiny_sd_dir))
     x = sample_to(m, 0, t=0.5, num_steps=6, prompt="a cat", guidance=3.0)
     assert x.shape == (4, 8, 8) and torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("which", ["pixel", "text"])
+def test_the_traced_sampling_unet_gives_the_eager_outputs(which, tiny_unet_dir, tiny_sd_dir):
+    """DiffusionModel.eps runs a torch.jit trace of the U-Net: the same numbers as the eager forward, any batch."""
+    from latentbasis.models import load_model
+
+    m = load_model(str(tiny_unet_dir if which == "pixel" else tiny_sd_dir))
+    cond = m.encode_prompt("the digit one") if which == "text" else None
+    for b in (1, 3):
+        x = torch.randn(b, *m.x_shape, generator=torch.Generator().manual_seed(b))
+        t = torch.full((b,), 321, dtype=torch.long)
+        c = None if cond is None else cond.expand(b, -1, -1)
+        with torch.no_grad():
+            eager = (m.unet(x, t) if c is None else m.unet(x, t, encoder_hidden_states=c)).sample
+            assert torch.equal(m.eps(x, t, c), eager)
+    assert m._traced[("cond" if which == "text" else "uncond")] is not None   # it really is the traced path
