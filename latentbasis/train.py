@@ -58,7 +58,7 @@ PRESETS: dict[str, TrainConfig] = {
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")),
     # 32x32 RGB: attention only at 8x8 keeps a step near 0.9 s on 2 CPU cores at batch 64. Not shipped yet:
-    # at 3,250 steps samples are still noisy blobs, so the number of steps is provisional.
+    # at 4,750 steps most samples are still noisy, so the number of steps is provisional.
     "shapes": TrainConfig(
         dataset="shapes", resolution=32, in_channels=3, steps=20000, batch_size=64,
         down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
