@@ -65,11 +65,12 @@ class GaussianModel:
         c = self.U.T @ (xf - ab.sqrt() * self.mu)
         return (self.mu + self.U @ (self.gains(timestep) * c)).reshape(self.x_shape)
 
-    @property
-    def unet(self):
-        """eps(x_t, t) = (x_t - sqrt(abar) D(x_t)) / sqrt(1 - abar) in a U-Net's calling convention
-        (unet(x [B, *x_shape], t [B]).sample), so the DDIM sampler runs on this model unchanged."""
-        return _OptimalEps(self)
+    def eps(self, x: torch.Tensor, t: torch.Tensor, cond: None = None) -> torch.Tensor:
+        """eps(x_t, t) = (x_t - sqrt(abar) D(x_t)) / sqrt(1 - abar) for x [B, *x_shape], t [B]: the same call as
+        DiffusionModel.eps, so the DDIM sampler runs on this model unchanged."""
+        ab = self.alphas_cumprod[t.long()].reshape(-1, *[1] * (x.dim() - 1))
+        D = torch.stack([self.denoiser(xi, int(ti)) for xi, ti in zip(x, t)])
+        return ((x.double() - ab.sqrt() * D) / (1 - ab).sqrt()).to(x.dtype)
 
     def encode_prompt(self, prompt: str | None):
         if prompt is not None:
@@ -94,15 +95,3 @@ class GaussianModel:
         latent = self.U[:, order].T.reshape(k, *self.x_shape)
         return latent, self.P[:, order].T, s[order]
 
-
-class _OptimalEps:
-    def __init__(self, model: GaussianModel):
-        self.model = model
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor):
-        from types import SimpleNamespace
-
-        m = self.model
-        ab = m.alphas_cumprod[t.long()].reshape(-1, *[1] * (x.dim() - 1))
-        D = torch.stack([m.denoiser(xi, int(ti)) for xi, ti in zip(x, t)])
-        return SimpleNamespace(sample=((x.double() - ab.sqrt() * D) / (1 - ab).sqrt()).to(x.dtype))

@@ -36,14 +36,12 @@ def predict_eps(model, x: torch.Tensor, timestep: int, prompt: str | None = None
     """eps_theta(x, t) for a batch x [B, *x_shape]; classifier-free guidance for text models when guidance != 1."""
     t = torch.full((x.shape[0],), int(timestep), dtype=torch.long)
     cond = model.encode_prompt(prompt)  # None for pixel models, which refuse a prompt
-    net = model.eps if hasattr(model, "eps") else (lambda a, b, c=None: (
-        model.unet(a, b) if c is None else model.unet(a, b, encoder_hidden_states=c)).sample)
     if cond is None:
-        return net(x, t)
-    eps_c = net(x, t, cond.expand(x.shape[0], -1, -1))
+        return model.eps(x, t)
+    eps_c = model.eps(x, t, cond.expand(x.shape[0], -1, -1))
     if guidance == 1.0:
         return eps_c
-    eps_u = net(x, t, model.encode_prompt("").expand(x.shape[0], -1, -1))
+    eps_u = model.eps(x, t, model.encode_prompt("").expand(x.shape[0], -1, -1))
     return eps_u + guidance * (eps_c - eps_u)
 
 
