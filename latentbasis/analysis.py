@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -195,14 +196,19 @@ def _upper(d: np.ndarray) -> np.ndarray:
     return d[np.triu_indices(len(d), 1)]
 
 
+def _power_spectrum(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(power |FFT2|^2 summed over channels [n, H, W], radial frequency in cycles per pixel [H, W]) of v [n, C, H, W]."""
+    v = v.detach().double()
+    H, W = v.shape[-2:]
+    fy, fx = torch.fft.fftfreq(H, dtype=torch.float64), torch.fft.fftfreq(W, dtype=torch.float64)
+    return (torch.fft.fft2(v).abs() ** 2).sum(dim=1), (fy[:, None] ** 2 + fx[None, :] ** 2).sqrt()
+
+
 def radial_power(v: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Radial power spectrum of images v [n, C, H, W]: (frequencies [H//2 + 1] in cycles per pixel, power
     [n, H//2 + 1]) with power summed over channels and over rings of width 1/H, each row normalised to sum 1."""
-    v = v.detach().double()
-    H, W = v.shape[-2:]
-    P = (torch.fft.fft2(v).abs() ** 2).sum(dim=1)                      # [n, H, W]
-    fy, fx = torch.fft.fftfreq(H, dtype=torch.float64), torch.fft.fftfreq(W, dtype=torch.float64)
-    r = (fy[:, None] ** 2 + fx[None, :] ** 2).sqrt()
+    P, r = _power_spectrum(v)
+    H = v.shape[-2]
     ring = (r * H).round().long().clamp(max=H // 2)                    # rings up to Nyquist (corners folded in)
     out = torch.zeros(v.shape[0], H // 2 + 1, dtype=torch.float64)
     out.index_add_(1, ring.reshape(-1), P.reshape(v.shape[0], -1))
@@ -212,11 +218,8 @@ def radial_power(v: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 def low_frequency_fraction(v: torch.Tensor, cutoff: float = LOW_FREQUENCY_CUTOFF) -> np.ndarray:
     """Fraction of each image's energy (v [n, C, H, W]) at radial frequency <= cutoff (cycles per pixel), [n]."""
-    v = v.detach().double()
-    H, W = v.shape[-2:]
-    P = (torch.fft.fft2(v).abs() ** 2).sum(dim=1)
-    fy, fx = torch.fft.fftfreq(H, dtype=torch.float64), torch.fft.fftfreq(W, dtype=torch.float64)
-    low = (fy[:, None] ** 2 + fx[None, :] ** 2).sqrt() <= cutoff + 1e-12
+    P, r = _power_spectrum(v)
+    low = r <= cutoff + 1e-12
     return ((P * low).sum(dim=(1, 2)) / P.sum(dim=(1, 2)).clamp(min=1e-300)).numpy()
 
 
@@ -406,12 +409,9 @@ def training_data(model) -> torch.Tensor | None:
         cfg = json.loads(log.read_text())["config"]
     except (OSError, ValueError, KeyError):
         return None
-    if cfg.get("dataset") in ("digits", "digits-text"):
-        from .data import digits_images
+    from .train import PRESETS, load_dataset
 
-        return digits_images(model.x_shape[-1])[0]
-    if cfg.get("dataset") == "shapes":
-        from .data import shapes_images
-
-        return shapes_images(seed=int(cfg.get("seed", 0)), resolution=model.x_shape[-1])[0]
-    return None
+    if cfg.get("dataset") not in PRESETS:
+        return None
+    settings = {"dataset": cfg["dataset"], "seed": int(cfg.get("seed", 0)), "resolution": model.x_shape[-1]}
+    return load_dataset(dataclasses.replace(PRESETS[cfg["dataset"]], **settings))[0]
