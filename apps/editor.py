@@ -124,20 +124,25 @@ def upload_image(model, s: Session, path, t, prompt: str = "") -> tuple[np.ndarr
 
     if not path:
         raise AppError("no image was uploaded")
+    prompt = (prompt or "").strip() or None
+    if prompt and not model.conditional:
+        raise AppError(f"{model.name} is not a text model: it takes no prompt")
+    ts, frac = _checked_t(model, t)
+    img, traj = _inverted(model, path, prompt, ts)
+    _reset(s, seed=None, image=str(path), prompt=prompt, guidance=1.0, timestep=ts, t_fraction=frac, trajectory=traj)
+    rec = x_to_image(model, denoise(model, traj.xs[traj.index(ts)][None], traj.timesteps[traj.index(ts):], prompt))[0]
+    s.edited = rec
+    return display(rec), f"Inverted {Path(path).name}: reconstruction from t = {frac:.2f} at {psnr(rec, img):.1f} dB PSNR."
+
+
+def _inverted(model, path, prompt: str | None, ts: int):
+    """(the image read for the model [C, H, W], its DDIM inversion on the app's grid through ts)."""
     c, size = pixel_size(model)
     try:
         img = load_image(path, c, size)
     except LatentBasisError as e:
         raise AppError(str(e)) from None
-    prompt = (prompt or "").strip() or None
-    if prompt and not model.conditional:
-        raise AppError(f"{model.name} is not a text model: it takes no prompt")
-    ts, frac = _checked_t(model, t)
-    traj = invert(model, image_to_x(model, img), num_steps=APP_STEPS, prompt=prompt, through=ts)
-    _reset(s, seed=None, image=str(path), prompt=prompt, guidance=1.0, timestep=ts, t_fraction=frac, trajectory=traj)
-    rec = x_to_image(model, denoise(model, traj.xs[traj.index(ts)][None], traj.timesteps[traj.index(ts):], prompt))[0]
-    s.edited = rec
-    return display(rec), f"Inverted {Path(path).name}: reconstruction from t = {frac:.2f} at {psnr(rec, img):.1f} dB PSNR."
+    return img, invert(model, image_to_x(model, img), num_steps=APP_STEPS, prompt=prompt, through=ts)
 
 
 def _reset(s: Session, **kw) -> None:
@@ -155,9 +160,7 @@ def _move_to_t(model, s: Session, t) -> None:
         s.timestep, s.t_fraction = ts, frac
         return
     if s.image:
-        c, size = pixel_size(model)
-        x = image_to_x(model, load_image(s.image, c, size))
-        s.trajectory = invert(model, x, num_steps=APP_STEPS, prompt=s.prompt, through=ts)
+        s.trajectory = _inverted(model, s.image, s.prompt, ts)[1]
     else:
         s.trajectory = sample_trajectory(model, s.seed, num_steps=APP_STEPS, prompt=s.prompt, guidance=s.guidance,
                                          through=ts)
