@@ -76,13 +76,19 @@ def prompt_following(model, per_prompt: int = 8, guidance: float = 3.0, num_step
 # ---------------------------------------------------------------- shapes: reading the factors back from pixels
 
 SHAPE_SATURATION = 0.9 * 0.95  # max - min of HSV(h, 0.9, 0.95): a fully covered shape pixel; grey background is 0
+SATURATION_FLOOR = 0.1  # coverage below this is tint, not shape: generated backgrounds are rarely exactly grey
 
 
 def shape_alpha(images: torch.Tensor) -> np.ndarray:
-    """Shape coverage [N, R, R] in [0, 1] of RGB images [N, 3, R, R] in [-1, 1]: (max - min over channels) /
-    SHAPE_SATURATION, since the background is grey (equal channels) and the shape is saturated."""
+    """Shape coverage [N, R, R] in [0, 1] of RGB images [N, 3, R, R] in [-1, 1].
+
+    c = (max - min over channels) / SHAPE_SATURATION, since the background is grey (equal channels) and the shape
+    saturated; alpha = clip((c - SATURATION_FLOOR) / (1 - SATURATION_FLOOR), 0, 1), so that a faint tint spread over
+    the background does not add up to shape area. The reader is fitted on the same alpha, so the floor's small
+    shrinkage of anti-aliased edges is calibrated away."""
     x = (images.detach().float().numpy() + 1) / 2
-    return np.clip((x.max(axis=1) - x.min(axis=1)) / SHAPE_SATURATION, 0.0, 1.0)
+    c = (x.max(axis=1) - x.min(axis=1)) / SHAPE_SATURATION
+    return np.clip((c - SATURATION_FLOOR) / (1 - SATURATION_FLOOR), 0.0, 1.0)
 
 
 def shape_measurements(images: torch.Tensor) -> np.ndarray:

@@ -41,3 +41,13 @@ def test_recovery_accepts_clean_shapes_and_refuses_blank_or_noisy_images(reader)
     _, r2, ok = recovery(reader, torch.cat([images, blank, noisy]))
     assert ok[:20].all() and r2[:20].min() > 0.99
     assert not ok[20] and not ok[21]
+
+
+def test_a_faint_tint_over_the_background_is_not_read_as_shape_area(reader):
+    """Generated backgrounds are rarely exactly grey; a tint below the saturation floor must not grow the shape."""
+    images, f = shapes_images(50, seed=7)
+    tint = torch.tensor([0.06, -0.02, 0.0])[None, :, None, None]     # up to 0.08 / 2 saturation in [0, 1] units
+    tinted = (images + tint).clamp(-1, 1)
+    clean, got = read_shapes(reader, images), read_shapes(reader, tinted)
+    assert np.abs(got["size"] - clean["size"]).max() < 0.01
+    assert np.abs(got["x"] - f["x"]).max() < 0.02 and (got["kind"] == f["kind"]).mean() >= 0.98
