@@ -1,6 +1,6 @@
 """Benchmark: edit latency from a cached trajectory, and DDIM inversion quality, on the bundled digits model.
 
-    python benchmarks/bench_edit.py [--model digits] [--repeats 9] [--images 64]
+    python benchmarks/bench_edit.py [--model digits] [--repeats 9] [--images 64] [--skip-latency]
 
 Latency: median wall time of one guidance edit (one direction, one strength: 16 guidance iterations, then DDIM
 from t = 0.6 T to 0 with 100-step density) and of a 5-strength sweep of one direction in one batch, both from a
@@ -38,23 +38,32 @@ def main():
     ap.add_argument("--model", default="digits")
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--images", type=int, default=64, help="real digits for the inversion table")
+    ap.add_argument("--skip-latency", action="store_true", help="only the inversion table (e.g. on a busy machine)")
     a = ap.parse_args()
     model = load_model(a.model)
+    if not a.skip_latency:
+        latency_table(model, a.repeats)
+    inversion_table(model, a.images)
+
+
+def latency_table(model, repeats: int) -> None:
     ts = 599
     traj = sample_trajectory(model, 0, num_steps=100, through=ts)
     basis = latent_basis(model, traj.at(ts), timestep=ts, k=4)
     settings = EditSettings("guidance")
     one = sweep_directions(basis.latent, [0], [3.0])
     sweep = sweep_directions(basis.latent, [0], [-6.0, -3.0, 3.0, 6.0, 1.5])
-    t_one = median_seconds(lambda: edit_images(model, traj, ts, one, settings), a.repeats)
-    t_sweep = median_seconds(lambda: edit_images(model, traj, ts, sweep, settings), a.repeats)
+    t_one = median_seconds(lambda: edit_images(model, traj, ts, one, settings), repeats)
+    t_sweep = median_seconds(lambda: edit_images(model, traj, ts, sweep, settings), repeats)
     print(f"model {model.name}, x {model.x_shape}, edit at t = {ts}, threads {torch.get_num_threads()}\n")
     print("| what (from a cached trajectory and basis) | median s | target |")
     print("|---|---|---|")
     print(f"| one edit (guidance, 1 direction) | {t_one:.3f} | <= 0.5 {'MET' if t_one <= 0.5 else 'NOT MET'} |")
     print(f"| 5-strength sweep (one batch) | {t_sweep:.3f} | <= 1.0 {'MET' if t_sweep <= 1.0 else 'NOT MET'} |")
 
-    images = digits_images(model.x_shape[-1])[0][: a.images]
+
+def inversion_table(model, n_images: int) -> None:
+    images = digits_images(model.x_shape[-1])[0][:n_images]
     print(f"\nDDIM inversion then sampling, {len(images)} real load_digits images (first {len(images)}):\n")
     print("| steps | mean PSNR (dB) | min PSNR (dB) |")
     print("|---|---|---|")

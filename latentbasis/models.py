@@ -55,6 +55,15 @@ class DiffusionModel:
         return self.scheduler.alphas_cumprod
 
     @property
+    def clip_sample(self) -> float | None:
+        """The x0_hat clamp range of the scheduler config (clip_sample, clip_sample_range) for pixel models; None
+        when the config does not ask for it or x is a VAE latent (latents are not bounded)."""
+        c = self.scheduler.config
+        if self.vae is not None or not c.get("clip_sample", False):
+            return None
+        return float(c.get("clip_sample_range", 1.0))
+
+    @property
     def x_shape(self) -> tuple[int, int, int]:
         """Shape of x_t (pixels for a pixel model, VAE latents for a latent model), without batch."""
         c = self.unet.config

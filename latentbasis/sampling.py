@@ -3,6 +3,8 @@
     x0_hat = (x_a - sqrt(1 - abar_a) eps) / sqrt(abar_a)
     x_b    = sqrt(abar_b) x0_hat + sqrt(1 - abar_b) eps                 (Song et al. 2021, eq. 12, sigma = 0)
 with eps = eps_theta(x_a, a) (classifier-free guided for text models: eps_u + w (eps_c - eps_u)).
+Where the model's scheduler config asks for clip_sample (diffusers' DDPM default for pixel models), x0_hat is
+clamped to [-r, r] and eps recomputed from it, as diffusers' DDIMScheduler does; the step stays deterministic.
 """
 from __future__ import annotations
 
@@ -25,10 +27,22 @@ def ddim_timesteps(start: int, stop: int, num_steps: int) -> list[int]:
     return sorted(set(grid), reverse=True)
 
 
-def ddim_step(x: torch.Tensor, eps: torch.Tensor, abar_from: torch.Tensor, abar_to: torch.Tensor) -> torch.Tensor:
-    """One deterministic DDIM step from noise level abar_from to abar_to (either direction: also inversion)."""
+def ddim_step(x: torch.Tensor, eps: torch.Tensor, abar_from: torch.Tensor, abar_to: torch.Tensor,
+              clip: float | None = None) -> torch.Tensor:
+    """One deterministic DDIM step from noise level abar_from to abar_to (either direction: also inversion).
+
+    clip = r: x0_hat is clamped to [-r, r] and eps := (x - sqrt(abar_from) x0_hat) / sqrt(1 - abar_from), so the
+    step stays on the line through x and the clamped x0_hat (no-op where x0_hat is inside the range)."""
     x0 = (x - (1 - abar_from).sqrt() * eps) / abar_from.sqrt()
+    if clip is not None and abar_from < 1:
+        x0 = x0.clamp(-clip, clip)
+        eps = (x - abar_from.sqrt() * x0) / (1 - abar_from).sqrt()
     return abar_to.sqrt() * x0 + (1 - abar_to).sqrt() * eps
+
+
+def sample_clip(model) -> float | None:
+    """The x0_hat clamp range r of the model's scheduler config (clip_sample, clip_sample_range), or None."""
+    return getattr(model, "clip_sample", None)
 
 
 @torch.no_grad()
@@ -65,10 +79,11 @@ def ddim_walk(model, x: torch.Tensor, grid: list[int], prompt: str | None = None
     """DDIM (eta = 0) from x [B, *x_shape] at grid[0] through every timestep of `grid` (descending);
     returns the states at each, [x at grid[0], ..., x at grid[-1]]."""
     ab = model.alphas_cumprod.to(torch.float64)
+    clip = sample_clip(model)
     states = [x]
     for a, b in zip(grid[:-1], grid[1:]):
         eps = predict_eps(model, x, a, prompt, guidance).to(torch.float64)
-        x = ddim_step(x.to(torch.float64), eps, ab[a], ab[b]).to(torch.float32)
+        x = ddim_step(x.to(torch.float64), eps, ab[a], ab[b], clip).to(torch.float32)
         states.append(x)
     return states
 
@@ -117,7 +132,7 @@ def predict_x0(model, x: torch.Tensor, timestep: int, prompt: str | None = None,
     """The denoised estimate x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t): a DDIM step to abar = 1."""
     ab = model.alphas_cumprod.to(torch.float64)[timestep]
     eps = predict_eps(model, x, timestep, prompt, guidance).to(torch.float64)
-    return ddim_step(x.to(torch.float64), eps, ab, torch.tensor(1.0, dtype=torch.float64)).float()
+    return ddim_step(x.to(torch.float64), eps, ab, torch.tensor(1.0, dtype=torch.float64), sample_clip(model)).float()
 
 
 def sample_trajectory(model, seed: int = 0, *, num_steps: int = 100, prompt: str | None = None,
@@ -140,13 +155,14 @@ def invert(model, x0: torch.Tensor, *, num_steps: int = 100, prompt: str | None 
     grid = trajectory_grid(model.num_train_timesteps, num_steps, through)
     up = grid[::-1]
     ab = model.alphas_cumprod.to(torch.float64)
+    clip = sample_clip(model)
     x = x0[None].to(torch.float64)
     eps = predict_eps(model, x.float(), up[0], prompt).to(torch.float64)
     x = ddim_step(x, eps, torch.tensor(1.0, dtype=torch.float64), ab[up[0]])
     kept = [x.float()]
     for a, b in zip(up[:-1], up[1:]):
         eps = predict_eps(model, x.float(), a, prompt).to(torch.float64)
-        x = ddim_step(x, eps, ab[a], ab[b])
+        x = ddim_step(x, eps, ab[a], ab[b], clip)
         kept.append(x.float())
     return Trajectory(grid, torch.stack(kept[::-1])[:, 0], None, prompt, 1.0)
 

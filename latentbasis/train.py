@@ -288,7 +288,8 @@ def write_model_card(out: Path, cfg: TrainConfig, log: dict, step: int, quality:
         f"Model: diffusers `{'UNet2DConditionModel' if cfg.text else 'UNet2DModel'}`, block channels "
         f"{list(cfg.block_out_channels)}, blocks "
         f"{list(cfg.down_block_types)}, {cfg.layers_per_block} layer(s) per block; epsilon prediction; DDPM linear "
-        f"betas 1e-4..0.02, T = {cfg.num_train_timesteps} (scheduler_config.json; latentbasis samples with DDIM).",
+        f"betas 1e-4..0.02, T = {cfg.num_train_timesteps} (scheduler_config.json; latentbasis samples with DDIM, clamping x0_hat to "
+        "[-1, 1] at each step as the config's clip_sample asks).",
         "",
         *([f"Text: a `CLIPTextModel` ({cfg.text_layers} layers, width {cfg.cross_attention_dim}) trained from scratch "
            f"with the U-Net, on captions made from the labels in {len(_caption_templates())} wordings "

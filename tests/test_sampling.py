@@ -28,6 +28,25 @@ def test_ddim_step_inverts():
     assert torch.allclose(ddim_step(ddim_step(x, eps, ab[0], ab[1]), eps, ab[1], ab[0]), x)
 
 
+def test_clipped_ddim_step_clamps_x0_hat_and_is_a_no_op_inside_the_range():
+    ab = torch.tensor([0.5, 0.8], dtype=torch.float64)
+    x, eps = torch.tensor([0.3, 2.0, -2.5], dtype=torch.float64), torch.tensor([0.1, -0.4, 0.2], dtype=torch.float64)
+    x0 = (x - (1 - ab[0]).sqrt() * eps) / ab[0].sqrt()                       # [0.32, 3.39, -3.68]
+    y, y_clip = ddim_step(x, eps, ab[0], ab[1]), ddim_step(x, eps, ab[0], ab[1], clip=1.0)
+    assert y_clip[0] == pytest.approx(float(y[0]), abs=1e-12)              # inside: unchanged
+    eps_c = (x - ab[0].sqrt() * x0.clamp(-1, 1)) / (1 - ab[0]).sqrt()
+    assert torch.allclose(y_clip, ab[1].sqrt() * x0.clamp(-1, 1) + (1 - ab[1]).sqrt() * eps_c)
+    assert not torch.allclose(y_clip[1:], y[1:])
+
+
+def test_pixel_models_clip_as_their_scheduler_config_says(tiny_unet_dir, tiny_sd_dir):
+    m = load_model(str(tiny_unet_dir))
+    assert m.clip_sample == float(m.scheduler.config.clip_sample_range)     # diffusers' DDPM default: clip to 1
+    m.scheduler.register_to_config(clip_sample=False)
+    assert m.clip_sample is None
+    assert load_model(str(tiny_sd_dir)).clip_sample is None                  # VAE latents are not bounded
+
+
 def test_sample_to_is_seeded_and_starts_from_noise(tiny_unet_dir):
     m = load_model(str(tiny_unet_dir))
     a, b = sample_to(m, 3, t=0.5, num_steps=10), sample_to(m, 3, t=0.5, num_steps=10)
