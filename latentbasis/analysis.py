@@ -20,8 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import dataclasses
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -414,4 +413,4 @@ def training_data(model) -> torch.Tensor | None:
     if cfg.get("dataset") not in PRESETS:
         return None
     settings = {"dataset": cfg["dataset"], "seed": int(cfg.get("seed", 0)), "resolution": model.x_shape[-1]}
-    return load_dataset(dataclasses.replace(PRESETS[cfg["dataset"]], **settings))[0]
+    return load_dataset(replace(PRESETS[cfg["dataset"]], **settings))[0]

@@ -35,6 +35,7 @@ class GaussianModel:
     name: str = "gaussian"
     model_hash: str = "gaussian"
     conditional: bool = False
+    clip_sample: float | None = None   # as DiffusionModel.clip_sample: the sampler never clamps x0_hat here
 
     @classmethod
     def random(cls, x_shape=(1, 4, 4), h_dim: int | None = None, lam=None, w=None, seed: int = 0) -> "GaussianModel":

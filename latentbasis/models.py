@@ -8,12 +8,11 @@ Supported layouts (all diffusers format):
 """
 from __future__ import annotations
 
-import threading
-
 import hashlib
 import importlib
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -40,11 +40,6 @@ def ddim_step(x: torch.Tensor, eps: torch.Tensor, abar_from: torch.Tensor, abar_
     return abar_to.sqrt() * x0 + (1 - abar_to).sqrt() * eps
 
 
-def sample_clip(model) -> float | None:
-    """The x0_hat clamp range r of the model's scheduler config (clip_sample, clip_sample_range), or None."""
-    return getattr(model, "clip_sample", None)
-
-
 @torch.no_grad()
 def predict_eps(model, x: torch.Tensor, timestep: int, prompt: str | None = None, guidance: float = 1.0):
     """eps_theta(x, t) for a batch x [B, *x_shape]; classifier-free guidance for text models when guidance != 1."""
@@ -79,7 +74,7 @@ def ddim_walk(model, x: torch.Tensor, grid: list[int], prompt: str | None = None
     """DDIM (eta = 0) from x [B, *x_shape] at grid[0] through every timestep of `grid` (descending);
     returns the states at each, [x at grid[0], ..., x at grid[-1]]."""
     ab = model.alphas_cumprod.to(torch.float64)
-    clip = sample_clip(model)
+    clip = model.clip_sample
     states = [x]
     for a, b in zip(grid[:-1], grid[1:]):
         eps = predict_eps(model, x, a, prompt, guidance).to(torch.float64)
@@ -132,7 +127,7 @@ def predict_x0(model, x: torch.Tensor, timestep: int, prompt: str | None = None,
     """The denoised estimate x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t): a DDIM step to abar = 1."""
     ab = model.alphas_cumprod.to(torch.float64)[timestep]
     eps = predict_eps(model, x, timestep, prompt, guidance).to(torch.float64)
-    return ddim_step(x.to(torch.float64), eps, ab, torch.tensor(1.0, dtype=torch.float64), sample_clip(model)).float()
+    return ddim_step(x.to(torch.float64), eps, ab, torch.tensor(1.0, dtype=torch.float64), model.clip_sample).float()
 
 
 def sample_trajectory(model, seed: int = 0, *, num_steps: int = 100, prompt: str | None = None,
@@ -155,7 +150,7 @@ def invert(model, x0: torch.Tensor, *, num_steps: int = 100, prompt: str | None 
     grid = trajectory_grid(model.num_train_timesteps, num_steps, through)
     up = grid[::-1]
     ab = model.alphas_cumprod.to(torch.float64)
-    clip = sample_clip(model)
+    clip = model.clip_sample
     x = x0[None].to(torch.float64)
     eps = predict_eps(model, x.float(), up[0], prompt).to(torch.float64)
     x = ddim_step(x, eps, torch.tensor(1.0, dtype=torch.float64), ab[up[0]])

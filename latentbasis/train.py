@@ -235,11 +235,9 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
     bar.close()
     ema.copy_to(params)
     unet.eval().to("cpu")
-    if cfg.text:
-        text_encoder.to("cpu")
     if cfg.text:  # a pipeline folder without a VAE, opened like any SD-style pipeline
         unet.save_pretrained(out / "unet", safe_serialization=True)
-        text_encoder.eval().save_pretrained(out / "text_encoder")
+        text_encoder.eval().to("cpu").save_pretrained(out / "text_encoder")
         tokenizer.save_pretrained(out / "tokenizer")
         scheduler.save_pretrained(out / "scheduler")
         (out / "model_index.json").write_text(json.dumps({
