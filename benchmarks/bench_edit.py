@@ -1,6 +1,6 @@
 """Benchmark: edit latency from a cached trajectory, and DDIM inversion quality, on the bundled digits model.
 
-    python benchmarks/bench_edit.py [--model digits] [--repeats 9] [--images 64] [--skip-latency]
+    python benchmarks/bench_edit.py [--model digits] [--repeats 9] [--images 64] [--skip-latency] [--skip-inversion]
 
 Latency: median wall time of one guidance edit (one direction, one strength: 16 guidance iterations, then DDIM
 from t = 0.6 T to 0 with 100-step density) and of a 5-strength sweep of one direction in one batch, both from a
@@ -39,11 +39,13 @@ def main():
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--images", type=int, default=64, help="real digits for the inversion table")
     ap.add_argument("--skip-latency", action="store_true", help="only the inversion table (e.g. on a busy machine)")
+    ap.add_argument("--skip-inversion", action="store_true", help="only the latency table")
     a = ap.parse_args()
     model = load_model(a.model)
     if not a.skip_latency:
         latency_table(model, a.repeats)
-    inversion_table(model, a.images)
+    if not a.skip_inversion:
+        inversion_table(model, a.images)
 
 
 def latency_table(model, repeats: int) -> None:

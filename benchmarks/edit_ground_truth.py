@@ -17,9 +17,11 @@ re-rendering explains >= 90 % of its pixel variance) are used, since the factors
 shape mean nothing; the header says which seeds that is.
 
 Transport: direction v_i of sample A is moved to sample B (parallel transport, method.md) and applied there at
-+s (--transport-strength). It counts as the same edit when, on B, the factor that v_i moves most on A moves the same
-way (same sign). Printed: the fraction over the ordered pairs (A, B), A != B, of the first --pairs-of samples
-(target >= 80 %).
+-s and +s (--transport-strength). It counts as the same edit when, on B, the factor that v_i moves most on A moves
+the same way. "The way" is read two ways, both printed: one-sided, the sign of f(+s) - f(0) on A and on B; central,
+the sign of f(+s) - f(-s) on A and on B (the central difference, less swayed by an edit that is lopsided between
+its two signs). Printed: the fraction over the ordered pairs (A, B), A != B, of the first --pairs-of samples
+(target >= 80 %), and how much of u_i of A the span of B's k tangent vectors keeps (||U_B u|| / ||u||, mean).
 """
 from __future__ import annotations
 
@@ -116,27 +118,31 @@ def main():
         raise SystemExit(f"--transport-strength {s:g} is not one of --strengths {a.strengths}")
     print(f"\nTransport at strength {s:g}: direction v_i of sample A moved to sample B and applied there; the factor "
           "it moves most on A moves the same way on B:\n")
-    print("| direction | same factor, same way on B | pairs |")
-    print("|---|---|---|")
+    print("| direction | same factor, same way on B: one-sided | central | pairs | u_i of A kept by B's tangent span |")
+    print("|---|---|---|---|---|")
     n_pairs = min(a.pairs_of, n)
-    j = zero + 1 + strengths.index(s)
+    j = strengths.index(s)
     for i in range(min(a.transported, a.k)):
-        hits, pairs = 0, 0
+        one, central, kept, pairs = 0, 0, [], 0
         for A in range(n_pairs):
             dom = dominant[i, s][A]
-            sign_a = np.sign(moves[A, i, j, dom])
-            if sign_a == 0:
-                continue
+            plus, minus = moves[A, i, zero + 1 + j, dom], moves[A, i, zero - 1 - j, dom]
             for B in range(n_pairs):
                 if A == B:
                     continue
-                v = transport(bases[A].tangent[i], bases[B].latent, bases[B].tangent)
-                img = edit_images(model, trajs[B], ts, torch.stack([torch.zeros_like(v), s * v]),
+                u = bases[A].tangent[i]
+                U = bases[B].tangent.reshape(a.k, -1).double()
+                kept.append(float((U @ u.reshape(-1).double()).norm() / u.norm()))
+                v = transport(u, bases[B].latent, bases[B].tangent)
+                img = edit_images(model, trajs[B], ts, torch.stack([-s * v, torch.zeros_like(v), s * v]),
                                   EditSettings("guidance"))
                 f = factors(reader, img)
-                hits += int(np.sign(change(f[1:], f[:1])[0, dom]) == sign_a)
+                plus_b, minus_b = change(f[2:], f[1:2])[0, dom], change(f[:1], f[1:2])[0, dom]
+                one += int(plus != 0 and np.sign(plus_b) == np.sign(plus))
+                central += int(plus != minus and np.sign(plus_b - minus_b) == np.sign(plus - minus))
                 pairs += 1
-        print(f"| v{i + 1} | {hits / max(1, pairs):.0%} | {pairs} |")
+        print(f"| v{i + 1} | {one / max(1, pairs):.0%} | {central / max(1, pairs):.0%} | {pairs} | "
+              f"{np.mean(kept):.0%} |")
 
 
 if __name__ == "__main__":
