@@ -192,6 +192,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
         opt.load_state_dict(ckpt["opt"])
         gen.set_state(ckpt["gen"])
         log, step = ckpt["log"], ckpt["step"]
+        log["config"] = dataclasses.asdict(cfg)   # the settings it finishes with (steps may have been raised)
 
     def lr_at(s: int) -> float:
         return cfg.lr * min(1.0, (s + 1) / cfg.warmup_steps)

@@ -1,4 +1,5 @@
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -30,6 +31,8 @@ def test_resume_is_bit_identical(tmp_path):
     a, b = load_model(str(straight)), load_model(str(resumed))
     assert a.model_hash == b.model_hash
     assert (straight / "README.md").exists() and (straight / "scheduler_config.json").exists()
+    log = json.loads((resumed / "training_log.json").read_text())
+    assert log["steps"] == 4 and log["config"]["steps"] == 4          # the settings it finished with
 
 
 def test_resume_with_other_settings_refused(tmp_path):
