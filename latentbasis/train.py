@@ -57,9 +57,9 @@ PRESETS: dict[str, TrainConfig] = {
         dataset="digits-text", text=True, steps=2000,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")),
-    # 32x32 RGB: attention only at 8x8 keeps a step near 0.9 s on 2 CPU cores at batch 64 (10,750 steps: ~3 h).
+    # 32x32 RGB: attention only at 8x8 keeps a step near 0.9 s on 2 CPU cores at batch 64 (14,000 steps: ~4 h).
     "shapes": TrainConfig(
-        dataset="shapes", resolution=32, in_channels=3, steps=10750, batch_size=64,
+        dataset="shapes", resolution=32, in_channels=3, steps=14000, batch_size=64,
         down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
         up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D")),
 }
