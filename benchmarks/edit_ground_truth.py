@@ -21,7 +21,11 @@ Transport: direction v_i of sample A is moved to sample B (parallel transport, m
 the same way. "The way" is read two ways, both printed: one-sided, the sign of f(+s) - f(0) on A and on B; central,
 the sign of f(+s) - f(-s) on A and on B (the central difference, less swayed by an edit that is lopsided between
 its two signs). Printed: the fraction over the ordered pairs (A, B), A != B, of the first --pairs-of samples
-(target >= 80 %), and how much of u_i of A the span of B's k tangent vectors keeps (||U_B u|| / ||u||, mean).
+(target >= 80 %), how much of u_i of A the span of B's k tangent vectors keeps (||U_B u|| / ||u||, mean), and the
+gap to the next singular value (s_i / s_i+1; near 1, v_i is hardly distinguished from v_i+1).
+Two more tables split the same pairs into thirds: by how far apart the two samples' shapes are (distance between
+the centres read unedited, in widths: does a direction transfer when the shapes sit in the same place?) and by the
+singular-value gap s_i / s_i+1 on A (does a direction transfer when it is well separated from the next one?).
 """
 from __future__ import annotations
 
@@ -63,7 +67,7 @@ def main():
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--strengths", default="0.5,1,2")
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--pairs-of", type=int, default=8, help="transport between the first N samples (N (N - 1) pairs)")
+    ap.add_argument("--pairs-of", type=int, default=16, help="transport between the first N samples (N (N - 1) pairs)")
     ap.add_argument("--transported", type=int, default=2, help="transport the top this many directions")
     ap.add_argument("--transport-strength", type=float, default=1.0)
     a = ap.parse_args()
@@ -74,7 +78,7 @@ def main():
     column = [-s for s in strengths[::-1]] + [0.0] + strengths            # -s_max .. 0 .. +s_max
     zero = len(strengths)
 
-    trajs, bases, moves, still, seeds, seed = [], [], [], [], [], 0
+    trajs, bases, moves, still, base, seeds, seed = [], [], [], [], [], [], 0
     while len(seeds) < a.samples and seed < 8 * a.samples:
         traj = sample_trajectory(model, seed, num_steps=a.steps, through=ts)
         seed += 1
@@ -86,6 +90,7 @@ def main():
                            EditSettings("guidance"))
         f = factors(reader, imgs).reshape(a.k, len(column), 6)
         moves.append(change(f, f[:, zero:zero + 1]))
+        base.append(f[0, zero])
         still.append(recovery(reader, imgs)[2].reshape(a.k, len(column)))
         trajs.append(traj)
         bases.append(b)
@@ -118,32 +123,54 @@ def main():
         raise SystemExit(f"--transport-strength {s:g} is not one of --strengths {a.strengths}")
     print(f"\nTransport at strength {s:g}: direction v_i of sample A moved to sample B and applied there; the factor "
           "it moves most on A moves the same way on B:\n")
-    print("| direction | same factor, same way on B: one-sided | central | pairs | u_i of A kept by B's tangent span |")
-    print("|---|---|---|---|---|")
+    print("| direction | same factor, same way on B: one-sided | central | pairs | u_i of A kept by B's tangent span | "
+          "s_i / s_i+1 (mean over A) |")
+    print("|---|---|---|---|---|---|")
     n_pairs = min(a.pairs_of, n)
     j = strengths.index(s)
+    split = []
     for i in range(min(a.transported, a.k)):
-        one, central, kept, pairs = 0, 0, [], 0
+        one, central, kept, dist, gap = [], [], [], [], []
         for A in range(n_pairs):
             dom = dominant[i, s][A]
             plus, minus = moves[A, i, zero + 1 + j, dom], moves[A, i, zero - 1 - j, dom]
+            sv = bases[A].singular_values
             for B in range(n_pairs):
                 if A == B:
                     continue
                 u = bases[A].tangent[i]
                 U = bases[B].tangent.reshape(a.k, -1).double()
                 kept.append(float((U @ u.reshape(-1).double()).norm() / u.norm()))
+                dist.append(float(np.hypot(*(base[A][:2] - base[B][:2]))))
+                gap.append(float(sv[i] / sv[i + 1]) if i + 1 < a.k else np.nan)
                 v = transport(u, bases[B].latent, bases[B].tangent)
                 img = edit_images(model, trajs[B], ts, torch.stack([-s * v, torch.zeros_like(v), s * v]),
                                   EditSettings("guidance"))
                 f = factors(reader, img)
                 plus_b, minus_b = change(f[2:], f[1:2])[0, dom], change(f[:1], f[1:2])[0, dom]
-                one += int(plus != 0 and np.sign(plus_b) == np.sign(plus))
-                central += int(plus != minus and np.sign(plus_b - minus_b) == np.sign(plus - minus))
-                pairs += 1
-        print(f"| v{i + 1} | {one / max(1, pairs):.0%} | {central / max(1, pairs):.0%} | {pairs} | "
-              f"{np.mean(kept):.0%} |")
+                one.append(plus != 0 and np.sign(plus_b) == np.sign(plus))
+                central.append(plus != minus and np.sign(plus_b - minus_b) == np.sign(plus - minus))
+        one, central, kept, dist, gap = map(np.array, (one, central, kept, dist, gap))
+        print(f"| v{i + 1} | {one.mean():.0%} | {central.mean():.0%} | {len(one)} | {kept.mean():.0%} | "
+              f"{gap.mean():.2f} |")
+        split.append((i, one, central, kept, {"distance between the two shapes' centres (widths)": dist,
+                                                "s_i / s_i+1 of A": gap}))
 
+    for name in split[0][4]:
+        print(f"\nThe same pairs in thirds by the {name}:\n")
+        print("| direction | range | pairs | same way on B: one-sided | central | u_i of A kept |")
+        print("|---|---|---|---|---|---|")
+        for i, one, central, kept, by in split:
+            value = by[name]
+            if np.isnan(value).any():
+                continue
+            cuts = np.quantile(value, [0, 1 / 3, 2 / 3, 1])
+            third = np.clip(np.searchsorted(cuts[1:-1], value, side="right"), 0, 2)
+            for q in range(3):
+                m = third == q
+                if m.any():
+                    print(f"| v{i + 1} | {cuts[q]:.2f}-{cuts[q + 1]:.2f} | {m.sum()} | {one[m].mean():.0%} | "
+                          f"{central[m].mean():.0%} | {kept[m].mean():.0%} |")
 
 if __name__ == "__main__":
     main()
