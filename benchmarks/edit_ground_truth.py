@@ -172,5 +172,6 @@ def main():
                     print(f"| v{i + 1} | {cuts[q]:.2f}-{cuts[q + 1]:.2f} | {m.sum()} | {one[m].mean():.0%} | "
                           f"{central[m].mean():.0%} | {kept[m].mean():.0%} |")
 
+
 if __name__ == "__main__":
     main()
