@@ -134,15 +134,16 @@ def main():
         for A in range(n_pairs):
             dom = dominant[i, s][A]
             plus, minus = moves[A, i, zero + 1 + j, dom], moves[A, i, zero - 1 - j, dom]
+            u = bases[A].tangent[i]
             sv = bases[A].singular_values
+            gap_a = float(sv[i] / sv[i + 1]) if i + 1 < a.k else np.nan
             for B in range(n_pairs):
                 if A == B:
                     continue
-                u = bases[A].tangent[i]
                 U = bases[B].tangent.reshape(a.k, -1).double()
                 kept.append(float((U @ u.reshape(-1).double()).norm() / u.norm()))
                 dist.append(float(np.hypot(*(base[A][:2] - base[B][:2]))))
-                gap.append(float(sv[i] / sv[i + 1]) if i + 1 < a.k else np.nan)
+                gap.append(gap_a)
                 v = transport(u, bases[B].latent, bases[B].tangent)
                 img = edit_images(model, trajs[B], ts, torch.stack([-s * v, torch.zeros_like(v), s * v]),
                                   EditSettings("guidance"))
@@ -165,7 +166,7 @@ def main():
             if np.isnan(value).any():
                 continue
             cuts = np.quantile(value, [0, 1 / 3, 2 / 3, 1])
-            third = np.clip(np.searchsorted(cuts[1:-1], value, side="right"), 0, 2)
+            third = np.searchsorted(cuts[1:-1], value, side="right")       # 0, 1 or 2
             for q in range(3):
                 m = third == q
                 if m.any():
