@@ -45,16 +45,15 @@ def _cmd_basis(a) -> None:
         x_t = invert(model, image_to_x(model, shown), num_steps=a.steps, prompt=a.prompt, through=ts).at(ts)
     else:  # the seed's trajectory, through t (the same x_t as `latentbasis edit` uses)
         x_t = sample_to(model, a.seed, timestep=ts, num_steps=a.steps, prompt=a.prompt, guidance=a.guidance)
-    bar = tqdm(desc="basis", unit=" it", disable=a.quiet, leave=False)
+    with tqdm(desc="basis", unit=" it", disable=a.quiet, leave=False) as bar:  # erased on error too
 
-    def progress(info):
-        bar.update(1)
-        bar.set_postfix(jvps=info["jvps"], vjps=info["vjps"], residual=f"{info['residual']:.1e}")
+        def progress(info):
+            bar.update(1)
+            bar.set_postfix(jvps=info["jvps"], vjps=info["vjps"], residual=f"{info['residual']:.1e}")
 
-    b = latent_basis(model, x_t, timestep=ts, k=a.k, prompt=a.prompt, layer=a.layer, algorithm=a.algorithm,
-                     seed=a.seed, tol=a.tol, init=init, callback=progress)
+        b = latent_basis(model, x_t, timestep=ts, k=a.k, prompt=a.prompt, layer=a.layer, algorithm=a.algorithm,
+                         seed=a.seed, tol=a.tol, init=init, callback=progress)
     b.t_fraction = frac
-    bar.close()
     save_basis(b, out)
     png = Path(a.png) if a.png else out.with_suffix(".png")
     if a.png != "":
