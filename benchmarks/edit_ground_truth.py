@@ -20,8 +20,8 @@ Transport: direction v_i of sample A is moved to sample B (parallel transport, m
 -s and +s (--transport-strength). It counts as the same edit when, on B, the factor that v_i moves most on A moves
 the same way. "The way" is read two ways, both printed: one-sided, the sign of f(+s) - f(0) on A and on B; central,
 the sign of f(+s) - f(-s) on A and on B (the central difference, less swayed by an edit that is lopsided between
-its two signs). Printed: the fraction over the ordered pairs (A, B), A != B, of the first --pairs-of samples
-(target >= 80 %), how much of u_i of A the span of B's k tangent vectors keeps (||U_B u|| / ||u||, mean), and the
+its two signs). Printed: the count and fraction over the ordered pairs (A, B), A != B, of the first --pairs-of
+samples (target >= 80 %) with a 95 % interval from resampling the source samples A, how much of u_i of A the span of B's k tangent vectors keeps (||U_B u|| / ||u||, mean), and the
 gap to the next singular value (s_i / s_i+1; near 1, v_i is hardly distinguished from v_i+1).
 Two more tables split the same pairs into thirds: by how far apart the two samples' shapes are (distance between
 the centres read unedited, in widths: does a direction transfer when the shapes sit in the same place?) and by the
@@ -57,6 +57,17 @@ def change(f: np.ndarray, f0: np.ndarray) -> np.ndarray:
     d[..., 3] = (d[..., 3] + 0.5) % 1.0 - 0.5
     d[..., 5] = d[..., 5] != 0
     return d
+
+
+def rate(hits: np.ndarray, groups: np.ndarray, n_boot: int = 2000) -> str:
+    """"count / pairs (percent, 95 % interval)": the interval resamples the source samples A with replacement
+    (pairs that share an A are not independent), percentiles 2.5 and 97.5 of the resampled fractions."""
+    ids = np.unique(groups)
+    by = [hits[groups == g] for g in ids]
+    rng = np.random.default_rng(0)
+    boot = [np.concatenate([by[j] for j in rng.integers(len(ids), size=len(ids))]).mean() for _ in range(n_boot)]
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return f"{hits.sum()} / {len(hits)} ({hits.mean():.1%}; {lo:.0%}-{hi:.0%})"
 
 
 def main():
@@ -123,6 +134,7 @@ def main():
         raise SystemExit(f"--transport-strength {s:g} is not one of --strengths {a.strengths}")
     print(f"\nTransport at strength {s:g}: direction v_i of sample A moved to sample B and applied there; the factor "
           "it moves most on A moves the same way on B:\n")
+    print("Each rate: pairs that pass / pairs (fraction; 95 % interval from resampling the source samples A).\n")
     print("| direction | same factor, same way on B: one-sided | central | pairs | u_i of A kept by B's tangent span | "
           "s_i / s_i+1 (mean over A) |")
     print("|---|---|---|---|---|---|")
@@ -130,7 +142,7 @@ def main():
     j = strengths.index(s)
     split = []
     for i in range(min(a.transported, a.k)):
-        one, central, kept, dist, gap = [], [], [], [], []
+        one, central, kept, dist, gap, source = [], [], [], [], [], []
         for A in range(n_pairs):
             dom = dominant[i, s][A]
             plus, minus = moves[A, i, zero + 1 + j, dom], moves[A, i, zero - 1 - j, dom]
@@ -144,6 +156,7 @@ def main():
                 kept.append(float((U @ u.reshape(-1).double()).norm() / u.norm()))
                 dist.append(float(np.hypot(*(base[A][:2] - base[B][:2]))))
                 gap.append(gap_a)
+                source.append(A)
                 v = transport(u, bases[B].latent, bases[B].tangent)
                 img = edit_images(model, trajs[B], ts, torch.stack([-s * v, torch.zeros_like(v), s * v]),
                                   EditSettings("guidance"))
@@ -151,8 +164,8 @@ def main():
                 plus_b, minus_b = change(f[2:], f[1:2])[0, dom], change(f[:1], f[1:2])[0, dom]
                 one.append(plus != 0 and np.sign(plus_b) == np.sign(plus))
                 central.append(plus != minus and np.sign(plus_b - minus_b) == np.sign(plus - minus))
-        one, central, kept, dist, gap = map(np.array, (one, central, kept, dist, gap))
-        print(f"| v{i + 1} | {one.mean():.0%} | {central.mean():.0%} | {len(one)} | {kept.mean():.0%} | "
+        one, central, kept, dist, gap, source = map(np.array, (one, central, kept, dist, gap, source))
+        print(f"| v{i + 1} | {rate(one, source)} | {rate(central, source)} | {len(one)} | {kept.mean():.0%} | "
               f"{gap.mean():.2f} |")
         split.append((i, one, central, kept, {"distance between the two shapes' centres (widths)": dist,
                                                 "s_i / s_i+1 of A": gap}))
