@@ -120,13 +120,14 @@ def main():
     print("| direction | strength | per unit strength: x | y | size | hue | background | kind changed | "
           "moves most (most often) | coarse factor, clear margin | sign follows strength | edited still recovered |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    dominant = {}
+    dominant, dominant_coarse = {}, {}                # factor moved most (of all / of x, y, size): [N] per (i, s)
     for i in range(a.k):
         for j, s in enumerate(strengths):
             plus, minus = moves[:, i, zero + 1 + j], moves[:, i, zero - 1 - j]      # [N, 6]
             span = np.abs(plus[:, :5] - minus[:, :5])                             # [N, 5]
             dom = (span / MARGIN).argmax(1)
             dominant[i, s] = dom
+            dominant_coarse[i, s] = (span[:, :COARSE] / MARGIN[:COARSE]).argmax(1)
             kind = (plus[:, 5] > 0) | (minus[:, 5] > 0)
             coarse = ((span[:, :COARSE] / MARGIN[:COARSE]).max(1) >= 1) | kind
             rows = np.arange(n)
@@ -153,8 +154,7 @@ def main():
         one, central, one_c, central_c, kept, dist, gap, source = [], [], [], [], [], [], [], []
         for A in range(n_pairs):
             plus_a, minus_a = moves[A, i, zero + 1 + j], moves[A, i, zero - 1 - j]          # [6]
-            dom = dominant[i, s][A]
-            dom_c = (np.abs(plus_a[:COARSE] - minus_a[:COARSE]) / MARGIN[:COARSE]).argmax()
+            dom, dom_c = dominant[i, s][A], dominant_coarse[i, s][A]
             u = bases[A].tangent[i]
             sv = bases[A].singular_values
             gap_a = float(sv[i] / sv[i + 1]) if i + 1 < a.k else np.nan
