@@ -151,7 +151,7 @@ def main():
     j = strengths.index(s)
     split = []
     for i in range(min(a.transported, a.k)):
-        one, central, one_c, central_c, kept, dist, gap, source = [], [], [], [], [], [], [], []
+        reads, reads_c, kept, dist, gap, source = [], [], [], [], [], []   # reads: (one-sided, central) per pair
         for A in range(n_pairs):
             plus_a, minus_a = moves[A, i, zero + 1 + j], moves[A, i, zero - 1 - j]          # [6]
             dom, dom_c = dominant[i, s][A], dominant_coarse[i, s][A]
@@ -171,10 +171,10 @@ def main():
                                   EditSettings("guidance"))
                 f = factors(reader, img)
                 plus_b, minus_b = change(f[2:], f[1:2])[0], change(f[:1], f[1:2])[0]
-                for hits, d in ((one, dom), (one_c, dom_c)):
+                for hits, d in ((reads, dom), (reads_c, dom_c)):
                     hits.append(same_way(plus_a[d], minus_a[d], plus_b[d], minus_b[d]))
-        one, central = np.array(one).T
-        one_c, central_c = np.array(one_c).T
+        one, central = np.array(reads).T
+        one_c, central_c = np.array(reads_c).T
         kept, dist, gap, source = map(np.array, (kept, dist, gap, source))
         print(f"| v{i + 1} | {rate(one, source)} | {rate(central, source)} | {rate(one_c, source)} | "
               f"{rate(central_c, source)} | {len(one)} | {kept.mean():.0%} | {gap.mean():.2f} |")
