@@ -87,7 +87,7 @@ def main():
     ap.add_argument("--strengths", default="0.5,1,2")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--pairs-of", type=int, default=16, help="transport between the first N samples (N (N - 1) pairs)")
-    ap.add_argument("--transported", type=int, default=2, help="transport the top this many directions")
+    ap.add_argument("--transported", type=int, default=None, help="transport the top this many directions (all k)")
     ap.add_argument("--transport-strength", type=float, default=1.0)
     a = ap.parse_args()
     strengths = [float(s) for s in a.strengths.split(",")]
@@ -150,7 +150,7 @@ def main():
     n_pairs = min(a.pairs_of, n)
     j = strengths.index(s)
     split = []
-    for i in range(min(a.transported, a.k)):
+    for i in range(min(a.transported or a.k, a.k)):
         reads, reads_c, kept, dist, gap, source = [], [], [], [], [], []   # reads: (one-sided, central) per pair
         for A in range(n_pairs):
             plus_a, minus_a = moves[A, i, zero + 1 + j], moves[A, i, zero - 1 - j]          # [6]
