@@ -80,5 +80,5 @@ def test_the_traced_sampling_unet_gives_the_eager_outputs(which, tiny_unet_dir, 
             torch.testing.assert_close(traced, eager, rtol=1e-5, atol=1e-5)
             assert torch.equal(m.eps(x, t, c), traced)
     assert m._traced[("cond" if which == "text" else "uncond")] is not None   # it really is the traced path
-    convs = [w for name, w in m.unet.named_parameters() if w.dim() == 4]
+    convs = [w for w in m.unet.parameters() if w.dim() == 4]
     assert convs and all(w.is_contiguous() for w in convs)
