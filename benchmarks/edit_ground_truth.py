@@ -21,7 +21,11 @@ and +s (--transport-strength). It counts as the same edit when, on B, the factor
 same way. "The way" is read two ways, both printed: one-sided, the sign of f(+s) - f(0) on A and on B; central, the
 sign of f(+s) - f(-s) on A and on B (the central difference, less swayed by an edit that is lopsided between its two
 signs). Both are also read for the coarse factor (x, y or size) that v_i moves most on A, since the check asks about
-coarse factors and v1 often moves the background most. Printed: the count and fraction over the ordered pairs (A,
+coarse factors and v1 often moves the background most; and a third time with position as one factor, as the check
+names it (position, size, shape): the coarse factor is position (x, y) or size, whichever moves more over its
+margin, and position moves "the same way" when its displacement on B points within 90 degrees of that on A
+(positive dot product; one-sided and central as above), size by sign. The kind has no direction and is left out.
+Printed: the count and fraction over the ordered pairs (A,
 B), A != B, of the first --pairs-of samples (target >= 80 %) with a 95 % interval from resampling the source samples
 A, how much of u_i of A the span of B's k tangent vectors keeps (||U_B u|| / ||u||, mean), and the gap to the next
 singular value (s_i / s_i+1; near 1, v_i is hardly distinguished from v_i+1).
@@ -78,6 +82,12 @@ def same_way(plus: float, minus: float, plus_b: float, minus_b: float) -> tuple[
             plus != minus and np.sign(plus_b - minus_b) == np.sign(plus - minus))
 
 
+def same_way_position(plus: np.ndarray, minus: np.ndarray, plus_b: np.ndarray, minus_b: np.ndarray):
+    """Does the position (x, y) move the same way on B as on A, as a vector? One-sided: dot((f(+s) - f(0)) on A,
+    the same on B) > 0; central: the same with f(+s) - f(-s). Inputs: the [2] x, y changes."""
+    return (float(plus @ plus_b) > 0, float((plus - minus) @ (plus_b - minus_b)) > 0)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="shapes")
@@ -121,6 +131,7 @@ def main():
           "moves most (most often) | coarse factor, clear margin | sign follows strength | edited still recovered |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     dominant, dominant_coarse = {}, {}                # factor moved most (of all / of x, y, size): [N] per (i, s)
+    dominant_position = {}                            # True where position (x, y) moves more than size: [N]
     for i in range(a.k):
         for j, s in enumerate(strengths):
             plus, minus = moves[:, i, zero + 1 + j], moves[:, i, zero - 1 - j]      # [N, 6]
@@ -128,6 +139,8 @@ def main():
             dom = (span / MARGIN).argmax(1)
             dominant[i, s] = dom
             dominant_coarse[i, s] = (span[:, :COARSE] / MARGIN[:COARSE]).argmax(1)
+            position = np.hypot(span[:, 0], span[:, 1]) / MARGIN[0]          # x, y as one factor
+            dominant_position[i, s] = position >= span[:, 2] / MARGIN[2]
             kind = (plus[:, 5] > 0) | (minus[:, 5] > 0)
             coarse = ((span[:, :COARSE] / MARGIN[:COARSE]).max(1) >= 1) | kind
             rows = np.arange(n)
@@ -145,16 +158,17 @@ def main():
           "it moves most on A moves the same way on B:\n")
     print("Each rate: pairs that pass / pairs (fraction; 95 % interval from resampling the source samples A).\n")
     print("| direction | same factor, same way on B: one-sided | central | the coarse factor (x, y, size) it moves most "
-          "on A: one-sided | central | pairs | u_i of A kept by B's tangent span | s_i / s_i+1 (mean over A) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "on A: one-sided | central | position (x, y as a vector) or size: one-sided | central | pairs | "
+          "u_i of A kept by B's tangent span | s_i / s_i+1 (mean over A) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     n_pairs = min(a.pairs_of, n)
     j = strengths.index(s)
     split = []
     for i in range(min(a.transported or a.k, a.k)):
-        reads, reads_c, kept, dist, gap, source = [], [], [], [], [], []   # reads: (one-sided, central) per pair
+        reads, reads_c, reads_p, kept, dist, gap, source = [], [], [], [], [], [], []  # (one-sided, central) per pair
         for A in range(n_pairs):
             plus_a, minus_a = moves[A, i, zero + 1 + j], moves[A, i, zero - 1 - j]          # [6]
-            dom, dom_c = dominant[i, s][A], dominant_coarse[i, s][A]
+            dom, dom_c, by_position = dominant[i, s][A], dominant_coarse[i, s][A], dominant_position[i, s][A]
             u = bases[A].tangent[i]
             sv = bases[A].singular_values
             gap_a = float(sv[i] / sv[i + 1]) if i + 1 < a.k else np.nan
@@ -173,11 +187,15 @@ def main():
                 plus_b, minus_b = change(f[2:], f[1:2])[0], change(f[:1], f[1:2])[0]
                 for hits, d in ((reads, dom), (reads_c, dom_c)):
                     hits.append(same_way(plus_a[d], minus_a[d], plus_b[d], minus_b[d]))
+                reads_p.append(same_way_position(plus_a[:2], minus_a[:2], plus_b[:2], minus_b[:2]) if by_position
+                               else same_way(plus_a[2], minus_a[2], plus_b[2], minus_b[2]))
         one, central = np.array(reads).T
         one_c, central_c = np.array(reads_c).T
+        one_p, central_p = np.array(reads_p).T
         kept, dist, gap, source = map(np.array, (kept, dist, gap, source))
         print(f"| v{i + 1} | {rate(one, source)} | {rate(central, source)} | {rate(one_c, source)} | "
-              f"{rate(central_c, source)} | {len(one)} | {kept.mean():.0%} | {gap.mean():.2f} |")
+              f"{rate(central_c, source)} | {rate(one_p, source)} | {rate(central_p, source)} | {len(one)} | "
+              f"{kept.mean():.0%} | {gap.mean():.2f} |")
         split.append((i, one, central, kept, {"distance between the two shapes' centres (widths)": dist,
                                                 "s_i / s_i+1 of A": gap}))
 
