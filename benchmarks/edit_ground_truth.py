@@ -1,6 +1,6 @@
 """Ground truth for edits: on the bundled `shapes` model, which factor does a latent-basis direction move?
 
-    python benchmarks/edit_ground_truth.py [--samples 16] [--t 0.8] [--k 4] [--strengths 0.5,1,2]
+    python benchmarks/edit_ground_truth.py [--samples 16] [--first-seed 0] [--t 0.8] [--k 4] [--strengths 0.5,1,2]
 
 For each sample and each of the top k directions at t (>= 0.7 T), the sample is edited at -s, 0, +s (published
 x-space guidance) for every strength s, and the factor reader (latentbasis.evaluate.read_shapes, fitted on
@@ -23,12 +23,12 @@ sign of f(+s) - f(-s) on A and on B (the central difference, less swayed by an e
 signs). Both are also read for the coarse factor (x, y or size) that v_i moves most on A, since the check asks about
 coarse factors and v1 often moves the background most; and a third time with position as one factor, as the check
 names it (position, size, shape): the coarse factor is position (x, y) or size, whichever moves more over its
-margin, and position moves "the same way" when its displacement on B points within 90 degrees of that on A
-(positive dot product; one-sided and central as above), size by sign. The kind has no direction and is left out.
-Printed: the count and fraction over the ordered pairs (A,
-B), A != B, of the first --pairs-of samples (target >= 80 %) with a 95 % interval from resampling the source samples
-A, how much of u_i of A the span of B's k tangent vectors keeps (||U_B u|| / ||u||, mean), and the gap to the next
-singular value (s_i / s_i+1; near 1, v_i is hardly distinguished from v_i+1).
+margin, and position moves "the same way" when its displacement on B points within 90 degrees of that on A (positive
+dot product; one-sided and central as above), size by sign. The kind has no direction and is left out. Printed: the
+count and fraction over the ordered pairs (A, B), A != B, of the first --pairs-of samples (target >= 80 %) with a
+95 % interval from resampling the source samples A, how much of u_i of A the span of B's k tangent vectors keeps
+(||U_B u|| / ||u||, mean), and the gap to the next singular value (s_i / s_i+1; near 1, v_i is hardly distinguished
+from v_i+1).
 Two more tables split the same pairs into thirds: by how far apart the two samples' shapes are (distance between
 the centres read unedited, in widths: does a direction transfer when the shapes sit in the same place?) and by the
 singular-value gap s_i / s_i+1 on A (does a direction transfer when it is well separated from the next one?).
@@ -92,6 +92,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="shapes")
     ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--first-seed", type=int, default=0, help="samples are the recovered ones from this seed on")
     ap.add_argument("--t", type=float, default=0.8)
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--strengths", default="0.5,1,2")
@@ -107,8 +108,8 @@ def main():
     column = [-s for s in strengths[::-1]] + [0.0] + strengths            # -s_max .. 0 .. +s_max
     zero = len(strengths)
 
-    trajs, bases, moves, still, base, seeds, seed = [], [], [], [], [], [], 0
-    while len(seeds) < a.samples and seed < 8 * a.samples:
+    trajs, bases, moves, still, base, seeds, seed = [], [], [], [], [], [], a.first_seed
+    while len(seeds) < a.samples and seed < a.first_seed + 8 * a.samples:
         traj = sample_trajectory(model, seed, num_steps=a.steps, through=ts)
         seed += 1
         if not recovery(reader, traj.x0[None])[2][0]:
@@ -126,7 +127,7 @@ def main():
     moves, still = np.stack(moves), np.stack(still)                  # [N, k, columns, 6], [N, k, columns]
     n = len(seeds)
     print(f"\nmodel {a.model}, t = {a.t} (timestep {ts}), guidance edits; {n} samples recovered unedited among "
-          f"seeds 0..{seed - 1} (used: {seeds})\n")
+          f"seeds {a.first_seed}..{seed - 1} (used: {seeds})\n")
     print("| direction | strength | per unit strength: x | y | size | hue | background | kind changed | "
           "moves most (most often) | coarse factor, clear margin | sign follows strength | edited still recovered |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
