@@ -76,16 +76,11 @@ def rate(hits: np.ndarray, groups: np.ndarray, n_boot: int = 2000) -> str:
     return f"{hits.sum()} / {len(hits)} ({hits.mean():.1%}; {lo:.0%}-{hi:.0%})"
 
 
-def same_way(plus: float, minus: float, plus_b: float, minus_b: float) -> tuple[bool, bool]:
-    """Does a factor move the same way on B as on A? One-sided: sign of f(+s) - f(0); central: of f(+s) - f(-s)."""
-    return (plus != 0 and np.sign(plus_b) == np.sign(plus),
-            plus != minus and np.sign(plus_b - minus_b) == np.sign(plus - minus))
-
-
-def same_way_position(plus: np.ndarray, minus: np.ndarray, plus_b: np.ndarray, minus_b: np.ndarray):
-    """Does the position (x, y) move the same way on B as on A, as a vector? One-sided: dot((f(+s) - f(0)) on A,
-    the same on B) > 0; central: the same with f(+s) - f(-s). Inputs: the [2] x, y changes."""
-    return (float(plus @ plus_b) > 0, float((plus - minus) @ (plus_b - minus_b)) > 0)
+def same_way(plus: np.ndarray, minus: np.ndarray, plus_b: np.ndarray, minus_b: np.ndarray) -> tuple[bool, bool]:
+    """Does a factor move the same way on B as on A? Inputs: its changes, one entry or several read as one vector
+    (position: x, y). One-sided: dot(f(+s) - f(0) on A, the same on B) > 0; central: the same with f(+s) - f(-s).
+    For one entry that is: the same sign, and not zero."""
+    return float(np.dot(plus, plus_b)) > 0, float(np.dot(plus - minus, plus_b - minus_b)) > 0
 
 
 def main():
@@ -169,7 +164,8 @@ def main():
         reads, reads_c, reads_p, kept, dist, gap, source = [], [], [], [], [], [], []  # (one-sided, central) per pair
         for A in range(n_pairs):
             plus_a, minus_a = moves[A, i, zero + 1 + j], moves[A, i, zero - 1 - j]          # [6]
-            dom, dom_c, by_position = dominant[i, s][A], dominant_coarse[i, s][A], dominant_position[i, s][A]
+            dom, dom_c = [dominant[i, s][A]], [dominant_coarse[i, s][A]]            # factor indices
+            dom_p = [0, 1] if dominant_position[i, s][A] else [2]                 # position (x, y) or size
             u = bases[A].tangent[i]
             sv = bases[A].singular_values
             gap_a = float(sv[i] / sv[i + 1]) if i + 1 < a.k else np.nan
@@ -186,10 +182,8 @@ def main():
                                   EditSettings("guidance"))
                 f = factors(reader, img)
                 plus_b, minus_b = change(f[2:], f[1:2])[0], change(f[:1], f[1:2])[0]
-                for hits, d in ((reads, dom), (reads_c, dom_c)):
+                for hits, d in ((reads, dom), (reads_c, dom_c), (reads_p, dom_p)):
                     hits.append(same_way(plus_a[d], minus_a[d], plus_b[d], minus_b[d]))
-                reads_p.append(same_way_position(plus_a[:2], minus_a[:2], plus_b[:2], minus_b[:2]) if by_position
-                               else same_way(plus_a[2], minus_a[2], plus_b[2], minus_b[2]))
         one, central = np.array(reads).T
         one_c, central_c = np.array(reads_c).T
         one_p, central_p = np.array(reads_p).T
