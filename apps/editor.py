@@ -22,7 +22,7 @@ from latentbasis.basisfile import load_basis, save_basis
 from latentbasis.editing import EditSettings, combine, edit_images, sweep_directions, transported_basis
 from latentbasis.errors import LatentBasisError
 from latentbasis.images import image_to_x, load_image, pixel_size, x_to_image
-from latentbasis.models import resolve_timestep
+from latentbasis.loading import resolve_timestep
 from latentbasis.recipe import EditRecipe, sha256_file
 from latentbasis.sampling import invert, sample_trajectory
 

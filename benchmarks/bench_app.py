@@ -12,7 +12,7 @@ import argparse
 
 from bench_edit import median_seconds  # the same timing rule as the edit benchmark (run as a script)
 from latentbasis.cli import load_editor
-from latentbasis.models import load_model
+from latentbasis.loading import load_model
 
 
 def main():

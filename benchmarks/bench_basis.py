@@ -23,7 +23,7 @@ import torch
 from torch.func import jacfwd
 
 from latentbasis import latent_basis, load_model, principal_angles, sample_to
-from latentbasis.models import bundled_models
+from latentbasis.loading import bundled_models
 
 
 def reference_svd(model, x, ts, k_max):

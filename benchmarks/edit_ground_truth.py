@@ -43,7 +43,7 @@ import torch
 from latentbasis import latent_basis, load_model
 from latentbasis.editing import EditSettings, edit_images, sweep_directions, transport
 from latentbasis.evaluate import read_shapes, recovery, shapes_reader
-from latentbasis.models import resolve_timestep
+from latentbasis.loading import resolve_timestep
 from latentbasis.sampling import sample_trajectory
 
 FACTORS = ("x", "y", "size", "hue", "background")

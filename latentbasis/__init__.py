@@ -12,9 +12,9 @@ __version__ = "0.1.0"
 from .basis import Basis, latent_basis, pullback_basis
 from .basisfile import load_basis, save_basis
 from .errors import LatentBasisError
-from .gaussian import GaussianModel
+from .families import DiffusionModel, GaussianModel
 from .grassmann import chordal_distance, geodesic_distance, principal_angles, random_subspace_distances
-from .models import DiffusionModel, load_model, resolve_timestep
+from .loading import load_model, resolve_timestep
 from .report import ReportSettings, run_report
 from .sampling import ddim_timesteps, sample_to
 

@@ -399,7 +399,7 @@ def findings(n: dict) -> list[dict]:
 def training_data(model) -> torch.Tensor | None:
     """The images a bundled model was trained on ([N, *x_shape] in [-1, 1]), from its training_log.json, or None
     (a user's checkpoint, or a latent model: the data PCA overlay then is left out)."""
-    if getattr(model, "vae", None) is not None or not getattr(model, "path", None):
+    if model.x_is_latent or not getattr(model, "path", None):
         return None
     log = Path(model.path) / "training_log.json"
     if not log.exists():

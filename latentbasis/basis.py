@@ -57,6 +57,7 @@ class Basis:
     prompt: str | None = None
     layer: str = "mid_block"
     model: str = ""
+    device: str = "cpu"             # where it was computed (always in float32)
     model_hash: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -68,42 +69,114 @@ class Basis:
 JVP_MODES = ("reverse", "forward")
 
 
+def saved_activation_bytes(f: FeatureMap, x: torch.Tensor) -> int:
+    """Bytes of the tensors one reverse-mode pass through f at x saves for its backward (weights excluded): the
+    memory one VJP or JVP through f holds, measured with autograd's saved-tensor hooks on one plain forward."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        base = t._base if t._base is not None else t
+        if not isinstance(base, torch.nn.Parameter):
+            st = t.untyped_storage()
+            seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        f(x.detach().clone().requires_grad_(True))
+    return sum(seen.values())
+
+
+def chunk_for_budget(per_item: int, fixed: int, budget: int) -> int:
+    """How many Jacobian products fit in `budget` bytes at once, when one costs `per_item` beyond a `fixed` part;
+    one clear error when not even one does."""
+    from .devices import format_bytes
+
+    if budget < fixed + per_item:
+        raise LatentBasisError(f"the memory budget {format_bytes(budget)} (--max-memory) is too small for one "
+                               f"Jacobian-vector product of this model, which needs about "
+                               f"{format_bytes(fixed + per_item)}: raise --max-memory")
+    return max(1, int((budget - fixed) // max(per_item, 1)))
+
+
 class JacobianOperator:
     """J of f at x as two batched maps on row blocks, counted:
-    jvp: V [b, D_x] -> J V^T as rows [b, D_h];  vjp: U [b, D_h] -> J^T U^T as rows [b, D_x]. float64 in and out.
+    jvp: V [b, D_x] -> J V^T as rows [b, D_h];  vjp: U [b, D_h] -> J^T U^T as rows [b, D_x].
+    f and x are float32 on x's device (`dtype` says so); rows go in and out in float64 (float32 on MPS), on the
+    same device.
 
     VJPs go through the pullback u -> J^T u, recorded once per point and replayed. JVPs:
     - jvp_mode "reverse" (default): J v is the VJP of that linear pullback (J v = d/du <J^T u, v>), recorded once
-      too, so no JVP re-runs the U-Net's Python forward; measured 2-3x faster than forward mode on CPU;
+      too, so no JVP re-runs the network's Python forward; measured 2-3x faster than forward mode on CPU;
     - jvp_mode "forward": torch.func.jvp through f for every block (forward-mode AD).
     Both are exact; tests check they agree.
+
+    Memory: products run in chunks of `chunk_size` under vmap. chunk_size None: as many as `max_memory` bytes
+    allow (default: the device's, latentbasis.devices), from the activations one pass saves
+    (saved_activation_bytes): a recorded pass holds them once, each product in a chunk about as much again.
+    Running out of memory halves the chunk and retries; at one product it is one clear error.
     """
 
-    def __init__(self, f: FeatureMap, x: torch.Tensor, chunk_size: int | None = 16, jvp_mode: str = "reverse"):
+    dtype = torch.float32
+
+    def __init__(self, f: FeatureMap, x: torch.Tensor, chunk_size: int | None = 16, jvp_mode: str = "reverse",
+                 max_memory: int | None = None):
+        from .devices import default_memory_budget, is_out_of_memory, out_of_memory_error
+
         if jvp_mode not in JVP_MODES:
             raise LatentBasisError(f"unknown jvp_mode {jvp_mode!r}; choose one of {', '.join(JVP_MODES)}")
-        self.x = x.detach().to(torch.float32)
-        self.h, pullback = vjp(f, self.x)  # built once, reused by every VJP
+        self.x = x.detach().to(self.dtype)
+        self.device = self.x.device
+        self.rows_dtype = torch.float32 if self.device.type == "mps" else torch.float64
+        self.max_memory = max_memory
+        if chunk_size is None or max_memory is not None:
+            per_item = saved_activation_bytes(f, self.x)
+            recorded = 2 if jvp_mode == "reverse" else 1
+            budget = max_memory if max_memory is not None else default_memory_budget(self.device)
+            self.max_memory = budget
+            fit = chunk_for_budget(per_item, recorded * per_item, budget)
+            chunk_size = fit if chunk_size is None else min(chunk_size, fit)
+        self.chunk_size = int(chunk_size)
+        self._oom, self._oom_error = is_out_of_memory, out_of_memory_error
+        try:
+            self.h, pullback = vjp(f, self.x)  # built once, reused by every VJP
+            self._pull_one = lambda u: pullback(u)[0]
+            if jvp_mode == "reverse":
+                _, pushforward = vjp(self._pull_one, torch.zeros_like(self.h))
+                self._push_one = lambda v: pushforward(v)[0]
+            else:
+                x0 = self.x
+                self._push_one = lambda v: jvp(f, (x0,), (v,))[1]
+        except Exception as e:
+            if is_out_of_memory(e):
+                raise out_of_memory_error(self.max_memory, "the forward pass of the feature map") from None
+            raise
         self.x_shape, self.h_shape = tuple(self.x.shape), tuple(self.h.shape)
         self.n, self.m = self.x.numel(), self.h.numel()
         self.jvps = self.vjps = 0
-        self._pull = vmap(lambda u: pullback(u)[0], chunk_size=chunk_size)
-        if jvp_mode == "reverse":
-            _, pushforward = vjp(lambda u: pullback(u)[0], torch.zeros_like(self.h))
-            self._push = vmap(lambda v: pushforward(v)[0], chunk_size=chunk_size)
-        else:
-            x0 = self.x
-            self._push = vmap(lambda v: jvp(f, (x0,), (v,))[1], chunk_size=chunk_size)
+
+    def _batched(self, fn, rows: torch.Tensor, shape: tuple[int, ...], what: str) -> torch.Tensor:
+        """fn over the rows (reshaped to `shape`) in chunks; on out-of-memory the chunk halves and it retries."""
+        inp = rows.to(self.device, self.dtype).reshape(-1, *shape)
+        while True:
+            try:
+                out = vmap(fn, chunk_size=self.chunk_size)(inp)
+                return out.reshape(rows.shape[0], -1).to(self.rows_dtype)
+            except Exception as e:
+                if not self._oom(e):
+                    raise
+                if self.chunk_size <= 1:
+                    raise self._oom_error(self.max_memory, what) from None
+                self.chunk_size = max(1, self.chunk_size // 2)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
 
     def jvp(self, V: torch.Tensor) -> torch.Tensor:
         self.jvps += V.shape[0]
-        out = self._push(V.to(torch.float32).reshape(-1, *self.x_shape))
-        return out.reshape(V.shape[0], -1).to(torch.float64)
+        return self._batched(self._push_one, V, self.x_shape, "Jacobian-vector products")
 
     def vjp(self, U: torch.Tensor) -> torch.Tensor:
         self.vjps += U.shape[0]
-        out = self._pull(U.to(torch.float32).reshape(-1, *self.h_shape))
-        return out.reshape(U.shape[0], -1).to(torch.float64)
+        return self._batched(self._pull_one, U, self.h_shape, "vector-Jacobian products")
 
 
 def orth_rows(A: torch.Tensor, against: torch.Tensor | None = None, rtol: float = 1e-6) -> torch.Tensor:
@@ -143,10 +216,11 @@ def _krylov(op: JacobianOperator, k: int, *, tol: float, gen: torch.Generator, i
             block: int, max_dim: int, max_iters: int, callback) -> tuple:
     n, m = op.n, op.m
     # Start block in X: the warm start, filled up with J^T of random vectors in H (row space of J).
-    starts = [] if init is None else [init.reshape(init.shape[0], -1).to(torch.float64)]
+    rows = {"device": op.device, "dtype": op.rows_dtype}
+    starts = [] if init is None else [init.reshape(init.shape[0], -1).to(**rows)]
     fill = block - (0 if init is None else init.shape[0])
     if fill > 0:
-        starts.append(op.vjp(torch.randn(fill, m, generator=gen, dtype=torch.float64)))
+        starts.append(op.vjp(torch.randn(fill, m, generator=gen, dtype=torch.float64).to(**rows)))
     K = orth_rows(torch.cat(starts))
     Y = op.jvp(K)                      # rows J k_j
     Q = orth_rows(Y)                   # left basis, spans J K
@@ -184,9 +258,10 @@ def _krylov(op: JacobianOperator, k: int, *, tol: float, gen: torch.Generator, i
 def _subspace(op: JacobianOperator, k: int, *, gen: torch.Generator, init: torch.Tensor | None,
               atol: float = 1e-4, min_iters: int = 12, max_iters: int = 50, one_by_one: bool = True,
               callback=None) -> tuple:
-    V = torch.randn(k, op.n, generator=gen, dtype=torch.float64)
+    V = torch.randn(k, op.n, generator=gen, dtype=torch.float64)  # CPU draws: the same on every device
     if init is not None:  # warm start, padded with random vectors up to k
         V[: init.shape[0]] = init[:k].reshape(min(k, init.shape[0]), -1).to(torch.float64)
+    V = V.to(op.device, op.rows_dtype)
     V = torch.linalg.qr(V.T)[0].T
     it = 0
     for it in range(1, max_iters + 1):
@@ -210,12 +285,13 @@ def _subspace(op: JacobianOperator, k: int, *, gen: torch.Generator, init: torch
 
 def pullback_basis(f: FeatureMap, x: torch.Tensor, k: int, *, algorithm: str = "krylov", seed: int = 0,
                    tol: float = 1e-3, init: torch.Tensor | None = None, block: int | None = None,
-                   max_iters: int = 200, max_dim: int | None = None, chunk_size: int | None = 16,
-                   one_by_one: bool = True, jvp_mode: str = "reverse",
+                   max_iters: int = 200, max_dim: int | None = None, chunk_size: int | None = None,
+                   max_memory: int | None = None, one_by_one: bool = True, jvp_mode: str = "reverse",
                    callback: Callable[[dict], None] | None = None) -> Basis:
     """Top-k singular triplets of J = df/dx at x, for any feature map f (U-Net or closed-form).
 
-    x: [*x_shape]; f maps [*x_shape] -> [*h_shape] and must work under torch.func.
+    x: [*x_shape]; f maps [*x_shape] -> [*h_shape] and must work under torch.func; both run on x's device, in
+    float32. Random starts come from a CPU generator, so a seed gives the same basis on every device up to rounding.
     tol: ("krylov") stop when ||J^T u_i - s_i v_i|| / s_i <= tol for i < k.
     init: a warm start, [k0, *x_shape] (e.g. the basis at a neighbouring timestep); seed: the random start.
     block: ("krylov") new directions per iteration, default default_block(k). Smaller blocks need fewer evaluations
@@ -223,13 +299,14 @@ def pullback_basis(f: FeatureMap, x: torch.Tensor, k: int, *, algorithm: str = "
     one_by_one: ("subspace") run the k VJPs of an iteration one by one, as the published code does; False
         batches them like every other evaluation here (same numbers, less wall time).
     jvp_mode: how J v is evaluated, "reverse" (default) or "forward" (see JacobianOperator).
-    Returns a Basis (float32) with its cost (jvps, vjps) and final residuals.
+    chunk_size / max_memory: products evaluated at once, or the bytes they may take (see JacobianOperator).
+    Returns a Basis (float32, on the CPU) with its cost (jvps, vjps) and final residuals.
     """
     if algorithm not in ALGORITHMS:
         raise LatentBasisError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(int(seed))
-    op = JacobianOperator(f, x, chunk_size=chunk_size, jvp_mode=jvp_mode)
+    op = JacobianOperator(f, x, chunk_size=chunk_size, jvp_mode=jvp_mode, max_memory=max_memory)
     if not 1 <= k <= min(op.n, op.m):
         raise LatentBasisError(f"k = {k} is out of range: J is {op.m} x {op.n}, so 1 <= k <= {min(op.n, op.m)}")
     if init is not None:
@@ -243,21 +320,23 @@ def pullback_basis(f: FeatureMap, x: torch.Tensor, k: int, *, algorithm: str = "
     else:
         V, Uh, s, res, it = _subspace(op, k, gen=gen, init=init, one_by_one=one_by_one, callback=callback)
     V, Uh = _fix_signs(V, Uh)
-    return Basis(latent=V.to(torch.float32).reshape(k, *op.x_shape),
-                 tangent=Uh.to(torch.float32).reshape(k, *op.h_shape),
-                 singular_values=s.to(torch.float32), point=op.x.clone(), residuals=res.to(torch.float32),
+    cpu = {"device": "cpu", "dtype": torch.float32}
+    return Basis(latent=V.to(**cpu).reshape(k, *op.x_shape), tangent=Uh.to(**cpu).reshape(k, *op.h_shape),
+                 singular_values=s.to(**cpu), point=op.x.to(**cpu).clone(), residuals=res.to(**cpu),
                  jvps=op.jvps, vjps=op.vjps, algorithm=algorithm, seed=int(seed), iterations=it,
                  seconds=time.perf_counter() - t0)
 
 
 def latent_basis(model, x_t: torch.Tensor, *, t: float | None = None, timestep: int | None = None, k: int = 8,
-                 prompt: str | None = None, layer: str = "mid_block", **kwargs) -> Basis:
-    """The pullback basis of a model (DiffusionModel or GaussianModel) at x_t and a timestep.
+                 prompt: str | None = None, layer: str | None = None, **kwargs) -> Basis:
+    """The pullback basis of a model (any family, latentbasis.families) at x_t and a timestep.
 
-    t: fraction of T in [0, 1] (or timestep: integer step). x_t: [*model.x_shape] or [1, *model.x_shape].
-    Other keyword arguments go to pullback_basis (algorithm, seed, tol, init, chunk_size, callback, ...).
+    t: fraction of T in [0, 1] (or timestep: integer step). x_t: [*model.x_shape] or [1, *model.x_shape], on any
+    device (the basis is computed on the model's, in float32). layer: the module whose output is h (default: the
+    family's, a U-Net's mid_block). Other keyword arguments go to pullback_basis (algorithm, seed, tol, init,
+    chunk_size, callback, ...); max_memory defaults to the model's.
     """
-    from .models import resolve_timestep
+    from .loading import resolve_timestep
 
     ts, frac = resolve_timestep(model.num_train_timesteps, fraction=t, timestep=timestep)
     x = x_t[0] if x_t.dim() == len(model.x_shape) + 1 and x_t.shape[0] == 1 else x_t
@@ -266,8 +345,12 @@ def latent_basis(model, x_t: torch.Tensor, *, t: float | None = None, timestep: 
     D = int(torch.tensor(model.x_shape).prod())
     if not 1 <= k <= D:
         raise LatentBasisError(f"k = {k} is out of range: x_t has {D} dimensions, so 1 <= k <= {D}")
+    layer = layer or model.default_layer
     f = model.features(ts, prompt=prompt, layer=layer)
-    b = pullback_basis(f, x, k, **kwargs)
+    kwargs.setdefault("max_memory", getattr(model, "max_memory", None))
+    if kwargs.get("init") is not None:
+        kwargs["init"] = kwargs["init"].to(model.device)
+    b = pullback_basis(f, x.to(model.device, torch.float32), k, **kwargs)
     b.timestep, b.t_fraction, b.prompt, b.layer = ts, frac, prompt, layer
-    b.model, b.model_hash = model.name, model.model_hash
+    b.model, b.model_hash, b.device = model.name, model.model_hash, str(model.device)
     return b

@@ -20,7 +20,7 @@ def _cmd_basis(a) -> None:
 
     from .basis import latent_basis
     from .basisfile import save_basis
-    from .models import load_model, resolve_timestep
+    from .loading import load_model, resolve_timestep
     from .sampling import denoise, predict_x0, sample_to, trajectory_grid
 
     if a.t is None and a.timestep is None:
@@ -89,7 +89,7 @@ def _ints(s: str) -> list[int]:
 
 
 def _cmd_edit(a) -> None:
-    from .models import load_model, resolve_timestep
+    from .loading import load_model, resolve_timestep
     from .atomic import write_text_atomic
     from .recipe import EditRecipe, run_recipe
     from .viz import render_edit_grid
@@ -153,7 +153,7 @@ def _cmd_train(a) -> None:
     log = train(cfg, a.out, progress=not a.quiet)
     if not a.no_eval:
         from .evaluate import digits_quality, prompt_following
-        from .models import load_model
+        from .loading import load_model
         from .train import prompt_markdown, quality_markdown, write_model_card
 
         model = load_model(a.out)
@@ -176,7 +176,7 @@ def _cmd_train(a) -> None:
 
 
 def _cmd_report(a) -> None:
-    from .models import load_model
+    from .loading import load_model
     from .report import ReportSettings, run_report
 
     model = load_model(a.model)
@@ -212,7 +212,7 @@ def load_editor():
 
 
 def _cmd_app(a) -> None:
-    from .models import load_model
+    from .loading import load_model
 
     editor = load_editor()
     model = load_model(a.model)

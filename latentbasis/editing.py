@@ -31,19 +31,21 @@ class EditSettings:
     def resolved_scale(self, model) -> float:
         if self.scale is not None:
             return float(self.scale)
-        return 1.0 if getattr(model, "vae", None) is not None else 0.1
+        return 1.0 if model.x_is_latent else 0.1
 
 
 def guidance_edit(model, x_t: torch.Tensor, timestep: int, d: torch.Tensor, *, n_iter: int = 16, step: float = 1.0,
                   scale: float = 0.1, prompt: str | None = None) -> torch.Tensor:
-    """x-space guidance for a batch: x_t [*x_shape], d [B, *x_shape] -> z [B, *x_shape] (eq. in the module doc).
+    """x-space guidance for a batch: x_t [*x_shape], d [B, *x_shape] -> z [B, *x_shape] (eq. in the module doc),
+    run on the model's device (eps from any prediction type, latentbasis.schedules), returned on the CPU.
     Both eps evaluations of an iteration go in one batch of 2B."""
-    z = x_t.expand_as(d).clone()
+    d = d.to(model.device, torch.float32)
+    z = x_t.to(model.device, torch.float32).expand_as(d).clone()
     B = d.shape[0]
     for _ in range(n_iter):
         eps = predict_eps(model, torch.cat([z + step * d, z]), timestep, prompt)
         z = z + scale * (eps[:B] - eps[B:])
-    return z
+    return z.cpu()
 
 
 def direct_edit(x_t: torch.Tensor, d: torch.Tensor, keep_norm: bool = False) -> torch.Tensor:

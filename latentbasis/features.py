@@ -1,17 +1,20 @@
-"""The feature map f_t(x_t) -> h: the U-Net up to and including its mid block ("h-space").
+"""The feature map f_t(x_t) -> h: a network's forward stopped at a named layer ("hook and stop").
 
-    f_t : X -> H,   h = mid_block(down_blocks(conv_in(x_t), temb(t)), temb(t)[, encoder_hidden_states])
+    f_t : X -> H,   h = the output of module `layer` in the network's own forward at (x_t, t, conditioning)
 
-The forward is diffusers' own, stopped by a hook on the chosen layer, so no model code is forked. Two CPU traps
+The forward is the library's own (diffusers' model code), stopped by a hook on the chosen module, so no model code
+is forked and any module name works (a U-Net's `mid_block`, a transformer's `transformer_blocks.6`). Two traps
 are handled so the map works under torch.func.jvp / vjp / vmap:
-- the fused scaled_dot_product_attention kernels have no forward-mode AD on CPU: attention runs on the
-  MATH backend (a composition of differentiable ops) while the feature map is evaluated;
+- the fused scaled_dot_product_attention kernels have no forward-mode AD (on the CPU, and no batching rules for
+  their backward on a GPU): attention runs on the MATH backend (a composition of differentiable ops) while the
+  feature map is evaluated;
 - attention blocks on 4-D input hand on a channels-last-strided tensor, and forward AD through the next
   group_norm fails on it ("view size is not compatible"): a hook makes attention outputs contiguous.
+Hooks live only for one forward: sampling elsewhere runs the model untouched (bit-for-bit replays).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -33,47 +36,67 @@ def _contiguous_output(module, args, output):
     return output.contiguous() if isinstance(output, torch.Tensor) else output
 
 
-def _attention_modules(unet: torch.nn.Module) -> list[torch.nn.Module]:
+def _attention_modules(root: torch.nn.Module) -> list[torch.nn.Module]:
     from diffusers.models.attention_processor import Attention
 
-    return [m for m in unet.modules() if isinstance(m, Attention)]
+    return [m for m in root.modules() if isinstance(m, Attention)]
 
 
-def unet_forward_to(unet: torch.nn.Module, layer: str, x: torch.Tensor, timestep: int,
-                    encoder_hidden_states: torch.Tensor | None = None) -> torch.Tensor:
-    """Batched partial forward: x [B, *x_shape] -> output of `layer` [B, *h_shape]."""
+def _first_tensor(output: Any) -> torch.Tensor:
+    """A block's output as one tensor: the tensor itself, or the first tensor of a tuple / output object (a
+    transformer block that returns (encoder_hidden_states, hidden_states) is handled by its adapter)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    sample = getattr(output, "sample", None)
+    if isinstance(sample, torch.Tensor):
+        return sample
+    raise LatentBasisError(f"the layer's output is a {type(output).__name__}, not a tensor: pick another layer")
+
+
+def get_layer(root: torch.nn.Module, layer: str, candidates: list[str] | None = None) -> torch.nn.Module:
+    """root's submodule `layer`, or one clear error that lists the layers to choose from."""
     try:
-        module = unet.get_submodule(layer)
+        return root.get_submodule(layer)
     except AttributeError:
-        raise LatentBasisError(f"the U-Net has no layer {layer!r} (try 'mid_block')") from None
+        listed = ", ".join(candidates) if candidates else "see `latentbasis layers`"
+        raise LatentBasisError(f"the network has no layer {layer!r}; layers: {listed}") from None
+
+
+def forward_to(root: torch.nn.Module, layer: str, run: Callable[[], Any], *,
+               select: Callable[[Any], torch.Tensor] = _first_tensor,
+               candidates: list[str] | None = None) -> torch.Tensor:
+    """Run `run()` (a forward of `root`) and return select(output of root's submodule `layer`), the forward
+    stopped there. Attention on the MATH backend with contiguous outputs (see the module docstring)."""
+    module = get_layer(root, layer, candidates)
 
     def stop(mod, args, output):
-        raise _Stop(output[0] if isinstance(output, tuple) else output)
+        raise _Stop(select(output))
 
-    # hooks live only for this forward: sampling elsewhere runs the model untouched (bit-for-bit replays)
     handles = [module.register_forward_hook(stop)]
-    handles += [m.register_forward_hook(_contiguous_output) for m in _attention_modules(unet)]
-    t = torch.full((x.shape[0],), int(timestep), dtype=torch.long)
+    handles += [m.register_forward_hook(_contiguous_output) for m in _attention_modules(root)]
     try:
         with sdpa_kernel(SDPBackend.MATH):
-            if encoder_hidden_states is None:
-                unet(x, t)
-            else:
-                unet(x, t, encoder_hidden_states=encoder_hidden_states.expand(x.shape[0], -1, -1))
+            run()
     except _Stop as s:
         return s.h
     finally:
         for h in handles:
             h.remove()
-    raise LatentBasisError(f"layer {layer!r} was never reached in the U-Net forward")
+    raise LatentBasisError(f"layer {layer!r} was never reached in the network's forward")
 
 
-def unet_feature_map(model, timestep: int, prompt: str | None = None, layer: str = "mid_block") -> FeatureMap:
-    """f_t for a loaded DiffusionModel at an integer timestep (and prompt, for text models; no CFG inside J)."""
-    cond = model.encode_prompt(prompt)
-    unet = model.unet
-
-    def f(x: torch.Tensor) -> torch.Tensor:
-        return unet_forward_to(unet, layer, x[None], timestep, cond)[0]
-
-    return f
+def modules_run_before(root: torch.nn.Module, layer: str, run: Callable[[], Any]) -> set[str]:
+    """Names of root's modules that run (or start) before `layer` finishes in one forward: the part of the network
+    the feature map needs (so a half-precision model copies only those weights to float32)."""
+    names = {id(m): n for n, m in root.named_modules()}
+    seen: set[str] = set()
+    handles = [m.register_forward_pre_hook(lambda mod, args: seen.add(names[id(mod)])) for m in root.modules()]
+    try:
+        with torch.no_grad():
+            forward_to(root, layer, run)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen

@@ -49,25 +49,15 @@ def load_image(path: str | os.PathLike, channels: int, size: int) -> torch.Tenso
 
 
 def image_to_x(model, image: torch.Tensor) -> torch.Tensor:
-    """Pixels [C, H, W] in [-1, 1] -> x space: the image itself, or the VAE latent mean times its scaling factor."""
-    if getattr(model, "vae", None) is None:
-        return image
-    with torch.no_grad():
-        z = model.vae.encode(image[None]).latent_dist.mean
-    return (z * model.vae.config.scaling_factor)[0]
+    """Pixels [C, H, W] in [-1, 1] -> x space: the image itself, or its VAE latent (the model's family decides)."""
+    return model.image_to_x(image)
 
 
 def x_to_image(model, x: torch.Tensor) -> torch.Tensor:
-    """x [B, *x_shape] -> pixels [B, C, H, W] in [-1, 1] (VAE decode for latent models)."""
-    if getattr(model, "vae", None) is None:
-        return x.clamp(-1, 1)
-    with torch.no_grad():
-        return model.vae.decode(x / model.vae.config.scaling_factor).sample.clamp(-1, 1)
+    """x [B, *x_shape] -> pixels [B, C, H, W] in [-1, 1] on the CPU (VAE decode for latent models)."""
+    return model.x_to_image(x)
 
 
 def pixel_size(model) -> tuple[int, int]:
     """(channels, size) of the images a model takes."""
-    if getattr(model, "vae", None) is None:
-        return model.x_shape[0], model.x_shape[-1]
-    factor = 2 ** (len(model.vae.config.block_out_channels) - 1)
-    return int(model.vae.config.in_channels), model.x_shape[-1] * factor
+    return model.pixel_size()

@@ -96,7 +96,7 @@ def run_recipe(r: EditRecipe, model=None) -> EditResult:
     from .basisfile import load_basis
     from .editing import EditSettings, combine, edit_images, sweep_directions, transported_basis
     from .images import image_to_x, load_image, pixel_size, x_to_image
-    from .models import load_model
+    from .loading import load_model
     from .sampling import denoise, invert, sample_trajectory
 
     model = model or load_model(r.model)

@@ -1,8 +1,8 @@
 """Deterministic DDIM (eta = 0) on a timestep grid of our choosing, so x_t lands exactly on the t asked for.
 
-    x0_hat = (x_a - sqrt(1 - abar_a) eps) / sqrt(abar_a)
+    (eps, x0_hat) = the network's output at (x_a, a), converted from its prediction type (schedules.to_eps_x0)
     x_b    = sqrt(abar_b) x0_hat + sqrt(1 - abar_b) eps                 (Song et al. 2021, eq. 12, sigma = 0)
-with eps = eps_theta(x_a, a) (classifier-free guided for text models: eps_u + w (eps_c - eps_u)).
+(classifier-free guided for text models: o_u + w (o_c - o_u) on the network output o).
 Where the model's scheduler config asks for clip_sample (diffusers' DDPM default for pixel models), x0_hat is
 clamped to [-r, r] and eps recomputed from it, as diffusers' DDIMScheduler does; the step stays deterministic.
 """
@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from .errors import LatentBasisError
-from .models import resolve_timestep
+from .loading import resolve_timestep
+from .schedules import clip_x0, ddim_update, to_eps_x0
 
 
 def ddim_timesteps(start: int, stop: int, num_steps: int) -> list[int]:
@@ -27,31 +28,34 @@ def ddim_timesteps(start: int, stop: int, num_steps: int) -> list[int]:
     return sorted(set(grid), reverse=True)
 
 
-def ddim_step(x: torch.Tensor, eps: torch.Tensor, abar_from: torch.Tensor, abar_to: torch.Tensor,
-              clip: float | None = None) -> torch.Tensor:
-    """One deterministic DDIM step from noise level abar_from to abar_to (either direction: also inversion).
-
-    clip = r: x0_hat is clamped to [-r, r] and eps := (x - sqrt(abar_from) x0_hat) / sqrt(1 - abar_from), so the
-    step stays on the line through x and the clamped x0_hat (no-op where x0_hat is inside the range)."""
-    x0 = (x - (1 - abar_from).sqrt() * eps) / abar_from.sqrt()
-    if clip is not None and abar_from < 1:
-        x0 = x0.clamp(-clip, clip)
-        eps = (x - abar_from.sqrt() * x0) / (1 - abar_from).sqrt()
-    return abar_to.sqrt() * x0 + (1 - abar_to).sqrt() * eps
-
-
 @torch.no_grad()
+def predict(model, x: torch.Tensor, timestep: int, prompt: str | None = None,
+            guidance: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(eps, x0_hat) of the network at x [B, *x_shape] and an integer timestep, in the model's math dtype on its
+    device, whatever its prediction type (schedules.to_eps_x0). Text models: classifier-free guidance
+    o_u + w (o_c - o_u) on the network output when guidance != 1 (as diffusers' pipelines guide it)."""
+    x = x.to(model.device, torch.float32)
+    t = torch.full((x.shape[0],), int(timestep), dtype=torch.long, device=model.device)
+    cond = model.encode_prompt(prompt)  # None for unconditional models, which refuse a prompt
+    out = model.network(x, t, cond).to(model.math_dtype)
+    if cond is not None and guidance != 1.0:
+        out_u = model.network(x, t, model.encode_prompt("")).to(model.math_dtype)
+        out = out_u + guidance * (out - out_u)
+    abar = model.alphas_cumprod.to(model.device, model.math_dtype)[int(timestep)]
+    return to_eps_x0(out, x.to(model.math_dtype), abar, model.prediction_type)
+
+
 def predict_eps(model, x: torch.Tensor, timestep: int, prompt: str | None = None, guidance: float = 1.0):
-    """eps_theta(x, t) for a batch x [B, *x_shape]; classifier-free guidance for text models when guidance != 1."""
-    t = torch.full((x.shape[0],), int(timestep), dtype=torch.long)
-    cond = model.encode_prompt(prompt)  # None for pixel models, which refuse a prompt
-    if cond is None:
-        return model.eps(x, t)
-    eps_c = model.eps(x, t, cond.expand(x.shape[0], -1, -1))
-    if guidance == 1.0:
-        return eps_c
-    eps_u = model.eps(x, t, model.encode_prompt("").expand(x.shape[0], -1, -1))
-    return eps_u + guidance * (eps_c - eps_u)
+    """eps_theta(x, t) for a batch x [B, *x_shape] (any prediction type), float32 on the model's device."""
+    return predict(model, x, timestep, prompt, guidance)[0].float()
+
+
+def _step(model, x: torch.Tensor, a: int, abar_to: torch.Tensor, prompt, guidance, clip) -> torch.Tensor:
+    """One DDIM step of x (on the device) from timestep a to noise level abar_to; x0_hat clamped where asked."""
+    eps, x0 = predict(model, x, a, prompt, guidance)
+    abar_a = model.alphas_cumprod.to(model.device, model.math_dtype)[a]
+    eps, x0 = clip_x0(x.to(model.math_dtype), eps, x0, abar_a, clip)
+    return ddim_update(eps, x0, abar_to).float()
 
 
 def initial_noise(model, seed: int) -> torch.Tensor:
@@ -72,14 +76,14 @@ def sample_to(model, seed: int = 0, *, t: float | None = None, timestep: int | N
 def ddim_walk(model, x: torch.Tensor, grid: list[int], prompt: str | None = None,
               guidance: float = 1.0) -> list[torch.Tensor]:
     """DDIM (eta = 0) from x [B, *x_shape] at grid[0] through every timestep of `grid` (descending);
-    returns the states at each, [x at grid[0], ..., x at grid[-1]]."""
-    ab = model.alphas_cumprod.to(torch.float64)
-    clip = model.clip_sample
-    states = [x]
+    returns the states at each, [x at grid[0], ..., x at grid[-1]] (float32, on the CPU; the walk itself runs on
+    the model's device)."""
+    ab = model.alphas_cumprod.to(model.device, model.math_dtype)
+    states = [x.float().cpu()]
+    x = x.to(model.device, torch.float32)
     for a, b in zip(grid[:-1], grid[1:]):
-        eps = predict_eps(model, x, a, prompt, guidance).to(torch.float64)
-        x = ddim_step(x.to(torch.float64), eps, ab[a], ab[b], clip).to(torch.float32)
-        states.append(x)
+        x = _step(model, x, a, ab[b], prompt, guidance, model.clip_sample)
+        states.append(x.cpu())
     return states
 
 
@@ -124,10 +128,10 @@ def denoise(model, x: torch.Tensor, grid: list[int], prompt: str | None = None, 
 
 
 def predict_x0(model, x: torch.Tensor, timestep: int, prompt: str | None = None, guidance: float = 1.0):
-    """The denoised estimate x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t): a DDIM step to abar = 1."""
-    ab = model.alphas_cumprod.to(torch.float64)[timestep]
-    eps = predict_eps(model, x, timestep, prompt, guidance).to(torch.float64)
-    return ddim_step(x.to(torch.float64), eps, ab, torch.tensor(1.0, dtype=torch.float64), model.clip_sample).float()
+    """The denoised estimate x0_hat(x_t) of the network (clamped where the config asks): a DDIM step to abar = 1.
+    [B, *x_shape] float32 on the CPU."""
+    one = torch.tensor(1.0, dtype=model.math_dtype, device=model.device)
+    return _step(model, x, timestep, one, prompt, guidance, model.clip_sample).cpu()
 
 
 def sample_trajectory(model, seed: int = 0, *, num_steps: int = 100, prompt: str | None = None,
@@ -143,22 +147,21 @@ def invert(model, x0: torch.Tensor, *, num_steps: int = 100, prompt: str | None 
            through: int | None = None) -> Trajectory:
     """Deterministic DDIM inversion of an image x0 [*x_shape] to x_{T-1}, every state kept (as a Trajectory).
 
-    Each step runs the DDIM update upwards with eps evaluated at the lower point (the usual approximation):
-    x_b = sqrt(abar_b) x0_hat(x_a) + sqrt(1 - abar_b) eps(x_a, a), a < b; the first step goes from abar = 1 (the
-    image) to timestep 0 with eps(x0, 0). No guidance (eps of the prompt alone), as inversion needs.
+    Each step runs the DDIM update upwards with (eps, x0_hat) evaluated at the lower point (the usual
+    approximation): x_b = sqrt(abar_b) x0_hat(x_a) + sqrt(1 - abar_b) eps(x_a, a), a < b; the first step goes from
+    the image (abar = 1) to the first timestep with eps(image, t). No guidance (the prompt alone), as inversion
+    needs. States float32 on the CPU.
     """
     grid = trajectory_grid(model.num_train_timesteps, num_steps, through)
     up = grid[::-1]
-    ab = model.alphas_cumprod.to(torch.float64)
-    clip = model.clip_sample
-    x = x0[None].to(torch.float64)
-    eps = predict_eps(model, x.float(), up[0], prompt).to(torch.float64)
-    x = ddim_step(x, eps, torch.tensor(1.0, dtype=torch.float64), ab[up[0]])
-    kept = [x.float()]
+    ab = model.alphas_cumprod.to(model.device, model.math_dtype)
+    x = x0[None].to(model.device, torch.float32)
+    eps, _ = predict(model, x, up[0], prompt)
+    x = ddim_update(eps, x.to(model.math_dtype), ab[up[0]]).float()
+    kept = [x.cpu()]
     for a, b in zip(up[:-1], up[1:]):
-        eps = predict_eps(model, x.float(), a, prompt).to(torch.float64)
-        x = ddim_step(x, eps, ab[a], ab[b], clip)
-        kept.append(x.float())
+        x = _step(model, x, a, ab[b], prompt, 1.0, model.clip_sample)
+        kept.append(x.cpu())
     return Trajectory(grid, torch.stack(kept[::-1])[:, 0], None, prompt, 1.0)
 
 

@@ -8,8 +8,8 @@ import torch
 from latentbasis.analysis import (GridSpec, check_cache, compute_grid, data_pca, gaussian_gains, half_signal_timestep,
                                   load_grid, low_frequency_fraction, measure, radial_power, report_timesteps)
 from latentbasis.errors import LatentBasisError
-from latentbasis.gaussian import GaussianModel, ddpm_linear_alphas_cumprod
-from latentbasis.models import load_model
+from latentbasis.families.gaussian import GaussianModel, ddpm_linear_alphas_cumprod
+from latentbasis.loading import load_model
 
 
 def test_report_timesteps_descend_from_t_max_to_t_min():

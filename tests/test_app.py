@@ -10,7 +10,7 @@ pytest.importorskip("gradio")
 
 from latentbasis.basisfile import save_basis  # noqa: E402
 from latentbasis.cli import load_editor  # noqa: E402
-from latentbasis.models import load_model  # noqa: E402
+from latentbasis.loading import load_model  # noqa: E402
 from latentbasis.recipe import EditRecipe, run_recipe  # noqa: E402
 
 E = load_editor()

@@ -52,7 +52,7 @@ def test_find_slide_export_in_a_browser(browser, tmp_path):
     from selenium.webdriver.common.by import By
 
     from latentbasis.cli import load_editor
-    from latentbasis.models import load_model
+    from latentbasis.loading import load_model
 
     editor = load_editor()
     demo, url = editor.launch(load_model("digits"), block=False)

@@ -1,7 +1,7 @@
 """The bundled models load through the public loading path, offline, and sample recognisable output."""
 
 from latentbasis import latent_basis, load_model, sample_to
-from latentbasis.models import MODELS_DIR, bundled_models
+from latentbasis.loading import MODELS_DIR, bundled_models
 
 
 def test_bundled_models_are_present_and_small():

@@ -4,7 +4,6 @@ import torch
 from torch.func import jacfwd, jacrev, jvp, vjp, vmap
 
 from latentbasis import LatentBasisError, load_model
-from latentbasis.features import unet_forward_to
 
 
 def oracle_mid_block(unet, x, timestep, ehs=None):
@@ -35,16 +34,16 @@ def sd(tiny_sd_dir):
 def test_matches_hand_written_forward(pixel):
     x = torch.randn(3, *pixel.x_shape)
     with torch.no_grad():
-        assert torch.allclose(unet_forward_to(pixel.unet, "mid_block", x, 321), oracle_mid_block(pixel.unet, x, 321),
+        assert torch.allclose(pixel.feature_forward(x, 321, None, "mid_block"), oracle_mid_block(pixel.unet, x, 321),
                               atol=1e-5)
 
 
 def test_matches_hand_written_forward_with_prompt(sd):
     x = torch.randn(2, *sd.x_shape)
-    ehs = sd.encode_prompt("the digit seven")
+    cond = sd.encode_prompt("the digit seven")
     with torch.no_grad():
-        got = unet_forward_to(sd.unet, "mid_block", x, 500, ehs)
-        want = oracle_mid_block(sd.unet, x, 500, ehs.expand(2, -1, -1))
+        got = sd.feature_forward(x, 500, cond, "mid_block")
+        want = oracle_mid_block(sd.unet, x, 500, cond.inputs["encoder_hidden_states"].expand(2, -1, -1))
     assert torch.allclose(got, want, atol=1e-5)
 
 
@@ -86,7 +85,7 @@ def test_the_feature_map_leaves_the_model_untouched(tiny_unet_dir):
     """Hooks live only during the feature map: sampling after a basis is bit-identical to sampling before it
     (so an edit recipe replays to the same pixels in a fresh process)."""
     from latentbasis.basis import latent_basis
-    from latentbasis.models import load_model
+    from latentbasis.loading import load_model
     from latentbasis.sampling import sample_trajectory
 
     model = load_model(str(tiny_unet_dir))

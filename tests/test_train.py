@@ -50,7 +50,8 @@ def test_text_model_trains_and_loads_as_a_pipeline(tmp_path):
     train(cfg, tmp_path, progress=False)
     m = load_model(str(tmp_path))
     assert m.conditional and m.vae is None and m.x_shape == (1, 8, 8)
-    assert not torch.allclose(m.encode_prompt("the digit seven"), m.encode_prompt("number 2"))
+    e1, e2 = (m.encode_prompt(p).inputs["encoder_hidden_states"] for p in ("the digit seven", "number 2"))
+    assert not torch.allclose(e1, e2)
 
 
 def test_captions_and_vocabulary():

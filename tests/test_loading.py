@@ -20,7 +20,7 @@ def test_loads_sd_pipeline_folder(tiny_sd_dir):
     m = load_model(str(tiny_sd_dir))
     assert m.conditional and m.vae is not None
     assert m.x_shape == (4, 8, 8)
-    e1, e2 = m.encode_prompt("the digit seven"), m.encode_prompt("a cat")
+    e1, e2 = (m.encode_prompt(p).inputs["encoder_hidden_states"] for p in ("the digit seven", "a cat"))
     assert e1.shape == (1, 8, 16) and not torch.allclose(e1, e2)
 
 

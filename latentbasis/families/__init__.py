@@ -1,0 +1,26 @@
+"""Model families: one adapter per family behind the interface of families/base.py.
+
+Adding a family is one new module here plus one line in FAMILIES: the denoiser class names it wraps.
+"""
+from __future__ import annotations
+
+from ..errors import LatentBasisError
+from .base import Conditioning, DiffusionModel
+from .gaussian import GaussianModel
+from .unet import UNetModel
+
+# the denoiser's class name (model_index.json or config.json) -> the adapter that wraps it
+FAMILIES: dict[str, type[DiffusionModel]] = {
+    "UNet2DModel": UNetModel,
+    "UNet2DConditionModel": UNetModel,
+}
+
+
+def adapter_for(class_name: str) -> type[DiffusionModel]:
+    if class_name not in FAMILIES:
+        raise LatentBasisError(f"the denoiser class {class_name!r} is not supported; latentbasis reads "
+                               f"{', '.join(sorted(FAMILIES))}")
+    return FAMILIES[class_name]
+
+
+__all__ = ["Conditioning", "DiffusionModel", "FAMILIES", "GaussianModel", "UNetModel", "adapter_for"]

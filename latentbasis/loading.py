@@ -1,0 +1,197 @@
+"""Loading diffusion models from a bundled name, a local folder, or the local Hugging Face cache. Never the network.
+
+Supported layouts (diffusers format):
+- a single-model folder (config.json + weights, scheduler_config.json beside it or in scheduler/), as
+  google/ddpm-ema-celebahq-256 or the bundled `digits`;
+- a pipeline folder (model_index.json) with the denoiser (unet/), scheduler/ and optionally text_encoder/,
+  tokenizer/, text_encoder_2/, tokenizer_2/ (SDXL) and vae/.
+Which family adapter wraps the denoiser is decided in latentbasis.families (one table); this module only finds and
+reads folders. Nothing a folder says is imported or executed unless it is on the allow-list below: model folders
+are data, and users download them and share them.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .devices import resolve_device, resolve_dtype
+from .errors import LatentBasisError
+
+ASSETS = Path(os.environ.get("LATENTBASIS_ASSETS", Path(__file__).resolve().parent.parent / "assets"))
+MODELS_DIR = ASSETS / "models"
+DEFAULT_MODEL = "digits"
+
+# The only classes a model folder may name (library -> class names). Schedulers are never instantiated from a
+# folder: only their scheduler_config.json is read.
+ALLOWED_CLASSES = {
+    "diffusers": {"UNet2DModel", "UNet2DConditionModel", "AutoencoderKL"},
+    "transformers": {"CLIPTextModel", "CLIPTextModelWithProjection", "CLIPTokenizer", "CLIPTokenizerFast",
+                     "PreTrainedTokenizerFast"},
+}
+TEXT_PARTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+
+
+def weights_hash(module: torch.nn.Module) -> str:
+    """sha256 (first 16 hex digits) of a module's parameters and buffers, in name order, as float32.
+
+    Independent of the file format the weights came in, so a basis made from .bin and .safetensors copies of
+    one model matches (a float16 copy of float32 weights is other weights, and hashes differently)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def bundled_models() -> list[str]:
+    if not MODELS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in MODELS_DIR.iterdir()
+                  if (p / "config.json").exists() or (p / "model_index.json").exists())
+
+
+def resolve_model_path(name_or_path: str) -> Path:
+    """The folder of a bundled name, a local path, or a hub id already in the local cache (offline only)."""
+    p = Path(name_or_path).expanduser()
+    if p.is_dir():
+        return p
+    if name_or_path and (MODELS_DIR / name_or_path).is_dir():
+        return MODELS_DIR / name_or_path
+    if "/" in name_or_path and not p.exists() and name_or_path.count("/") == 1:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(name_or_path, local_files_only=True))
+        except Exception:
+            pass
+    known = ", ".join(bundled_models()) or "none installed"
+    raise LatentBasisError(
+        f"model {name_or_path!r} not found: not a folder, not a bundled model ({known}), "
+        "and not in the local Hugging Face cache (no download is attempted)")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise LatentBasisError(f"{path} is not readable JSON ({type(e).__name__})") from None
+    if not isinstance(data, dict):
+        raise LatentBasisError(f"{path} is not a JSON object")
+    return data
+
+
+def allowed_class(library: str, class_name: str):
+    """The class a folder names, if it is on the allow-list; anything else is refused, never imported."""
+    if not isinstance(library, str) or not isinstance(class_name, str) \
+            or class_name not in ALLOWED_CLASSES.get(library, ()):
+        raise LatentBasisError(f"the model folder names the class {library}.{class_name}, which latentbasis does not "
+                               "load (it only loads known diffusers and transformers model, tokenizer and "
+                               "text-encoder classes)")
+    return getattr(importlib.import_module(library), class_name)
+
+
+def _short(e: Exception) -> str:
+    """An exception's first line, at most 300 characters (library messages can run to hundreds of lines)."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text[:300]}"
+
+
+def load_component(folder: Path, library: str, class_name: str, dtype: torch.dtype = torch.float32):
+    """One component of a model folder, in `dtype` (tokenizers have none), eval mode, gradients off."""
+    cls = allowed_class(library, class_name)
+    if not folder.is_dir():
+        raise LatentBasisError(f"{folder} is missing")
+    try:
+        if library == "diffusers":  # accelerate is not a dependency: plain loading
+            return cls.from_pretrained(str(folder), torch_dtype=dtype, low_cpu_mem_usage=False).eval().requires_grad_(False)
+        obj = cls.from_pretrained(str(folder), local_files_only=True)
+    except LatentBasisError:
+        raise
+    except Exception as e:  # corrupt weights, mismatched configs, ...
+        raise LatentBasisError(f"could not load {folder}: {_short(e)}") from None
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.to(dtype).eval().requires_grad_(False)
+    return obj
+
+
+def _scheduler_config(folder: Path) -> dict:
+    cfg = folder / "scheduler_config.json"
+    if not cfg.exists():
+        raise LatentBasisError(f"no scheduler_config.json in {folder}")
+    return _read_json(cfg)
+
+
+def read_folder(root: Path) -> tuple[dict, dict, dict]:
+    """(components {part: (folder, library, class name)}, scheduler config, pipeline config) of a model folder."""
+    if (root / "model_index.json").exists():
+        index = _read_json(root / "model_index.json")
+        parts = {}
+        for key, value in index.items():
+            if key.startswith("_") or not isinstance(value, list) or len(value) != 2 or value[0] is None:
+                continue
+            if (root / key).is_dir() and key != "scheduler":
+                parts[key] = (root / key, value[0], value[1])
+        return parts, _scheduler_config(root / "scheduler"), index
+    for folder in (root, root / "unet"):
+        if (folder / "config.json").exists():
+            cfg = _read_json(folder / "config.json")
+            sched = folder if (folder / "scheduler_config.json").exists() else root / "scheduler"
+            return ({"unet": (folder, "diffusers", cfg.get("_class_name", "UNet2DModel"))},
+                    _scheduler_config(sched), {})
+    raise LatentBasisError(f"{root} is not a diffusers model folder (no model_index.json or config.json)")
+
+
+def load_model(name_or_path: str = DEFAULT_MODEL, *, device: str | torch.device | None = "auto",
+               dtype: str | torch.dtype = "float32", max_memory: int | None = None):
+    """Load a model by bundled name, local path or locally cached hub id, wrapped by its family's adapter.
+
+    device: "auto" (a GPU when there is one, else the CPU), "cpu", "cuda", "cuda:N", "mps".
+    dtype: the sampling forward's precision (float32, float16, bfloat16); features and bases stay float32, the
+        VAE float32. max_memory: bytes the Jacobian products may use (None: the device's default).
+    """
+    from .families import adapter_for
+
+    dev, dt = resolve_device(device), resolve_dtype(dtype)
+    root = resolve_model_path(name_or_path)
+    parts, scheduler_config, pipeline_config = read_folder(root)
+    denoiser = next((k for k in ("unet", "transformer") if k in parts), None)
+    if denoiser is None:
+        raise LatentBasisError(f"{root} has a model_index.json but no unet/ folder")
+    adapter = adapter_for(parts[denoiser][2])
+    loaded = {}
+    for key, (folder, library, class_name) in parts.items():
+        if key == denoiser or key in TEXT_PARTS or key == "vae":
+            loaded[key] = load_component(folder, library, class_name, torch.float32 if key == "vae" else dt)
+    name = name_or_path if (MODELS_DIR / name_or_path).resolve() == root.resolve() else str(root)
+    model_hash = weights_hash(loaded[denoiser])
+    for key, part in loaded.items():
+        if isinstance(part, torch.nn.Module):
+            loaded[key] = part.to(dev)
+    return adapter.from_components(loaded, scheduler_config, pipeline_config, name=name, path=str(root),
+                                   model_hash=model_hash, device=dev, dtype=dt, max_memory=max_memory)
+
+
+def resolve_timestep(num_train_timesteps: int, *, fraction: float | None = None,
+                     timestep: int | None = None) -> tuple[int, float]:
+    """(integer timestep, fraction of T) from a fraction in [0, 1] or an integer timestep in [0, T-1].
+
+    The fraction maps to round(fraction * (T - 1)), so 1.0 is the noisiest step T-1 and 0.0 is step 0.
+    """
+    T = num_train_timesteps
+    if fraction is not None:
+        if not (0.0 <= float(fraction) <= 1.0):
+            raise LatentBasisError(f"t = {fraction} is outside the schedule: give a fraction of T in [0, 1]")
+        ts = int(round(float(fraction) * (T - 1)))
+        return ts, float(fraction)
+    if timestep is not None:
+        if int(timestep) != timestep or not (0 <= int(timestep) <= T - 1):
+            raise LatentBasisError(f"timestep {timestep} is outside the schedule [0, {T - 1}]")
+        return int(timestep), int(timestep) / (T - 1)
+    raise LatentBasisError("give a timestep: a fraction of T in [0, 1] or an integer step")
