@@ -266,7 +266,8 @@ def recipe_of(model, s: Session) -> EditRecipe:
         num_steps=APP_STEPS, timestep=s.timestep, t_fraction=s.t_fraction, k=b.k, basis_file=s.basis_file,
         basis_sha256=sha256_file(s.basis_file) if s.basis_file else None, algorithm=b.algorithm, basis_seed=b.seed,
         tol=1e-3, method=s.method, directions=None, strengths=[],
-        combination={str(i): float(v) for i, v in sorted(s.strengths.items())} or {"0": 0.0})
+        combination={str(i): float(v) for i, v in sorted(s.strengths.items())} or {"0": 0.0},
+        dtype=str(model.dtype).removeprefix("torch."), device=str(model.device))
 
 
 def export(model, s: Session) -> tuple[str, str, str]:

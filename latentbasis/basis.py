@@ -57,7 +57,8 @@ class Basis:
     prompt: str | None = None
     layer: str = "mid_block"
     model: str = ""
-    device: str = "cpu"             # where it was computed (always in float32)
+    device: str = "cpu"             # where it was computed (always in float32) ...
+    weights_dtype: str = "float32"  # ... through the network's weights as loaded (--dtype)
     model_hash: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -353,4 +354,5 @@ def latent_basis(model, x_t: torch.Tensor, *, t: float | None = None, timestep: 
     b = pullback_basis(f, x.to(model.device, torch.float32), k, **kwargs)
     b.timestep, b.t_fraction, b.prompt, b.layer = ts, frac, prompt, layer
     b.model, b.model_hash, b.device = model.name, model.model_hash, str(model.device)
+    b.weights_dtype = str(getattr(model, "dtype", torch.float32)).removeprefix("torch.")
     return b

@@ -2,7 +2,8 @@
 
 Tensors (float32):  latent [k, *x_shape], tangent [k, *h_shape], singular_values [k], point [*x_shape].
 Header metadata (all strings; lists as JSON): format, model, model_hash, layer, timestep, t_fraction, prompt,
-k, algorithm, jvps, vjps, residuals, seed, version (plus iterations, seconds).
+k, algorithm, jvps, vjps, residuals, seed, version, device and weights_dtype (where it was computed, always in float32, through weights in that dtype), plus
+iterations and seconds (the only fields that differ between two runs of the same command).
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ def basis_metadata(b: Basis) -> dict[str, str]:
         "prompt": b.prompt or "", "k": str(b.k), "algorithm": b.algorithm, "jvps": str(b.jvps),
         "vjps": str(b.vjps), "residuals": json.dumps([float(r) for r in b.residuals]), "seed": str(b.seed),
         "version": _version(), "iterations": str(b.iterations), "seconds": f"{b.seconds:.3f}",
+        "device": b.device, "weights_dtype": b.weights_dtype,
     }
 
 
@@ -83,6 +85,7 @@ def load_basis(path: str | os.PathLike, model=None) -> Basis:
                      timestep=int(meta["timestep"]) if meta.get("timestep") else None,
                      t_fraction=float(meta["t_fraction"]) if meta.get("t_fraction") else None,
                      prompt=meta.get("prompt") or None, layer=meta.get("layer", "mid_block"),
-                     model=meta.get("model", ""), model_hash=meta.get("model_hash", ""))
+                     model=meta.get("model", ""), model_hash=meta.get("model_hash", ""),
+                     device=meta.get("device", "cpu"), weights_dtype=meta.get("weights_dtype", "float32"))
     except (ValueError, KeyError) as e:
         raise LatentBasisError(f"{path} has a corrupt header: {e}") from None

@@ -15,12 +15,22 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def _load(a, name: str, dtype: str | None = None):
+    """The model named on the command line, on --device in --dtype, with --max-memory for the Jacobian products."""
+    from .devices import parse_memory
+    from .loading import load_model
+
+    budget = parse_memory(a.max_memory) if getattr(a, "max_memory", None) else None
+    return load_model(name, device=getattr(a, "device", "auto"), dtype=dtype or getattr(a, "dtype", None) or "float32",
+                      max_memory=budget)
+
+
 def _cmd_basis(a) -> None:
     from tqdm.auto import tqdm
 
     from .basis import latent_basis
     from .basisfile import save_basis
-    from .loading import load_model, resolve_timestep
+    from .loading import resolve_timestep
     from .sampling import denoise, predict_x0, sample_to, trajectory_grid
 
     if a.t is None and a.timestep is None:
@@ -28,7 +38,7 @@ def _cmd_basis(a) -> None:
     out = Path(a.out)
     if not out.parent.is_dir():
         raise LatentBasisError(f"cannot write {out}: folder {out.parent} does not exist")
-    model = load_model(a.model)
+    model = _load(a, a.model)
     ts, frac = resolve_timestep(model.num_train_timesteps, fraction=a.t, timestep=a.timestep)
     init = None
     if a.init:
@@ -89,7 +99,7 @@ def _ints(s: str) -> list[int]:
 
 
 def _cmd_edit(a) -> None:
-    from .loading import load_model, resolve_timestep
+    from .loading import resolve_timestep
     from .atomic import write_text_atomic
     from .recipe import EditRecipe, run_recipe
     from .viz import render_edit_grid
@@ -99,9 +109,9 @@ def _cmd_edit(a) -> None:
         raise LatentBasisError(f"cannot write {out}: folder {out.parent} does not exist")
     if a.recipe:
         r = EditRecipe.from_file(a.recipe)
-        model = load_model(r.model)
+        model = _load(a, r.model, a.dtype or r.dtype)
     else:
-        model = load_model(a.model)
+        model = _load(a, a.model)
         ts, frac = resolve_timestep(model.num_train_timesteps, fraction=None if a.timestep is not None else a.t,
                                     timestep=a.timestep)
         r = EditRecipe(model=model.name, seed=None if a.image else a.seed, image=a.image, prompt=a.prompt,
@@ -176,10 +186,9 @@ def _cmd_train(a) -> None:
 
 
 def _cmd_report(a) -> None:
-    from .loading import load_model
     from .report import ReportSettings, run_report
 
-    model = load_model(a.model)
+    model = _load(a, a.model)
     settings = ReportSettings(samples=a.samples, timesteps=a.timesteps, k=a.k, t_max=a.t_max, t_min=a.t_min,
                               prompts=tuple(a.prompt or ()), guidance=a.guidance, num_steps=a.steps,
                               prompt_points=a.prompt_points)
@@ -212,10 +221,8 @@ def load_editor():
 
 
 def _cmd_app(a) -> None:
-    from .loading import load_model
-
     editor = load_editor()
-    model = load_model(a.model)
+    model = _load(a, a.model)
     if not 0 <= a.port <= 65535:
         raise LatentBasisError(f"--port {a.port} is not a port number (0 for a free one)")
     port = a.port or editor.free_port(a.host)
@@ -228,6 +235,19 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_runtime_options(p: argparse.ArgumentParser) -> None:
+    from .devices import DTYPE_NAMES
+
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:N, mps, or auto (default: a GPU when there is one, else the CPU)")
+    p.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
+                   help="precision of the network's forward for sampling and editing (default float32; a recipe "
+                        "replays in its own); bases are always computed in float32")
+    p.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="memory the Jacobian products may use at once, e.g. 8GB (default: 90%% of the GPU's free "
+                        "memory, 75%% of the available memory on the CPU); lower it after an out-of-memory error")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -251,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="basis.safetensors", help="basis file to write")
     b.add_argument("--png", default=None, help="picture of the directions (default: OUT with .png; '' for none)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_runtime_options(b)
     b.set_defaults(run=_cmd_basis)
 
     e = sub.add_parser("edit", help="edit a sample (or a real image) along latent-basis directions; PNG grid + recipe")
@@ -272,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=_positive_int, default=100, help="DDIM steps")
     e.add_argument("--recipe", default=None, help="replay a recipe JSON written by an earlier edit")
     e.add_argument("--out", default="edit.png", help="PNG grid; the recipe goes beside it as .json")
+    _add_runtime_options(e)
     e.set_defaults(run=_cmd_edit)
 
     i = sub.add_parser("info", help="print a basis file's header and shapes")
@@ -283,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     ap.add_argument("--port", type=int, default=0, help="port (default 0: a free one)")
     ap.add_argument("--share", action="store_true", help="ask Gradio for a public share link (off by default)")
+    _add_runtime_options(ap)
     ap.set_defaults(run=_cmd_app)
 
     r = sub.add_parser("report", help="tangent-space similarity report over samples x timesteps (x prompts)")
@@ -300,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--steps", type=_positive_int, default=100, help="DDIM steps of the trajectories")
     r.add_argument("--out", required=True, help="report folder (its cache/ makes a re-run resume)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_runtime_options(r)
     r.set_defaults(run=_cmd_report)
 
     t = sub.add_parser("train", help="train a bundled model (seeded, resumable from OUT/checkpoint.pt)")

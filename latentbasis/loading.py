@@ -103,22 +103,36 @@ def _short(e: Exception) -> str:
     return f"{type(e).__name__}: {text[:300]}"
 
 
-def load_component(folder: Path, library: str, class_name: str, dtype: torch.dtype = torch.float32):
-    """One component of a model folder, in `dtype` (tokenizers have none), eval mode, gradients off."""
+def load_component(folder: Path, library: str, class_name: str, dtype: torch.dtype | None = torch.float32):
+    """One component of a model folder, in `dtype` (None: float32, as read; tokenizers have none), eval mode,
+    gradients off."""
     cls = allowed_class(library, class_name)
     if not folder.is_dir():
         raise LatentBasisError(f"{folder} is missing")
     try:
-        if library == "diffusers":  # accelerate is not a dependency: plain loading
-            return cls.from_pretrained(str(folder), torch_dtype=dtype, low_cpu_mem_usage=False).eval().requires_grad_(False)
-        obj = cls.from_pretrained(str(folder), local_files_only=True)
+        if library == "diffusers":  # accelerate is not a dependency: plain loading (float32, as the file's values)
+            obj = cls.from_pretrained(str(folder), low_cpu_mem_usage=False)
+        else:
+            obj = cls.from_pretrained(str(folder), local_files_only=True)
     except LatentBasisError:
         raise
     except Exception as e:  # corrupt weights, mismatched configs, ...
         raise LatentBasisError(f"could not load {folder}: {_short(e)}") from None
     if isinstance(obj, torch.nn.Module):
-        obj = obj.to(dtype).eval().requires_grad_(False)
+        obj = (obj if dtype is None else obj.to(dtype)).eval().requires_grad_(False)
     return obj
+
+
+def cast_weights(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """The module in `dtype`, except the submodules its class keeps in float32 (diffusers' _keep_in_fp32_modules),
+    as from_pretrained(torch_dtype=...) would load it."""
+    torch.nn.Module.to(module, dtype)
+    keep = getattr(module, "_keep_in_fp32_modules", None) or []
+    if dtype != torch.float32 and keep:
+        for name, sub in module.named_modules():
+            if any(k in name.split(".") for k in keep):
+                torch.nn.Module.to(sub, torch.float32)
+    return module
 
 
 def _scheduler_config(folder: Path) -> dict:
@@ -168,9 +182,10 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, device: str | torch.device 
     loaded = {}
     for key, (folder, library, class_name) in parts.items():
         if key == denoiser or key in TEXT_PARTS or key == "vae":
-            loaded[key] = load_component(folder, library, class_name, torch.float32 if key == "vae" else dt)
+            loaded[key] = load_component(folder, library, class_name, None if key in (denoiser, "vae") else dt)
     name = name_or_path if (MODELS_DIR / name_or_path).resolve() == root.resolve() else str(root)
-    model_hash = weights_hash(loaded[denoiser])
+    model_hash = weights_hash(loaded[denoiser])  # of the checkpoint's values, whatever dtype it then runs in
+    loaded[denoiser] = cast_weights(loaded[denoiser], dt)
     for key, part in loaded.items():
         if isinstance(part, torch.nn.Module):
             loaded[key] = part.to(dev)

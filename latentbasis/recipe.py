@@ -43,6 +43,8 @@ class EditRecipe:
     strengths: list[float] = field(default_factory=lambda: [-6.0, -3.0, 0.0, 3.0, 6.0])
     # one combined edit instead of a sweep: {"direction index": strength}, d = sum_i strength_i v_i (the app's sliders)
     combination: dict[str, float] | None = None
+    dtype: str = "float32"               # the network's forward while sampling and editing (bases are float32)
+    device: str = ""                     # where it ran (informative: a replay runs where it is asked to)
     format: str = FORMAT
     version: str = ""
 
@@ -94,12 +96,13 @@ def run_recipe(r: EditRecipe, model=None) -> EditResult:
     from . import __version__
     from .basis import latent_basis
     from .basisfile import load_basis
+    from .devices import dtype_name
     from .editing import EditSettings, combine, edit_images, sweep_directions, transported_basis
     from .images import image_to_x, load_image, pixel_size, x_to_image
     from .loading import load_model
     from .sampling import denoise, invert, sample_trajectory
 
-    model = model or load_model(r.model)
+    model = model or load_model(r.model, dtype=r.dtype)
     if r.model_hash and r.model_hash != model.model_hash:
         raise LatentBasisError(f"the recipe was made with model weights {r.model_hash}, "
                                f"but {model.name!r} has {model.model_hash}")
@@ -149,5 +152,6 @@ def run_recipe(r: EditRecipe, model=None) -> EditResult:
         rows, cols = len(r.directions), len(r.strengths)
     images = x_to_image(model, edit_images(model, traj, r.timestep, d, settings))
     r.model, r.model_hash, r.version = model.name, model.model_hash, __version__
+    r.dtype, r.device = dtype_name(model.dtype), str(model.device)
     return EditResult(images.reshape(rows, cols, *images.shape[1:]), basis, traj, r, recon)
 

@@ -86,14 +86,13 @@ def vp_alphas_cumprod(config: dict) -> torch.Tensor:
     that gives a schedule DDIM cannot walk (abar not in (0, 1], not decreasing) is refused with one message."""
     from diffusers import DDIMScheduler
 
-    known = set(DDIMScheduler.__init__.__code__.co_varnames)
     try:
-        sched = DDIMScheduler(**{k: v for k, v in config.items() if k in known})
-    except (NotImplementedError, ValueError, TypeError) as e:
+        sched = DDIMScheduler.from_config(config)
+    except (NotImplementedError, ValueError, TypeError, KeyError) as e:
         raise LatentBasisError(f"the scheduler config gives no usable noise schedule: {e}") from None
     ab = sched.alphas_cumprod.to(torch.float64)
-    if len(ab) < 2 or not bool(torch.isfinite(ab).all()) or bool((ab > 1).any()) or bool((ab < 0).any()) \
-            or not bool((ab[1:] <= ab[:-1]).all()) or not bool(ab[0] > 0):
+    if len(ab) < 2 or not bool(torch.isfinite(ab).all()) or bool((ab > 1).any()) or bool((ab[:-1] <= 0).any()) \
+            or bool(ab[-1] < 0) or not bool((ab[1:] <= ab[:-1]).all()):
         raise LatentBasisError("the scheduler config gives a degenerate noise schedule (alphas_cumprod must "
-                               "decrease within (0, 1])")
+                               "decrease within (0, 1], reaching 0 at most at the last step)")
     return ab

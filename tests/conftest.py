@@ -66,9 +66,87 @@ def tiny_sd_dir(tmp_path_factory):
                                  num_attention_heads=2, max_position_embeddings=8, pad_token_id=0, bos_token_id=1,
                                  eos_token_id=2)).save_pretrained(d / "text_encoder")
     DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                  beta_end=0.012).save_pretrained(d / "scheduler")
+                  beta_end=0.012, clip_sample=False, set_alpha_to_one=False,
+                  steps_offset=1).save_pretrained(d / "scheduler")   # Stable Diffusion's own settings
     (d / "model_index.json").write_text(json.dumps({
         "_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "PreTrainedTokenizerFast"], "scheduler": ["diffusers", "DDIMScheduler"]}))
     return d
+
+
+def save_pixel_model(d, prediction_type="epsilon"):
+    tiny_unet().save_pretrained(d)
+    from diffusers import DDPMScheduler
+
+    DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                  prediction_type=prediction_type).save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def pixel_dirs(tmp_path_factory, tiny_unet_dir):
+    """Tiny pixel U-Nets (the same weights) whose scheduler configs say epsilon, v_prediction, sample."""
+    out = {"epsilon": tiny_unet_dir}
+    for p in ("v_prediction", "sample"):
+        out[p] = save_pixel_model(tmp_path_factory.mktemp(f"pixel_{p}"), p)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_v_dir(tmp_path_factory, tiny_sd_dir):
+    """The SD-shaped pipeline with a v-prediction scheduler (Stable Diffusion 2.x at 768 is such a model)."""
+    import shutil
+
+    d = tmp_path_factory.mktemp("tiny_sd_v") / "m"
+    shutil.copytree(tiny_sd_dir, d)
+    cfg = json.loads((d / "scheduler" / "scheduler_config.json").read_text())
+    cfg["prediction_type"] = "v_prediction"
+    (d / "scheduler" / "scheduler_config.json").write_text(json.dumps(cfg))
+    return d
+
+
+def build_sdxl(d, with_second_encoder=True):
+    """An SDXL-shaped pipeline folder: a U-Net with addition_embed_type "text_time", CLIPTextModel and
+    CLIPTextModelWithProjection (their penultimate hidden states concatenated: cross_attention_dim 16 + 16), two
+    tokenizers, a VAE and a scaled-linear DDIM scheduler."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(1)
+    UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+                         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+                         norm_num_groups=4, attention_head_dim=(2, 4), use_linear_projection=True,
+                         addition_embed_type="text_time", addition_time_embed_dim=4,
+                         projection_class_embeddings_input_dim=4 * 6 + 12).save_pretrained(d / "unet")
+    AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                  norm_num_groups=4, sample_size=16).save_pretrained(d / "vae")
+    text = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                max_position_embeddings=8, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    for i, key in enumerate(("", "_2")):
+        tok = word_tokenizer(WORDS, max_length=8)
+        tok.save_pretrained(d / f"tokenizer{key}")
+        if key and not with_second_encoder:
+            continue
+        cls = CLIPTextModelWithProjection if key else CLIPTextModel
+        cfg = CLIPTextConfig(vocab_size=len(tok), projection_dim=12, **text)
+        torch.manual_seed(10 + i)
+        cls(cfg).save_pretrained(d / f"text_encoder{key}")
+    DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                  beta_end=0.012, clip_sample=False, set_alpha_to_one=False,
+                  steps_offset=1).save_pretrained(d / "scheduler")   # SDXL's own settings
+    (d / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionXLPipeline", "force_zeros_for_empty_prompt": True,
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
+        "tokenizer_2": ["transformers", "PreTrainedTokenizerFast"], "scheduler": ["diffusers", "DDIMScheduler"]}))
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory):
+    return build_sdxl(tmp_path_factory.mktemp("tiny_sdxl"))

@@ -175,3 +175,56 @@ def test_edit_bad_input(case, tiny_unet_dir, other_unet_dir, tiny_sd_dir, edited
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in r.stderr, r.stderr
     assert (edited.read_bytes(), edited.with_suffix(".json").read_bytes()) == before
+
+
+def run_main(args, capsys):
+    """The command in this process (fast): (exit code, stderr lines)."""
+    try:
+        rc = main([str(a) for a in args])
+    except SystemExit as e:   # argparse's usage errors
+        rc = e.code
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    return rc, err
+
+
+@pytest.fixture(scope="module")
+def sdxl_without_second_encoder(tmp_path_factory):
+    from conftest import build_sdxl
+
+    return build_sdxl(tmp_path_factory.mktemp("sdxl_missing"), with_second_encoder=False)
+
+
+@pytest.mark.parametrize("case", ["cuda_without_gpu", "unknown_dtype", "budget_too_small", "unreadable_budget",
+                                  "sdxl_missing_encoder"])
+@pytest.mark.parametrize("command", ["basis", "edit"])
+def test_runtime_options_bad_input(case, command, tiny_unet_dir, sdxl_without_second_encoder, tmp_path, capsys):
+    import torch
+
+    if case == "cuda_without_gpu" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = tmp_path / ("o.safetensors" if command == "basis" else "o.png")
+    out.write_bytes(b"kept")
+    base = [command, "--model", tiny_unet_dir, "--steps", "3", "--k", "2", "--out", out]
+    base += ["--quiet"] if command == "basis" else ["--n-iter", "1"]
+    args = {"cuda_without_gpu": base + ["--device", "cuda"], "unknown_dtype": base + ["--dtype", "float8"],
+            "budget_too_small": base + ["--max-memory", "1KB"], "unreadable_budget": base + ["--max-memory", "lots"],
+            "sdxl_missing_encoder": [command, "--model", sdxl_without_second_encoder, "--out", out]}[case]
+    rc, err = run_main(args, capsys)
+    assert rc == 2 and len(err) == 1 and "error" in err[0], err
+    assert {"cuda_without_gpu": "no CUDA GPU", "unknown_dtype": "invalid choice", "budget_too_small": "--max-memory",
+            "unreadable_budget": "memory size", "sdxl_missing_encoder": "text_encoder_2"}[case] in err[0]
+    assert out.read_bytes() == b"kept" and not out.with_suffix(".json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+
+def test_half_precision_from_the_command_line(tiny_unet_dir, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "e.png"
+    assert main(["edit", "--model", str(tiny_unet_dir), "--dtype", "bfloat16", "--device", "cpu", "--k", "1",
+                 "--strengths", "0,1", "--steps", "5", "--n-iter", "1", "--out", str(out)]) == 0
+    r = json.loads(out.with_suffix(".json").read_text())
+    assert r["dtype"] == "bfloat16" and r["device"] == "cpu"
+    again = tmp_path / "again.png"   # the replay runs in the recipe's dtype
+    assert main(["edit", "--recipe", str(out.with_suffix(".json")), "--out", str(again)]) == 0
+    assert (png_pixels(again) == png_pixels(out)).all()

@@ -12,7 +12,7 @@ def test_pixel_models_clip_as_their_scheduler_config_says(tiny_unet_dir, tiny_sd
 
     cfg = dict(m.scheduler_config, clip_sample=False)
     assert UNetModel(m.unet, cfg, name="x", model_hash="x").clip_sample is None
-    assert load_model(str(tiny_sd_dir)).clip_sample is None                  # VAE latents are not bounded
+    assert load_model(str(tiny_sd_dir)).clip_sample is None      # Stable Diffusion's config: latents are not clamped
 
 
 def test_sample_to_is_seeded_and_starts_from_noise(tiny_unet_dir):

@@ -41,3 +41,53 @@ def test_clipped_ddim_step_clamps_x0_hat_and_is_a_no_op_inside_the_range():
     assert not torch.allclose(y_clip[1:], y[1:])
 
 
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_prediction_types_round_trip(prediction_type):
+    """to_eps_x0 inverts from_eps_x0 at every noise level, and x = sqrt(abar) x0 + sqrt(1 - abar) eps holds."""
+    g = torch.Generator().manual_seed(0)
+    eps, x0 = torch.randn(5, generator=g, dtype=torch.float64), torch.randn(5, generator=g, dtype=torch.float64)
+    for abar in (0.999, 0.5, 0.01):
+        ab = torch.tensor(abar, dtype=torch.float64)
+        x = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+        e2, x2 = to_eps_x0(from_eps_x0(eps, x0, ab, prediction_type), x, ab, prediction_type)
+        assert torch.allclose(e2, eps, atol=1e-10) and torch.allclose(x2, x0, atol=1e-10)
+
+
+def test_v_prediction_is_the_salimans_ho_velocity():
+    ab = torch.tensor(0.36, dtype=torch.float64)          # a = 0.6, s = 0.8
+    eps, x0 = torch.tensor([1.0], dtype=torch.float64), torch.tensor([2.0], dtype=torch.float64)
+    assert float(from_eps_x0(eps, x0, ab, "v_prediction")) == pytest.approx(0.6 * 1.0 - 0.8 * 2.0)
+
+
+def test_unknown_prediction_type_is_refused():
+    with pytest.raises(LatentBasisError, match="not supported"):
+        GaussianModel.random(prediction_type="flow")
+
+
+@pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
+def test_the_schedule_is_the_models_own(schedule):
+    """alphas_cumprod from a scheduler config is what diffusers' own schedulers compute from it."""
+    from diffusers import DDPMScheduler
+
+    cfg = {"num_train_timesteps": 1000, "beta_schedule": schedule, "beta_start": 0.00085, "beta_end": 0.012}
+    ref = DDPMScheduler(**cfg).alphas_cumprod.double()
+    assert torch.allclose(vp_alphas_cumprod(cfg), ref, atol=1e-7)
+    assert not torch.allclose(vp_alphas_cumprod({**cfg, "beta_schedule": "linear", "beta_start": 1e-4,
+                                                 "beta_end": 0.02}), ref) or schedule == "linear"
+
+
+@pytest.mark.parametrize("cfg", [{"beta_schedule": "cubic"}, {"beta_start": 0.5, "beta_end": 2.0},
+                                 {"num_train_timesteps": 1}])
+def test_a_degenerate_schedule_is_one_message(cfg):
+    with pytest.raises(LatentBasisError, match="schedule"):
+        vp_alphas_cumprod(cfg)
+
+
+def test_clip_x0_is_a_no_op_inside_the_range_and_keeps_the_line():
+    ab = torch.tensor(0.5, dtype=torch.float64)
+    x, eps = torch.tensor([0.1, 3.0], dtype=torch.float64), torch.tensor([0.0, 0.0], dtype=torch.float64)
+    e, x0 = clip_x0(x, eps, x / ab.sqrt(), ab, 1.0)
+    assert float(x0[0]) == pytest.approx(0.1 / 0.5 ** 0.5) and float(x0[1]) == 1.0
+    assert torch.allclose(ab.sqrt() * x0 + (1 - ab).sqrt() * e, x)      # still on the line through x

@@ -49,7 +49,7 @@ class DiffusionModel:
     x_shape: tuple[int, ...]
     alphas_cumprod: torch.Tensor           # [T] float64, CPU
     prediction_type: str = "epsilon"
-    clip_sample: float | None = None       # clamp x0_hat to [-r, r] while sampling (pixel models whose config asks)
+    clip_sample: float | None = None       # clamp x0_hat to [-r, r] while sampling (where the config asks)
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32     # the sampling forward; features are float32 whatever this is
     max_memory: int | None = None          # bytes the Jacobian products may use (None: the device's default)
@@ -73,10 +73,15 @@ class DiffusionModel:
         in the sampling dtype on the model's device; no gradients."""
         raise NotImplementedError
 
-    def feature_forward(self, x: torch.Tensor, timestep: int, cond: Conditioning | None, layer: str) -> torch.Tensor:
-        """Batched feature map x [B, *x_shape] (float32, on the device) -> h [B, *h_shape] (float32), differentiable
-        under torch.func (forward and reverse mode)."""
+    def feature_function(self, timestep: int, cond: Conditioning | None, layer: str):
+        """The batched feature map at one timestep: a function x [B, *x_shape] (float32, on the device) ->
+        h [B, *h_shape] (float32), differentiable under torch.func (forward and reverse mode). Whatever it needs
+        beyond the model (float32 copies of half-precision weights) lives as long as the function."""
         raise NotImplementedError
+
+    def feature_forward(self, x: torch.Tensor, timestep: int, cond: Conditioning | None, layer: str) -> torch.Tensor:
+        """h for a batch x [B, *x_shape]: feature_function(timestep, cond, layer)(x)."""
+        return self.feature_function(timestep, cond, layer)(x)
 
     def image_to_x(self, image: torch.Tensor) -> torch.Tensor:
         """Pixels [C, H, W] in [-1, 1] (CPU) -> x [*x_shape] (CPU)."""
@@ -114,11 +119,10 @@ class DiffusionModel:
     def features(self, timestep: int, prompt: str | None = None, layer: str | None = None):
         """The feature map f_t: x_t [*x_shape] -> h [*h_shape], float32 on the model's device, at an integer
         timestep (and prompt, for text models: no classifier-free guidance inside J)."""
-        cond = self.encode_prompt(prompt)
-        layer = layer or self.default_layer
+        run = self.feature_function(int(timestep), self.encode_prompt(prompt), layer or self.default_layer)
 
         def f(x: torch.Tensor) -> torch.Tensor:
-            return self.feature_forward(x[None], int(timestep), cond, layer)[0]
+            return run(x[None])[0]
 
         return f
 

@@ -68,11 +68,12 @@ class GaussianModel(DiffusionModel):
         eps = (x.double() - ab.sqrt() * D) / (1 - ab).sqrt()
         return from_eps_x0(eps, D, ab, self.prediction_type).to(x.dtype)
 
-    def feature_forward(self, x, timestep, cond, layer):
+    def feature_function(self, timestep, cond, layer):
         """h = P diag(w) U^T (D(x_t) - mu), float32, for x [B, *x_shape]."""
-        ab = self.alphas_cumprod[timestep]
+        a = float(self.alphas_cumprod[timestep].sqrt())
         A = ((self.P * (self.w * self.gains(timestep))) @ self.U.T).float()  # J = P diag(w g) U^T, [m, D]
-        return (x.reshape(x.shape[0], -1) - float(ab.sqrt()) * self.mu.float()) @ A.T
+        mu = self.mu.float()
+        return lambda x: (x.reshape(x.shape[0], -1) - a * mu) @ A.T
 
     def layers(self) -> list[str]:
         return ["h"]

@@ -45,8 +45,7 @@ class UNetModel(DiffusionModel):
         self.alphas_cumprod = vp_alphas_cumprod(self.scheduler_config)
         self.prediction_type = check_prediction_type(self.scheduler_config.get("prediction_type", "epsilon"))
         c = self.scheduler_config
-        self.clip_sample = (float(c.get("clip_sample_range", 1.0))
-                            if vae is None and c.get("clip_sample", False) else None)
+        self.clip_sample = float(c.get("clip_sample_range", 1.0)) if c.get("clip_sample", False) else None
         cfg = unet.config
         s = cfg.sample_size
         h, w = (s, s) if isinstance(s, int) else tuple(s)
@@ -56,7 +55,7 @@ class UNetModel(DiffusionModel):
         self._check_conditioning()
         self._prompt_cache: dict[str, Conditioning] = {}
         self._traced: dict = {}
-        self._params32: dict[str, dict] = {}
+        self._layer_modules: dict[str, set[str]] = {}
 
     @classmethod
     def from_components(cls, parts: dict, scheduler_config: dict, pipeline_config: dict, **common) -> "UNetModel":
@@ -172,33 +171,38 @@ class UNetModel(DiffusionModel):
         return (["conv_in"] + [f"down_blocks.{i}" for i in range(len(u.down_blocks))] + ["mid_block"]
                 + [f"up_blocks.{i}" for i in range(len(u.up_blocks))])
 
-    def feature_forward(self, x, timestep, cond, layer):
-        t = torch.full((x.shape[0],), int(timestep), dtype=torch.long, device=self.device)
-        kw = cond.batch(x.shape[0], torch.float32) if cond is not None else {}
+    def feature_function(self, timestep, cond, layer):
+        kw = cond.batch(1, torch.float32) if cond is not None else {}
         params = self._float32_params(layer)
-        return forward_to(self.unet, layer, lambda: self._call(self.unet, x, t, kw, params),
-                          candidates=self.layers())
+        candidates = self.layers()
+
+        def run(x):
+            t = torch.full((x.shape[0],), int(timestep), dtype=torch.long, device=self.device)
+            c = {k: v.expand(x.shape[0], *v.shape[1:]) for k, v in kw.items()}
+            return forward_to(self.unet, layer, lambda: self._call(self.unet, x, t, c, params), candidates=candidates)
+
+        return run
 
     def _float32_params(self, layer: str) -> dict | None:
         """None for a float32 model; else float32 copies of the weights the feature map uses (the modules that run
-        before `layer` ends), made once per layer: the Jacobian is float32 whatever the sampling dtype."""
+        before `layer` ends): the Jacobian is float32 whatever the sampling dtype. The copies live as long as the
+        feature map; which modules run is found once per layer."""
         if self.dtype == torch.float32:
             return None
-        if layer not in self._params32:
+        if layer not in self._layer_modules:
             x = torch.zeros(1, *self.x_shape, device=self.device, dtype=self.dtype)
             t = torch.zeros(1, dtype=torch.long, device=self.device)
             cond = self.encode_prompt("") if self.conditional else None
             kw = cond.batch(1, self.dtype) if cond is not None else {}
-            ran = modules_run_before(self.unet, layer, lambda: self._call(self.unet, x, t, kw))
-            copies = {}
-            for mname in ran:
-                mod = self.unet.get_submodule(mname) if mname else self.unet
-                for pname, p in list(mod.named_parameters(recurse=False)) + list(mod.named_buffers(recurse=False)):
-                    if p.is_floating_point():
-                        full = f"{mname}.{pname}" if mname else pname
-                        copies[full] = torch.nn.Parameter(p.detach().float(), requires_grad=False)
-            self._params32[layer] = copies
-        return self._params32[layer]
+            self._layer_modules[layer] = modules_run_before(self.unet, layer, lambda: self._call(self.unet, x, t, kw))
+        copies = {}
+        for mname in self._layer_modules[layer]:
+            mod = self.unet.get_submodule(mname) if mname else self.unet
+            for pname, p in list(mod.named_parameters(recurse=False)) + list(mod.named_buffers(recurse=False)):
+                if p.is_floating_point():
+                    copies[f"{mname}.{pname}" if mname else pname] = torch.nn.Parameter(p.detach().float(),
+                                                                                         requires_grad=False)
+        return copies
 
     # ------------------------------------------------------------------ images
     def image_to_x(self, image):

@@ -1,0 +1,124 @@
+"""Every U-Net family, loaded from a folder through the public loader: the basis against the SVD of the dense
+Jacobian, and one DDIM run against diffusers' own pipeline (the independent reference for the prediction-type and
+conditioning arithmetic): pixel eps / v / sample, Stable-Diffusion-style eps / v, SDXL-style."""
+import math
+
+import pytest
+import torch
+from torch.func import jacrev
+
+from latentbasis import load_model, principal_angles
+from latentbasis.basis import latent_basis
+from latentbasis.sampling import denoise, initial_noise
+
+FAMILIES = ["pixel-epsilon", "pixel-v_prediction", "pixel-sample", "sd-epsilon", "sd-v_prediction", "sdxl"]
+PROMPT = "the digit seven"
+
+
+@pytest.fixture(scope="module")
+def folders(pixel_dirs, tiny_sd_dir, tiny_sd_v_dir, tiny_sdxl_dir):
+    return {"pixel-epsilon": pixel_dirs["epsilon"], "pixel-v_prediction": pixel_dirs["v_prediction"],
+            "pixel-sample": pixel_dirs["sample"], "sd-epsilon": tiny_sd_dir, "sd-v_prediction": tiny_sd_v_dir,
+            "sdxl": tiny_sdxl_dir}
+
+
+def separated(S, k, rel=0.02):
+    out = []
+    for i in range(k):
+        lo = S[i] - S[i + 1]
+        hi = S[i - 1] - S[i] if i > 0 else math.inf
+        if min(float(lo), float(hi)) > rel * float(S[i]):
+            out.append(i)
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_loaded_family_reads_its_prediction_type_and_conditioning(family, folders):
+    m = load_model(str(folders[family]))
+    assert m.prediction_type == (family.split("-")[1] if "-" in family else "epsilon")
+    assert m.conditional == (not family.startswith("pixel"))
+    if family == "sdxl":
+        c = m.encode_prompt(PROMPT).inputs
+        assert set(c) == {"encoder_hidden_states", "text_embeds", "time_ids"}
+        assert c["encoder_hidden_states"].shape == (1, 8, 32) and c["text_embeds"].shape == (1, 12)
+        assert c["time_ids"].tolist() == [[16.0, 16.0, 0.0, 0.0, 16.0, 16.0]]   # (H, W, 0, 0, H, W) of 16x16 images
+        assert not m.encode_prompt("").inputs["text_embeds"].any()            # force_zeros_for_empty_prompt
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_basis_matches_the_dense_jacobian(family, folders):
+    m = load_model(str(folders[family]))
+    prompt = None if family.startswith("pixel") else PROMPT
+    ts, k = 500, 4
+    x = torch.randn(m.x_shape, generator=torch.Generator().manual_seed(7))
+    f = m.features(ts, prompt)
+    J = jacrev(f)(x).reshape(-1, x.numel()).double()
+    U, S, Vh = torch.linalg.svd(J, full_matrices=False)
+    b = latent_basis(m, x, timestep=ts, k=k, prompt=prompt, tol=1e-5)
+    assert torch.allclose(b.singular_values.double(), S[:k], rtol=1e-3)
+    sep = separated(S, k)
+    assert sep, "the test model needs a usable spectral gap"
+    for i in sep:
+        assert float(principal_angles(b.latent[i:i + 1], Vh[i:i + 1]).max().rad2deg()) < 1.0
+        assert float(principal_angles(b.tangent[i].reshape(1, -1), U[:, i][None]).max().rad2deg()) < 1.0
+
+
+def _ddim(folder, set_alpha_to_one=True):
+    from diffusers import DDIMScheduler
+
+    from latentbasis.loading import read_folder
+
+    cfg = read_folder(folder)[1]
+    return DDIMScheduler.from_config({**cfg, "set_alpha_to_one": set_alpha_to_one})
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_ddim_sampling_matches_the_diffusers_pipeline(family, folders):
+    """Same initial noise (seed 3 on a CPU generator), the pipeline's own timesteps (DDIMScheduler, eta = 0), 8 steps:
+    latentbasis' sampler gives the pipeline's output to 1e-4."""
+    from diffusers import DDIMPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    m = load_model(str(folders[family]))
+    sched = _ddim(folders[family])
+    sched.set_timesteps(8)
+    grid = sched.timesteps.tolist()
+    x_T = initial_noise(m, 3)[None]
+    gen = torch.Generator().manual_seed(3)
+    if family.startswith("pixel"):
+        pipe = DDIMPipeline(unet=m.unet, scheduler=sched)
+        pipe.set_progress_bar_config(disable=True)
+        ref = pipe(generator=gen, num_inference_steps=8, eta=0.0, use_clipped_model_output=True,
+                   output_type="pt").images                                 # (x0 / 2 + 0.5) clamped to [0, 1]
+        ours = (denoise(m, x_T, grid) / 2 + 0.5).clamp(0, 1)
+    else:
+        parts = dict(vae=m.vae, text_encoder=m.text_encoders[0], tokenizer=m.tokenizers[0], unet=m.unet,
+                     scheduler=sched)
+        if family == "sdxl":
+            pipe = StableDiffusionXLPipeline(text_encoder_2=m.text_encoders[1], tokenizer_2=m.tokenizers[1],
+                                             force_zeros_for_empty_prompt=True, add_watermarker=False, **parts)
+        else:
+            pipe = StableDiffusionPipeline(safety_checker=None, feature_extractor=None,
+                                           requires_safety_checker=False, **parts)
+        pipe.set_progress_bar_config(disable=True)
+        ref = pipe(PROMPT, num_inference_steps=8, guidance_scale=3.0, latents=x_T.clone(), eta=0.0,
+                   output_type="latent").images
+        ours = denoise(m, x_T, grid, PROMPT, 3.0, clip_denoised=False)
+    assert ref.shape == ours.shape
+    assert float((ref - ours).abs().max()) < 1e-4
+
+
+def test_prediction_types_give_the_same_sampler_on_the_gaussian_model():
+    """The optimal network of one Gaussian, emitting eps, v or x0: every conversion lands on the same DDIM
+    trajectory and the same guidance edit (to float64 rounding)."""
+    from latentbasis import GaussianModel
+    from latentbasis.editing import guidance_edit
+    from latentbasis.sampling import sample_trajectory
+
+    trajs, edits = {}, {}
+    for p in ("epsilon", "v_prediction", "sample"):
+        g = GaussianModel.random(x_shape=(1, 4, 4), seed=2, prediction_type=p)
+        trajs[p] = sample_trajectory(g, 5, num_steps=20)
+        edits[p] = guidance_edit(g, trajs[p].xs[5], trajs[p].timesteps[5], torch.ones(1, 1, 4, 4), n_iter=3)
+    for p in ("v_prediction", "sample"):
+        torch.testing.assert_close(trajs[p].xs, trajs["epsilon"].xs, rtol=0, atol=1e-5)
+        torch.testing.assert_close(edits[p], edits["epsilon"], rtol=0, atol=1e-5)
