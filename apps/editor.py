@@ -1,16 +1,25 @@
 """The latentbasis editor: find the directions a diffusion model considers most important and slide along them.
 
-    latentbasis app [--model digits] [--host 127.0.0.1] [--port 0] [--share]
+    latentbasis app [--model digits] [--host 127.0.0.1] [--port 0] [--share] [--device auto] [--dtype float32]
 
-A thin Gradio layer over the Python API. Every handler is a plain function of (session, inputs) so tests call them
-directly; `build_app(model)` wires them into a Blocks page. Per-session state lives in a gr.State (one Session per
-browser tab); the model is shared and read-only. Bad input raises gr.Error: a message in the page, and the app
-keeps running.
+A thin Gradio layer over the Python API. Every handler is a plain function of (model, session, inputs) so tests call
+them directly; `build_app(model)` wires them into a Blocks page. Per-session state lives in a gr.State (one Session
+per browser tab); the model is shared and read-only. A session's events run one at a time (its lock), so a click
+while an upload is still being read waits for it. Bad input raises AppError; in the page it becomes a message in
+one place (the status line) and every other output stays as it was. Messages never show server paths.
 """
 from __future__ import annotations
 
+import inspect
 import os
+import re
+import shutil
+import socket
+import sys
 import tempfile
+import threading
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,19 +28,22 @@ import torch
 
 from latentbasis.basis import latent_basis
 from latentbasis.basisfile import load_basis, save_basis
-from latentbasis.editing import EditSettings, combine, edit_images, sweep_directions, transported_basis
+from latentbasis.editing import EditSettings, combine, edit_images, edit_steps, sweep_directions, transported_basis
 from latentbasis.errors import LatentBasisError
-from latentbasis.images import image_to_x, load_image, pixel_size, x_to_image
+from latentbasis.images import image_to_x, pixel_size, read_image, x_to_image
 from latentbasis.loading import resolve_timestep
 from latentbasis.recipe import EditRecipe, sha256_file
-from latentbasis.sampling import invert, sample_trajectory
+from latentbasis.sampling import Trajectory, invert, sample_trajectory, trajectory_grid
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no network at run time
 
 MAX_K = 12            # sliders made (the k slider goes up to this)
 APP_STEPS = 50        # DDIM grid of the app's trajectories: an edit from t re-runs at most 50 steps
+PREVIEW_STEPS = 6     # DDIM steps from t of a slider's quick preview (the full image follows)
 PREVIEW = 6.0         # strength of the -/+ previews
 DISPLAY = 192         # pixels of the shown images (nearest-neighbour upscaling of small models)
+MAX_UPLOAD = "16mb"   # the largest file the page accepts
+WORK_ROOT = Path(tempfile.gettempdir()) / "latentbasis-app"
 
 
 @dataclass
@@ -50,11 +62,53 @@ class Session:
     strengths: dict = field(default_factory=dict)
     method: str = "guidance"
     edited: torch.Tensor | None = None  # the current edited image, pixels [C, H, W]
-    workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="latentbasis-app-"))
+    workdir: str = field(default_factory=lambda: _new_workdir())
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+
+    def close(self) -> None:
+        """Remove the session's folder (exports, uploads copied there, reports)."""
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _new_workdir() -> str:
+    """A folder for one session, named after this process so stale ones can be told apart (remove_stale_workdirs)."""
+    WORK_ROOT.mkdir(parents=True, exist_ok=True)
+    d = WORK_ROOT / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    d.mkdir()
+    return str(d)
+
+
+def remove_stale_workdirs() -> int:
+    """Remove session folders left by app processes that are no longer running; returns how many."""
+    removed = 0
+    if not WORK_ROOT.is_dir():
+        return 0
+    for d in WORK_ROOT.iterdir():
+        pid = d.name.split("-")[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue                      # its process is still running
+        except ProcessLookupError:
+            pass
+        except OSError:                   # another user's process: not ours to judge
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed += 1
+    return removed
 
 
 class AppError(Exception):
-    """Bad input: shown as a message in the page (gr.Error in the app)."""
+    """Bad input: shown as a message in the page's status line."""
+
+
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][^/\\\s'\"():,]+)+[/\\]([^/\\\s'\"():,]+)")
+
+
+def public(message: str) -> str:
+    """A message for the page: every absolute path shortened to its file name."""
+    return _PATH.sub(r"\1", message)
 
 
 # ---------------------------------------------------------------- pictures
@@ -80,6 +134,17 @@ def direction_picture(v: torch.Tensor, size: int = DISPLAY // 2) -> np.ndarray:
     return t.repeat_interleave(f, 1).repeat_interleave(f, 2).permute(1, 2, 0).numpy()
 
 
+def legend(model) -> str:
+    """How to read a direction's picture (HTML): the colour scale of the gallery's first picture."""
+    if model.x_shape[0] == 1 and not model.x_is_latent:
+        bar = ("<span style='display:inline-block;width:140px;height:12px;vertical-align:middle;"
+               "background:linear-gradient(to right,#2166ac,#f7f7f7,#b2182b)'></span>")
+        return (f"<div id='legend'>direction v: <b>blue</b> {bar} <b>red</b> &nbsp; red where moving along +v "
+                "brightens the pixel, blue where it darkens it; white: no change. Then the image at -6 and +6.</div>")
+    return ("<div id='legend'>direction v: its first three channels shown around grey (grey: no change; a colour: "
+            "the channels +v raises there). Then the image at -6 and +6.</div>")
+
+
 def _strip(pictures: list[np.ndarray], gap: int = 4) -> np.ndarray:
     h = max(p.shape[0] for p in pictures)
     sep = np.full((h, gap, 3), 255, np.uint8)
@@ -98,51 +163,84 @@ def _checked_t(model, t: float) -> tuple[int, float]:
         raise AppError(str(e)) from None
 
 
-def new_sample(model, s: Session, seed, t, prompt: str = "", guidance: float = 1.0) -> np.ndarray:
-    """Source = the DDIM sample of a seed (a text model's prompt and guidance); returns its picture."""
-    try:
-        seed = int(seed)
-    except (TypeError, ValueError):
-        raise AppError(f"the seed must be a whole number, got {seed!r}") from None
-    if seed < 0:
-        raise AppError(f"the seed must be 0 or more, got {seed}")
+def _checked_prompt(model, prompt) -> str | None:
     prompt = (prompt or "").strip() or None
     if prompt and not model.conditional:
         raise AppError(f"{model.name} is not a text model: it takes no prompt")
+    if prompt and len(prompt) > 2000:
+        raise AppError("the prompt is longer than 2000 characters")
+    return prompt
+
+
+def new_sample(model, s: Session, seed, t, prompt: str = "", guidance: float = 1.0, progress=None) -> np.ndarray:
+    """Source = the DDIM sample of a seed (a text model's prompt and guidance); returns its picture."""
+    try:
+        seed = int(seed)
+    except (TypeError, ValueError, OverflowError):
+        raise AppError(f"the seed must be a whole number, got {seed!r}") from None
+    if not 0 <= seed <= 2**63 - 1:
+        raise AppError(f"the seed must be in [0, 2^63 - 1], got {seed}")
+    prompt = _checked_prompt(model, prompt)
+    try:
+        guidance = float(guidance)
+    except (TypeError, ValueError):
+        raise AppError(f"guidance must be a number, got {guidance!r}") from None
+    if not 0 <= guidance <= 100:
+        raise AppError(f"guidance {guidance} is out of range [0, 100]")
     ts, frac = _checked_t(model, t)
-    traj = sample_trajectory(model, seed, num_steps=APP_STEPS, prompt=prompt, guidance=float(guidance), through=ts)
-    _reset(s, seed=seed, image=None, prompt=prompt, guidance=float(guidance) if model.conditional else 1.0,
+    n = len(trajectory_grid(model.num_train_timesteps, APP_STEPS, ts))
+    traj = sample_trajectory(model, seed, num_steps=APP_STEPS, prompt=prompt, guidance=guidance, through=ts,
+                             progress=_steps(progress, "sampling", n))
+    _reset(s, seed=seed, image=None, prompt=prompt, guidance=guidance if model.conditional else 1.0,
            timestep=ts, t_fraction=frac, trajectory=traj)
     s.edited = x_to_image(model, traj.x0[None])[0]
     return display(s.edited)
 
 
-def upload_image(model, s: Session, path, t, prompt: str = "") -> tuple[np.ndarray, str]:
-    """Source = an uploaded image, DDIM-inverted to t; returns (its reconstruction's picture, a status line)."""
+def _steps(progress, desc: str, total: int):
+    """A step counter feeding a Gradio progress (progress(fraction, desc)) with real steps; None without one."""
+    if progress is None or total <= 0:
+        return None
+    done = [0]
+
+    def step(n: int = 1) -> None:
+        done[0] += n
+        progress(min(1.0, done[0] / total), desc=f"{desc}: step {done[0]} of {total}")
+
+    return step
+
+
+def upload_image(model, s: Session, path, t, prompt: str = "", progress=None) -> tuple[np.ndarray, str]:
+    """Source = an uploaded image, DDIM-inverted to t; returns (its reconstruction's picture, a status line with
+    what was converted on the way in)."""
     from latentbasis.recipe import psnr
     from latentbasis.sampling import denoise
 
     if not path:
         raise AppError("no image was uploaded")
-    prompt = (prompt or "").strip() or None
-    if prompt and not model.conditional:
-        raise AppError(f"{model.name} is not a text model: it takes no prompt")
+    prompt = _checked_prompt(model, prompt)
     ts, frac = _checked_t(model, t)
-    img, traj = _inverted(model, path, prompt, ts)
+    img, traj, notes = _inverted(model, path, prompt, ts, progress)
     _reset(s, seed=None, image=str(path), prompt=prompt, guidance=1.0, timestep=ts, t_fraction=frac, trajectory=traj)
-    rec = x_to_image(model, denoise(model, traj.xs[traj.index(ts)][None], traj.timesteps[traj.index(ts):], prompt))[0]
+    i = traj.index(ts)
+    rec = x_to_image(model, denoise(model, traj.xs[i][None], traj.timesteps[i:], prompt,
+                                    progress=_steps(progress, "reconstruction", len(traj.timesteps) - i)))[0]
     s.edited = rec
-    return display(rec), f"Inverted {Path(path).name}: reconstruction from t = {frac:.2f} at {psnr(rec, img):.1f} dB PSNR."
+    msg = f"Inverted {Path(path).name}: reconstruction from t = {frac:.2f} at {psnr(rec, img):.1f} dB PSNR."
+    return display(rec), " ".join(n[0].upper() + n[1:] + "." for n in notes) + (" " if notes else "") + msg
 
 
-def _inverted(model, path, prompt: str | None, ts: int):
-    """(the image read for the model [C, H, W], its DDIM inversion on the app's grid through ts)."""
+def _inverted(model, path, prompt: str | None, ts: int, progress=None):
+    """(the image read for the model [C, H, W], its DDIM inversion on the app's grid through ts, notes)."""
     c, size = pixel_size(model)
     try:
-        img = load_image(path, c, size)
+        img, notes = read_image(path, c, size)
     except LatentBasisError as e:
         raise AppError(str(e)) from None
-    return img, invert(model, image_to_x(model, img), num_steps=APP_STEPS, prompt=prompt, through=ts)
+    n = len(trajectory_grid(model.num_train_timesteps, APP_STEPS, ts))
+    traj = invert(model, image_to_x(model, img), num_steps=APP_STEPS, prompt=prompt, through=ts,
+                  progress=_steps(progress, "inversion", n))
+    return img, traj, notes
 
 
 def _reset(s: Session, **kw) -> None:
@@ -151,7 +249,7 @@ def _reset(s: Session, **kw) -> None:
     s.basis, s.basis_file, s.strengths = None, None, {}
 
 
-def _move_to_t(model, s: Session, t) -> None:
+def _move_to_t(model, s: Session, t, progress=None) -> None:
     """Make the session's trajectory pass through t (a new t re-samples or re-inverts the same source)."""
     ts, frac = _checked_t(model, t)
     if s.trajectory is None:
@@ -160,36 +258,40 @@ def _move_to_t(model, s: Session, t) -> None:
         s.timestep, s.t_fraction = ts, frac
         return
     if s.image:
-        s.trajectory = _inverted(model, s.image, s.prompt, ts)[1]
+        s.trajectory = _inverted(model, s.image, s.prompt, ts, progress)[1]
     else:
+        n = len(trajectory_grid(model.num_train_timesteps, APP_STEPS, ts))
         s.trajectory = sample_trajectory(model, s.seed, num_steps=APP_STEPS, prompt=s.prompt, guidance=s.guidance,
-                                         through=ts)
+                                         through=ts, progress=_steps(progress, "sampling", n))
     s.timestep, s.t_fraction = ts, frac
 
 
 def find_directions(model, s: Session, t, k, method: str, progress=None) -> list[tuple[np.ndarray, str]]:
-    """The top-k latent basis at x_t; returns the gallery: per direction (picture | -preview | +preview, caption)."""
+    """The top-k latent basis at x_t; returns the gallery: per direction (picture | -preview | +preview, caption).
+    progress(fraction, desc): the basis by its residual (it falls from ~1 to the tolerance 1e-3), then the previews
+    by their real DDIM steps."""
     try:
         k = int(k)
     except (TypeError, ValueError):
         raise AppError(f"k must be a whole number, got {k!r}") from None
     if not 1 <= k <= MAX_K:
         raise AppError(f"k = {k} is out of range: 1 <= k <= {MAX_K}")
-    _move_to_t(model, s, t)
     s.method = _checked_method(method)
+    _move_to_t(model, s, t, progress)
     x_t = s.trajectory.at(s.timestep)
-    def report(info):  # residual falls from ~1 to the tolerance 1e-3: show its log as progress
+
+    def report(info):
         r = info["residual"]
-        frac = min(0.95, max(0.0, np.log10(r) / -3.0)) if np.isfinite(r) and r > 0 else 0.0
-        progress(frac, desc=f"iteration {info['iteration']}, residual {r:.1e}")
+        frac = min(1.0, max(0.0, np.log10(r) / -3.0)) if np.isfinite(r) and r > 0 else 0.0
+        progress(frac, desc=f"basis: iteration {info['iteration']}, residual {r:.1e} (stops at 1e-3)")
 
     try:
-        s.basis = latent_basis(model, x_t, timestep=s.timestep, k=k, prompt=s.prompt,
-                               callback=report if progress is not None else None)
+        basis = latent_basis(model, x_t, timestep=s.timestep, k=k, prompt=s.prompt,
+                             callback=report if progress is not None else None)
     except LatentBasisError as e:
         raise AppError(str(e)) from None
-    s.basis_file, s.strengths = None, {}
-    return _gallery(model, s)
+    s.basis, s.basis_file, s.strengths = basis, None, {}
+    return _gallery(model, s, progress)
 
 
 def _checked_method(method: str) -> str:
@@ -202,10 +304,12 @@ def _settings(s: Session) -> EditSettings:
     return EditSettings(method=s.method)
 
 
-def _gallery(model, s: Session) -> list[tuple[np.ndarray, str]]:
+def _gallery(model, s: Session, progress=None) -> list[tuple[np.ndarray, str]]:
     b = s.basis
     d = sweep_directions(b.latent, list(range(b.k)), [-PREVIEW, PREVIEW])
-    prev = x_to_image(model, edit_images(model, s.trajectory, s.timestep, d, _settings(s)))
+    n = edit_steps(s.trajectory, s.timestep, _settings(s))
+    prev = x_to_image(model, edit_images(model, s.trajectory, s.timestep, d, _settings(s),
+                                         progress=_steps(progress, "previews", n)))
     out = []
     for i in range(b.k):
         pic = _strip([direction_picture(b.latent[i]), display(prev[2 * i], DISPLAY // 2),
@@ -214,11 +318,9 @@ def _gallery(model, s: Session) -> list[tuple[np.ndarray, str]]:
     return out
 
 
-def apply_edit(model, s: Session, method: str, strengths: list[float]) -> np.ndarray:
-    """The combined edit d = sum_i strength_i v_i at x_t (what a released slider runs); returns its picture."""
+def _weights(s: Session, strengths) -> dict[int, float]:
     if s.basis is None:
         raise AppError("press Find directions first")
-    s.method = _checked_method(method)
     w = {}
     for i, v in enumerate(list(strengths)[:s.basis.k]):
         try:
@@ -229,6 +331,28 @@ def apply_edit(model, s: Session, method: str, strengths: list[float]) -> np.nda
             raise AppError(f"strength {v} of direction {i + 1} is out of range [-50, 50]")
         if v != 0:
             w[i] = v
+    return w
+
+
+def preview_edit(model, s: Session, method: str, strengths: list[float]) -> np.ndarray:
+    """A quick look at the combined edit: the same edit at x_t, then DDIM in PREVIEW_STEPS steps from t instead of
+    the trajectory's own grid (what a slider shows at once; apply_edit gives the full image, and the recipe)."""
+    method = _checked_method(method)
+    w = _weights(s, strengths)
+    i = s.trajectory.index(s.timestep)
+    coarse = sorted({int(round(v)) for v in np.linspace(s.timestep, 0, PREVIEW_STEPS + 1)}, reverse=True)
+    quick = Trajectory(coarse, s.trajectory.xs[i][None].expand(len(coarse), *s.trajectory.xs.shape[1:]), None,
+                       s.trajectory.prompt, s.trajectory.guidance)
+    d = combine(s.basis.latent, w)[None]
+    if not w:
+        return display(s.trajectory.x0 if s.trajectory.x0 is not None else s.edited)
+    return display(x_to_image(model, edit_images(model, quick, s.timestep, d, EditSettings(method=method)))[0])
+
+
+def apply_edit(model, s: Session, method: str, strengths: list[float]) -> np.ndarray:
+    """The combined edit d = sum_i strength_i v_i at x_t (what a released slider runs); returns its picture."""
+    w = _weights(s, strengths)
+    s.method = _checked_method(method)
     s.strengths = w
     d = combine(s.basis.latent, w)[None]
     s.edited = x_to_image(model, edit_images(model, s.trajectory, s.timestep, d, _settings(s)))[0]
@@ -243,15 +367,12 @@ def import_basis(model, s: Session, path) -> list[tuple[np.ndarray, str]]:
         raise AppError("no basis file was given")
     try:
         given = load_basis(path, model=model)
-        if tuple(given.point.shape) != tuple(model.x_shape):
-            raise LatentBasisError(f"the basis is for x of shape {tuple(given.point.shape)}, this model's is "
-                                   f"{tuple(model.x_shape)}")
         if given.k > MAX_K:
             raise LatentBasisError(f"the basis has k = {given.k} directions; the app shows at most {MAX_K}")
-        s.basis = transported_basis(model, given, s.trajectory.at(s.timestep), s.timestep, prompt=s.prompt)
+        basis = transported_basis(model, given, s.trajectory.at(s.timestep), s.timestep, prompt=s.prompt)
     except LatentBasisError as e:
         raise AppError(str(e)) from None
-    s.basis_file, s.strengths = str(path), {}
+    s.basis, s.basis_file, s.strengths = basis, str(path), {}
     return _gallery(model, s)
 
 
@@ -279,6 +400,7 @@ def export(model, s: Session) -> tuple[str, str, str]:
     if s.basis is None or s.edited is None:
         raise AppError("press Find directions first")
     d = Path(s.workdir)
+    d.mkdir(parents=True, exist_ok=True)
     basis_path = save_basis(s.basis, d / "basis.safetensors")
     png = d / "edited.png"
     pix = ((s.edited.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -291,7 +413,8 @@ def export(model, s: Session) -> tuple[str, str, str]:
 
 
 def small_report(model, s: Session, samples, timesteps, k, progress=None) -> tuple[list[tuple[str, str]], str, str]:
-    """A small similarity report of this model in the session folder: (plots with captions, findings, report.html)."""
+    """A small similarity report of this model in the session folder: (plots with captions, findings, report.html).
+    progress(fraction, desc): one step per basis of the grid."""
     from latentbasis.report import ReportSettings, run_report, verdict
 
     try:
@@ -301,38 +424,107 @@ def small_report(model, s: Session, samples, timesteps, k, progress=None) -> tup
     if not (2 <= settings.samples <= 16 and 2 <= settings.timesteps <= 12 and 1 <= settings.k <= MAX_K):
         raise AppError(f"out of range: 2-16 samples, 2-12 timesteps, 1 <= k <= {MAX_K}")
     out = Path(s.workdir) / f"report-{settings.samples}-{settings.timesteps}-{settings.k}"
+    cb = (lambda done, total: progress(done / total, desc=f"bases: {done} of {total}")) if progress else None
     try:
-        n = run_report(model, out, settings, progress=False)
+        n = run_report(model, out, settings, progress=False, callback=cb)
     except LatentBasisError as e:
         raise AppError(str(e)) from None
     names = [("spectrum", "singular values"), ("sample_distance", "tangent spaces across samples"),
              ("timestep_distance", "across timesteps"), ("frequency", "frequency content"),
              ("prompt_distance", "prompts"), ("theory", "theory overlays"), ("directions", "directions")]
     plots = [(str(out / f"{f}.png"), c) for f, c in names if (out / f"{f}.png").exists()]
-    text = "\n".join(f"- **{verdict(f['holds'])}**: {f['claim']} ({f['evidence']})" for f in n["findings"])
+    text = "\n".join(f"- **{verdict(f)}**: {f['claim']} ({f['evidence']})" for f in n["findings"])
     return plots, text, str(out / "report.html")
 
 
 # ---------------------------------------------------------------- the page
 
+CSS = """
+#gallery .thumbnail-item {aspect-ratio: auto !important; height: auto !important; min-height: 0;
+  overflow: visible !important; display: flex; flex-direction: column}
+#gallery .thumbnail-item img {aspect-ratio: 296 / 96; width: 100%; height: auto; object-fit: contain}
+#gallery .caption-label {white-space: normal; font-size: 13px; position: static !important; max-width: none;
+  background: none; color: inherit; text-align: left; padding: 2px 4px}
+#status {min-height: 1.5em}
+#status .error {color: #b00020; font-weight: bold}
+#plots img {object-fit: contain}
+"""
+
+
 def build_app(model):
     import gradio as gr
 
-    def guarded(fn):
-        """Handler wrapper: AppError -> gr.Error (a message in the page); the app keeps running."""
-        def run(*args, **kw):
-            try:
-                return fn(*args, **kw)
-            except AppError as e:
-                raise gr.Error(str(e)) from None
-        run.__name__ = fn.__name__
+    sessions: dict[str, list[Session]] = {}   # browser session -> its Sessions, removed when the tab closes
+
+    def session_for(s: Session | None, request) -> Session:
+        if s is None:
+            s = Session()
+            sessions.setdefault(getattr(request, "session_hash", None) or "", []).append(s)
+        return s
+
+    def close_sessions(request):
+        for s in sessions.pop(getattr(request, "session_hash", None) or "", []):
+            s.close()
+
+    close_sessions.__annotations__ = {"request": gr.Request}   # Gradio passes the request to a parameter so marked
+
+    def handler(fn, n_inputs: int, outputs: list, stream: bool = False):
+        """fn(session, *inputs[1:], progress=...) -> outputs (the session first), as a Gradio event function: the
+        session is made on first use and locked while fn runs; an error becomes a message in the status line and
+        every other output keeps its value. Gradio passes the request and the progress tracker by position, after
+        the inputs (its special arguments are read from the signature set here)."""
+        si = outputs.index(status)
+
+        def failed(s, e: Exception):
+            if isinstance(e, (AppError, LatentBasisError)):
+                msg = public(str(e))
+            else:
+                print(f"latentbasis app: {type(e).__name__} in {fn.__name__}: {e}", file=sys.stderr)
+                msg = f"unexpected {type(e).__name__}; the page is unchanged (details in the server's log)"
+            out = [gr.update()] * len(outputs)
+            out[0], out[si] = s, f"<span class='error'>Error: {msg}</span>"
+            return tuple(out)
+
+        def split(args):
+            *inputs, request, progress = args
+            return session_for(inputs[0], request), inputs[1:], progress
+
+        if stream:
+            def run(*args):
+                s, inputs, progress = split(args)
+                with s.lock:
+                    try:
+                        yield from fn(s, *inputs, progress=progress)
+                    except Exception as e:
+                        yield failed(s, e)
+        else:
+            def run(*args):
+                s, inputs, progress = split(args)
+                with s.lock:
+                    try:
+                        return fn(s, *inputs, progress=progress)
+                    except Exception as e:
+                        return failed(s, e)
+
+        P = inspect.Parameter
+        run.__signature__ = inspect.Signature(
+            [P(f"input{i}", P.POSITIONAL_OR_KEYWORD) for i in range(n_inputs)]
+            + [P("request", P.POSITIONAL_OR_KEYWORD, annotation=gr.Request),
+               P("progress", P.POSITIONAL_OR_KEYWORD, default=gr.Progress())])
+        run.__annotations__ = {"request": gr.Request}
+        run.__name__ = run.__qualname__ = fn.__name__
         return run
+
+    def wire(listener, fn, inputs: list, outputs: list, stream: bool = False, **kw):
+        listener(handler(fn, len(inputs), outputs, stream), inputs, outputs, **kw)
 
     text = model.conditional
     with gr.Blocks(title="latentbasis editor") as demo:
-        state = gr.State(None)   # a Session per browser tab, made on first use
+        state = gr.State(None, delete_callback=lambda s: s.close() if s is not None else None)
         gr.Markdown(f"## latentbasis editor: `{model.name}`\nPick a source, press **Find directions**, then slide. "
-                    "Directions are the top right singular vectors of the Jacobian of the U-Net bottleneck at x_t.")
+                    f"Directions are the top right singular vectors of the Jacobian of the network's "
+                    f"`{model.default_layer}` at x_t.")
+        status = gr.HTML(elem_id="status")
         with gr.Tab("Edit"):
             with gr.Row():
                 with gr.Column(scale=2):
@@ -341,12 +533,13 @@ def build_app(model):
                                         value="the digit seven" if text else "")
                     guidance = gr.Slider(1.0, 8.0, value=3.0, step=0.5, label="guidance", visible=text)
                     sample_btn = gr.Button("Sample", elem_id="sample")
-                    upload = gr.File(label="or upload an image (it is DDIM-inverted)", elem_id="upload", height=130)
+                    upload = gr.File(label="or upload an image (it is DDIM-inverted; colour and grey are converted "
+                                           "to what the model takes)", elem_id="upload", height=130,
+                                     file_types=["image"])
                     t = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="timestep t (fraction of T)", elem_id="t")
                     k = gr.Slider(1, MAX_K, value=6, step=1, label="k (number of directions)", elem_id="k")
                     method = gr.Radio(["guidance", "direct"], value="guidance", label="edit method")
                     find_btn = gr.Button("Find directions", variant="primary", elem_id="find")
-                    status = gr.Markdown(elem_id="status")
                 with gr.Column(scale=2):
                     with gr.Row():
                         source = gr.Image(label="source", format="png", interactive=False, elem_id="source",
@@ -355,20 +548,23 @@ def build_app(model):
                                           height=200)
                     sliders = [gr.Slider(-10, 10, value=0, step=0.5, label=f"v{i + 1}", visible=False,
                                          elem_id=f"v{i + 1}") for i in range(MAX_K)]
-            gallery = gr.Gallery(label="directions: v_i | -preview | +preview", columns=3, format="png",
-                                 elem_id="gallery", object_fit="contain", height=360)
+            gr.HTML(legend(model))
+            gallery = gr.Gallery(label="directions: v_i | -6 | +6", columns=3, format="png", elem_id="gallery",
+                                 object_fit="contain", height="auto", allow_preview=False)
             with gr.Row():
                 export_btn = gr.Button("Export basis, image and recipe", elem_id="export")
-                imported = gr.File(label="import a basis file (.safetensors)", elem_id="import")
+                imported = gr.File(label="import a basis file (.safetensors)", elem_id="import",
+                                   file_types=[".safetensors"])
             files = gr.File(label="exports", file_count="multiple", interactive=False, elem_id="exports")
         with gr.Tab("Similarity report"):
             with gr.Row():
-                r_samples = gr.Slider(2, 16, value=3, step=1, label="samples")
+                r_samples = gr.Slider(2, 16, value=4, step=1, label="samples")
                 r_steps = gr.Slider(2, 12, value=4, step=1, label="timesteps")
                 r_k = gr.Slider(1, MAX_K, value=4, step=1, label="k")
                 r_btn = gr.Button("Run report", elem_id="run-report")
             r_findings = gr.Markdown()
-            r_plots = gr.Gallery(label="plots", columns=2, format="png", height="auto")
+            r_plots = gr.Gallery(label="plots", columns=2, format="png", height="auto", object_fit="contain",
+                                 elem_id="plots", allow_preview=True)
             r_file = gr.File(label="report.html")
 
         def slider_updates(n, basis=None):
@@ -376,71 +572,89 @@ def build_app(model):
                               label=f"v{i + 1}" + (f"  (s = {float(basis.singular_values[i]):.3g})" if i < n else ""))
                     for i in range(MAX_K)]
 
-        def on_sample(s, seed_v, t_v, prompt_v, guidance_v):
-            s = s if s is not None else Session()
-            pic = new_sample(model, s, seed_v, t_v, prompt_v, guidance_v)
+        outs_src = [state, source, edited, gallery, status, *sliders]
+        outs_find = [state, gallery, edited, status, *sliders]
+
+        def on_sample(s, seed_v, t_v, prompt_v, guidance_v, progress=None):
+            pic = new_sample(model, s, seed_v, t_v, prompt_v, guidance_v, progress)
             return s, pic, pic, [], f"Seed {s.seed} at t = {s.t_fraction:.2f}.", *slider_updates(0)
 
-        def on_upload(s, path, t_v, prompt_v):
-            s = s if s is not None else Session()
-            pic, msg = upload_image(model, s, path, t_v, prompt_v)
-            return s, pic, pic, [], msg, *slider_updates(0)
+        def on_upload(s, path, t_v, prompt_v, progress=None):
+            pic, msg = upload_image(model, s, path, t_v, prompt_v, progress)
+            return s, pic, pic, [], public(msg), *slider_updates(0)
 
-        def on_find(s, t_v, k_v, m, progress=gr.Progress()):
-            s = s if s is not None else Session()
+        def on_find(s, t_v, k_v, m, progress=None):
             g = find_directions(model, s, t_v, k_v, m, progress)
-            return s, g, display(s.edited), f"{s.basis.k} directions at t = {s.t_fraction:.2f} " \
-                f"({s.basis.jvps + s.basis.vjps} Jacobian products, {s.basis.seconds:.2f} s).", \
-                *slider_updates(s.basis.k, s.basis)
+            return (s, g, display(s.edited), f"{s.basis.k} directions at t = {s.t_fraction:.2f} "
+                    f"({s.basis.jvps + s.basis.vjps} Jacobian products, {s.basis.seconds:.2f} s).",
+                    *slider_updates(s.basis.k, s.basis))
 
-        def on_slide(s, m, *vals):
-            s = s if s is not None else Session()
-            return s, apply_edit(model, s, m, list(vals))
+        def on_slide(s, m, *vals, progress=None):
+            t0 = time.perf_counter()
+            yield s, preview_edit(model, s, m, list(vals)), f"Preview ({PREVIEW_STEPS} DDIM steps, " \
+                f"{time.perf_counter() - t0:.2f} s); the full image follows."
+            t0 = time.perf_counter()
+            pic = apply_edit(model, s, m, list(vals))
+            yield s, pic, f"Edited: {', '.join(f'v{i + 1} {w:+g}' for i, w in s.strengths.items()) or 'none'} " \
+                f"({time.perf_counter() - t0:.2f} s)."
 
-        def on_import(s, path):
-            s = s if s is not None else Session()
+        def on_import(s, path, progress=None):
             if not path:
                 return (s, gr.update(), gr.update(), *[gr.update()] * MAX_K)
             g = import_basis(model, s, path)
             return (s, g, f"Imported {Path(path).name}: {s.basis.k} directions transported to this image.",
                     *slider_updates(s.basis.k, s.basis))
 
-        def on_export(s):
-            s = s if s is not None else Session()
-            return list(export(model, s))
+        def on_export(s, progress=None):
+            return s, list(export(model, s)), "Exported the basis, the edited image and its recipe."
 
-        def on_report(s, n, m, kk, progress=gr.Progress()):
-            s = s if s is not None else Session()
-            progress(0, desc="computing bases")
-            plots, text_, html_ = small_report(model, s, n, m, kk)
-            return plots, text_, html_
+        def on_report(s, n, m, kk, progress=None):
+            plots, text_, html_ = small_report(model, s, n, m, kk, progress)
+            return s, plots, text_, html_, "Report written."
 
-        outs_src = [state, source, edited, gallery, status, *sliders]
-        sample_btn.click(guarded(on_sample), [state, seed, t, prompt, guidance], outs_src)
-        upload.upload(guarded(on_upload), [state, upload, t, prompt], outs_src)
-        find_btn.click(guarded(on_find), [state, t, k, method], [state, gallery, edited, status, *sliders])
+        wire(sample_btn.click, on_sample, [state, seed, t, prompt, guidance], outs_src)
+        wire(upload.upload, on_upload, [state, upload, t, prompt], outs_src)
+        wire(find_btn.click, on_find, [state, t, k, method], outs_find)
         for sl in sliders:
-            sl.release(guarded(on_slide), [state, method, *sliders], [state, edited], show_progress="minimal")
-        imported.upload(guarded(on_import), [state, imported], [state, gallery, status, *sliders])
-        export_btn.click(guarded(on_export), [state], [files])
-        r_btn.click(guarded(on_report), [state, r_samples, r_steps, r_k], [r_plots, r_findings, r_file])
-        demo.load(guarded(on_sample), [state, seed, t, prompt, guidance], outs_src)
+            wire(sl.release, on_slide, [state, method, *sliders], [state, edited, status], stream=True,
+                 show_progress="hidden")
+        wire(imported.upload, on_import, [state, imported], [state, gallery, status, *sliders])
+        wire(export_btn.click, on_export, [state], [state, files, status])
+        wire(r_btn.click, on_report, [state, r_samples, r_steps, r_k], [state, r_plots, r_findings, r_file, status])
+        wire(demo.load, on_sample, [state, seed, t, prompt, guidance], outs_src)
+        demo.unload(close_sessions)
     demo.queue(default_concurrency_limit=2)
     return demo
 
 
 def free_port(host: str) -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
-def launch(model, host: str = "127.0.0.1", port: int = 0, share: bool = False, block: bool = True):
-    """Start the app (port 0: a free one); returns (demo, url)."""
+def _wait_for_server(host: str, port: int, timeout: float = 120.0) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        try:
+            with socket.create_connection((host if host != "0.0.0.0" else "127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise LatentBasisError(f"the app did not start listening on port {port} within {timeout:.0f} s")
+
+
+def launch(model, host: str = "127.0.0.1", port: int = 0, share: bool = False, block: bool = True, on_ready=None):
+    """Start the app (port 0: a free one); on_ready(url) once it accepts connections; returns (demo, url)."""
+    remove_stale_workdirs()
     demo = build_app(model)
     port = port or free_port(host)
-    demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block, quiet=True,
-                footer_links=[])
-    return demo, f"http://{host}:{port}/"
+    url = f"http://{host}:{port}/"
+    demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True, quiet=True,
+                footer_links=[], max_file_size=MAX_UPLOAD, css=CSS)
+    _wait_for_server(host, port)
+    if on_ready is not None:
+        on_ready(url)
+    if block:
+        demo.block_thread()
+    return demo, url

@@ -79,10 +79,12 @@ def check_cache(model, spec: GridSpec, cache: str | os.PathLike) -> Path:
     want = _manifest(model, spec)
     mpath = cache / "manifest.json"
     if mpath.exists():
+        from .validate import read_json_object
+
         try:
-            have = json.loads(mpath.read_text())
-        except (OSError, ValueError) as e:
-            raise LatentBasisError(f"{mpath} is unreadable ({e}); remove the cache folder") from None
+            have = read_json_object(mpath, "report cache manifest")
+        except LatentBasisError as e:
+            raise LatentBasisError(f"{e}; remove the cache folder {cache}") from None
         keys = ("model_hash", "k", "prompts", "guidance", "num_steps", "algorithm", "tol", "warm_start",
                 "prompt_points")
         have.setdefault("prompt_points", "own")  # caches from before the setting existed
@@ -96,11 +98,12 @@ def check_cache(model, spec: GridSpec, cache: str | os.PathLike) -> Path:
 
 
 def compute_grid(model, spec: GridSpec, cache: str | os.PathLike, *, rank: int = 0, world: int = 1,
-                 progress: bool = True) -> int:
+                 progress: bool = True, callback=None) -> int:
     """Compute the bases of this process's share of the grid (units rank, rank + world, ...) into `cache`.
 
     Bases already in the cache are read, not recomputed (and still serve as the next timestep's warm start).
     Each file is written atomically, so an interrupted run leaves only whole files. Returns the number computed.
+    callback(done, total): called after each basis of the share (the app's progress).
     """
     from tqdm.auto import tqdm
 
@@ -110,13 +113,21 @@ def compute_grid(model, spec: GridSpec, cache: str | os.PathLike, *, rank: int =
 
     cache = Path(cache)
     mine = spec.units()[rank::world]
-    bar = tqdm(total=len(mine) * len(spec.timesteps), desc="bases", disable=not progress or rank != 0)
-    computed = 0
+    total = len(mine) * len(spec.timesteps)
+    bar = tqdm(total=total, desc="bases", disable=True if (not progress or rank != 0) else None, leave=False)
+    computed, done = 0, [0]
+
+    def advance(n: int) -> None:
+        bar.update(n)
+        done[0] += n
+        if callback:
+            callback(done[0], total)
+
     for p, seed in mine:
         prompt = spec.prompts[p]
         paths = [_basis_path(cache, p, seed, ts) for ts in spec.timesteps]
         if all(path.exists() for path in paths):
-            bar.update(len(paths))
+            advance(len(paths))
             continue
         if spec.prompt_points == "shared" and prompt is not None:
             traj = sample_trajectory(model, seed, num_steps=spec.num_steps, prompt=None, through=spec.timesteps)
@@ -136,7 +147,7 @@ def compute_grid(model, spec: GridSpec, cache: str | os.PathLike, *, rank: int =
                 save_basis(b, path)
                 computed += 1
             prev = b
-            bar.update(1)
+            advance(1)
     bar.close()
     return computed
 
@@ -282,26 +293,30 @@ def measure(model, spec: GridSpec, bases: dict, pca: tuple[torch.Tensor, torch.T
 
     spec_mean, spec_std = [], []
     tan_mean, tan_std, lat_mean, lat_std, lowf, lowf_std, radial = [], [], [], [], [], [], []
+    per_t_tangent, per_t_lowf = [], []   # per timestep: [prompt][n x n] distances; [prompt][sample] fractions
     for ts in ts_list:
         s = np.stack([bases[p, sd, ts].singular_values.double().numpy() for p in range(P) for sd in seeds])
         spec_mean.append(s.mean(0).tolist())
         spec_std.append(s.std(0).tolist())
         dt = np.concatenate([_upper(pairwise_geodesic([bases[p, sd, ts].tangent for sd in seeds])) for p in range(P)])
         dl = np.concatenate([_upper(pairwise_geodesic([bases[p, sd, ts].latent for sd in seeds])) for p in range(P)])
+        per_t_tangent.append([pairwise_geodesic([bases[p, sd, ts].tangent for sd in seeds]).tolist()
+                              for p in range(P)])
         tan_mean.append(float(dt.mean()))
         tan_std.append(float(dt.std()))
         lat_mean.append(float(dl.mean()))
         lat_std.append(float(dl.std()))
         V = torch.cat([bases[p, sd, ts].latent for p in range(P) for sd in seeds])
         f = low_frequency_fraction(V, cutoff)
+        per_t_lowf.append(f.reshape(P, len(seeds), -1).mean(2).tolist())
         lowf.append(float(f.mean()))
         lowf_std.append(float(f.std()))
         freqs, rp = radial_power(V)
         radial.append(rp.mean(0).tolist())
     out["spectrum"] = {"mean": spec_mean, "std": spec_std}
     out["sample_distance"] = {"tangent_mean": tan_mean, "tangent_std": tan_std,
-                              "latent_mean": lat_mean, "latent_std": lat_std}
-    out["frequency"] = {"low_fraction_mean": lowf, "low_fraction_std": lowf_std,
+                              "latent_mean": lat_mean, "latent_std": lat_std, "tangent_matrices": per_t_tangent}
+    out["frequency"] = {"low_fraction_mean": lowf, "low_fraction_std": lowf_std, "low_fraction_per_sample": per_t_lowf,
                         "radial_frequencies": freqs.tolist(), "radial_power": radial}
     mats = [pairwise_geodesic([bases[p, sd, ts].tangent for ts in ts_list]) for p in range(P) for sd in seeds]
     out["timestep_distance"] = {"mean": np.mean(mats, 0).tolist(), "first_sample": mats[0].tolist()}
@@ -346,53 +361,112 @@ def measure(model, spec: GridSpec, bases: dict, pca: tuple[torch.Tensor, torch.T
     return out
 
 
-def _trend(first: float, last: float, rho: float, falls: bool) -> bool | None:
-    """A claim that a quantity falls (or rises) as t falls: it holds when the end points say so and the rank
-    correlation with t agrees (|rho| > 0.5); it does not hold when both say the opposite; else (or when the end
-    points agree to 0.1 %) it is mixed (None)."""
-    s = 1 if falls else -1
-    if abs(first - last) <= 1e-3 * max(abs(first), abs(last)):   # no change beyond rounding: no trend to claim
+MIN_SAMPLES = 4       # a trend verdict needs at least this many samples ...
+MIN_TIMESTEPS = 4     # ... and timesteps (fixed before looking at any result)
+BOOTSTRAP = 2000      # resamples of the samples for the interval of a trend
+
+
+def _trend(first: float, last: float, rho: float, falls: bool, interval: tuple[float, float] | None = None) -> bool | None:
+    """A claim that a quantity falls (or rises) as t falls, from its values at the largest (first) and smallest
+    (last) t. With the change D = last - first and its 95 % interval (lo, hi) (default: D itself), and rho the rank
+    correlation of the quantity with t:
+      holds          when D, the whole interval and rho (|rho| > 0.5) all point the claimed way;
+      does not hold  when all three point the opposite way;
+      mixed (None)   otherwise, or when the end points agree to 0.1 % (no change beyond rounding)."""
+    if abs(first - last) <= 1e-3 * max(abs(first), abs(last)):
         return None
-    if s * (first - last) > 0 and s * rho > 0.5:
+    e = -1 if falls else 1            # the sign of D the claim expects
+    c = 1 if falls else -1            # the sign of rho the claim expects
+    D = last - first
+    lo, hi = interval if interval is not None else (D, D)
+    side = hi < 0 if e < 0 else lo > 0              # the interval excludes 0 on the claimed side
+    other = lo > 0 if e < 0 else hi < 0             # ... on the opposite side
+    if e * D > 0 and c * rho > 0.5 and side:
         return True
-    if s * (first - last) < 0 and s * rho < -0.5:
+    if e * D < 0 and c * rho < -0.5 and other:
         return False
     return None
 
 
+def _interval(stat, n: int, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile interval of stat(indices) over BOOTSTRAP resamples of n samples with replacement."""
+    rng = np.random.default_rng(seed)
+    vals = [stat(rng.integers(0, n, n)) for _ in range(BOOTSTRAP)]
+    vals = [v for v in vals if np.isfinite(v)]
+    return (float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))) if vals else (float("nan"),) * 2
+
+
+def _pair_mean(mats_per_prompt, idx: np.ndarray) -> float:
+    """Mean distance over the pairs of distinct resampled samples (by their original index), over prompts."""
+    vals = [m[i][j] for m in mats_per_prompt for a, i in enumerate(idx) for j in idx[a + 1:] if i != j]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def _evidence(n: dict) -> str | None:
+    """Why a trend cannot be judged on these numbers (None when it can)."""
+    ns, nt = len(n["seeds"]), len(n["timesteps"])
+    if ns >= MIN_SAMPLES and nt >= MIN_TIMESTEPS:
+        return None
+    return (f"too few samples to judge: a trend needs at least {MIN_SAMPLES} samples and {MIN_TIMESTEPS} timesteps, "
+            f"this report has {ns} x {nt} (run it with --samples {max(ns, MIN_SAMPLES)} --timesteps "
+            f"{max(nt, MIN_TIMESTEPS)})")
+
+
+def verdict_word(holds: bool | None, judged: bool = True) -> str:
+    if not judged:
+        return "too few samples to judge"
+    return {True: "holds", False: "does not hold", None: "mixed (no clear trend)"}[holds]
+
+
 def findings(n: dict) -> list[dict]:
-    """The paper's claims checked on these numbers: each {'claim', 'holds' (True, False, or None: mixed),
-    'evidence'}. Largest t is the first timestep, smallest the last."""
+    """The paper's claims checked on these numbers: each {'claim', 'holds' (True, False, or None: mixed or not
+    judged), 'judged', 'verdict', 'evidence'}. Largest t is the first timestep, smallest the last. A trend claim is
+    judged only with MIN_SAMPLES samples and MIN_TIMESTEPS timesteps, and holds only when the 95 % interval of its
+    end-point change (resampling the samples) excludes 0 (_trend); the rule was fixed before any result was seen."""
     tf = n["t_fractions"]
     hi, lo = f"t = {tf[0]:.2f}", f"t = {tf[-1]:.2f}"
+    ns = len(n["seeds"])
+    too_few = _evidence(n)
     res = []
+
+    def add(claim: str, holds, evidence: str):
+        judged = too_few is None
+        res.append({"claim": claim, "holds": holds if judged else None, "judged": judged,
+                    "verdict": verdict_word(holds, judged), "evidence": evidence if judged else f"{too_few}; {evidence}"})
+
     d = n["sample_distance"]["tangent_mean"]
     b = n["random_baseline"]["tangent"]["geodesic_mean"]
-    res.append({"claim": "samples share more similar tangent spaces at large t than at small t "
-                         "(mean geodesic distance between samples lower at large t)",
-                "holds": _trend(d[0], d[-1], _rank_correlation(tf, d), falls=False),
-                "evidence": f"mean distance {d[0]:.3f} at {hi} vs {d[-1]:.3f} at {lo} (random subspaces: {b:.3f}); "
-                            f"rank correlation of distance with t: {_rank_correlation(tf, d):+.2f}"})
+    rho = _rank_correlation(tf, d)
+    mats = n["sample_distance"].get("tangent_matrices")
+    ci = _interval(lambda idx: _pair_mean(mats[-1], idx) - _pair_mean(mats[0], idx), ns) if mats and ns > 1 else None
+    add("samples share more similar tangent spaces at large t than at small t (mean geodesic distance between "
+        "samples lower at large t)", _trend(d[0], d[-1], rho, falls=False, interval=ci),
+        f"mean distance {d[0]:.3f} at {hi} vs {d[-1]:.3f} at {lo} (random subspaces: {b:.3f}); change "
+        f"{d[-1] - d[0]:+.3f}" + (f", 95 % interval {ci[0]:+.3f} to {ci[1]:+.3f}" if ci else "")
+        + f"; rank correlation of distance with t: {rho:+.2f}")
     f = n["frequency"]["low_fraction_mean"]
-    res.append({"claim": f"the low-frequency energy fraction (radial frequency <= {n['low_frequency_cutoff']} "
-                         "cycles/pixel) of the latent basis falls as t falls",
-                "holds": _trend(f[0], f[-1], _rank_correlation(tf, f), falls=True),
-                "evidence": f"fraction {f[0]:.3f} at {hi} vs {f[-1]:.3f} at {lo}; rank correlation with t: "
-                            f"{_rank_correlation(tf, f):+.2f}"})
+    rho = _rank_correlation(tf, f)
+    per = n["frequency"].get("low_fraction_per_sample")
+    ci = (_interval(lambda idx: float(np.mean([np.asarray(p)[idx].mean() for p in per[-1]])
+                                      - np.mean([np.asarray(p)[idx].mean() for p in per[0]])), ns)
+          if per and ns > 1 else None)
+    add(f"the low-frequency energy fraction (radial frequency <= {n['low_frequency_cutoff']} cycles/pixel) of the "
+        "latent basis falls as t falls", _trend(f[0], f[-1], rho, falls=True, interval=ci),
+        f"fraction {f[0]:.3f} at {hi} vs {f[-1]:.3f} at {lo}; change {f[-1] - f[0]:+.3f}"
+        + (f", 95 % interval {ci[0]:+.3f} to {ci[1]:+.3f}" if ci else "") + f"; rank correlation with t: {rho:+.2f}")
     pd = n.get("prompt_distance")
     if pd and "same_group_mean" in pd:
         s, o = np.array(pd["same_group_mean"]), np.array(pd["different_group_mean"])
-        res.append({"claim": "prompts with the same meaning in different words give closer tangent spaces than "
-                             "prompts with different meanings",
-                    "holds": bool((s < o).sum() > len(s) / 2),
-                    "evidence": f"same meaning {s.mean():.3f} vs different {o.mean():.3f} (mean over timesteps); "
-                                f"closer at {(s < o).sum()} of {len(s)} timesteps"})
+        add("prompts with the same meaning in different words give closer tangent spaces than prompts with "
+            "different meanings", bool((s < o).sum() > len(s) / 2),
+            f"same meaning {s.mean():.3f} vs different {o.mean():.3f} (mean over timesteps); closer at "
+            f"{(s < o).sum()} of {len(s)} timesteps")
     if pd:
         m = pd["mean"]
-        res.append({"claim": "the tangent space depends less on the prompt as t falls",
-                    "holds": _trend(m[0], m[-1], _rank_correlation(tf, m), falls=True),
-                    "evidence": f"mean distance between prompts {m[0]:.3f} at {hi} vs {m[-1]:.3f} at {lo}; rank "
-                                f"correlation with t: {_rank_correlation(tf, m):+.2f}"})
+        add("the tangent space depends less on the prompt as t falls",
+            _trend(m[0], m[-1], _rank_correlation(tf, m), falls=True),
+            f"mean distance between prompts {m[0]:.3f} at {hi} vs {m[-1]:.3f} at {lo}; rank correlation with t: "
+            f"{_rank_correlation(tf, m):+.2f}")
     return res
 
 

@@ -68,6 +68,7 @@ class Basis:
 
 
 JVP_MODES = ("reverse", "forward")
+CPU_CHUNK_BYTES = 512 * 2**20
 
 
 def saved_activation_bytes(f: FeatureMap, x: torch.Tensor) -> int:
@@ -114,7 +115,9 @@ class JacobianOperator:
     Memory: products run in chunks of `chunk_size` under vmap. chunk_size None: as many as `max_memory` bytes
     allow (default: the device's, latentbasis.devices), from the activations one pass saves
     (saved_activation_bytes): a recorded pass holds them once, each product in a chunk about as much again.
-    Running out of memory halves the chunk and retries; at one product it is one clear error.
+    Running out of memory halves the chunk and retries; at one product it is one clear error. On a CPU a chunk
+    also stays under CPU_CHUNK_BYTES of saved activations: batching big passes there is slower per product
+    (benchmarks/bench_scale.py, Stable Diffusion 1.5 size: 4 VJPs in one batch 28 s against 3 s for one).
     """
 
     dtype = torch.float32
@@ -135,6 +138,8 @@ class JacobianOperator:
             budget = max_memory if max_memory is not None else default_memory_budget(self.device)
             self.max_memory = budget
             fit = chunk_for_budget(per_item, recorded * per_item, budget)
+            if self.device.type == "cpu":   # large batches of big passes run slower per item on a CPU
+                fit = min(fit, max(1, CPU_CHUNK_BYTES // max(per_item, 1)))
             chunk_size = fit if chunk_size is None else min(chunk_size, fit)
         self.chunk_size = int(chunk_size)
         self._oom, self._oom_error = is_out_of_memory, out_of_memory_error
@@ -297,6 +302,7 @@ def pullback_basis(f: FeatureMap, x: torch.Tensor, k: int, *, algorithm: str = "
     init: a warm start, [k0, *x_shape] (e.g. the basis at a neighbouring timestep); seed: the random start.
     block: ("krylov") new directions per iteration, default default_block(k). Smaller blocks need fewer evaluations
         (each Ritz update uses the newest information), larger ones batch better; see benchmarks/bench_basis.py.
+    max_iters: at most this many iterations ("subspace": the published 12 to 50, capped by max_iters).
     one_by_one: ("subspace") run the k VJPs of an iteration one by one, as the published code does; False
         batches them like every other evaluation here (same numbers, less wall time).
     jvp_mode: how J v is evaluated, "reverse" (default) or "forward" (see JacobianOperator).
@@ -319,7 +325,8 @@ def pullback_basis(f: FeatureMap, x: torch.Tensor, k: int, *, algorithm: str = "
         V, Uh, s, res, it = _krylov(op, k, tol=tol, gen=gen, init=init, block=block, max_dim=max_dim,
                                     max_iters=max_iters, callback=callback)
     else:
-        V, Uh, s, res, it = _subspace(op, k, gen=gen, init=init, one_by_one=one_by_one, callback=callback)
+        V, Uh, s, res, it = _subspace(op, k, gen=gen, init=init, one_by_one=one_by_one, callback=callback,
+                                      min_iters=min(12, max_iters), max_iters=min(50, max_iters))
     V, Uh = _fix_signs(V, Uh)
     cpu = {"device": "cpu", "dtype": torch.float32}
     return Basis(latent=V.to(**cpu).reshape(k, *op.x_shape), tangent=Uh.to(**cpu).reshape(k, *op.h_shape),

@@ -2,8 +2,9 @@
 
 Tensors (float32):  latent [k, *x_shape], tangent [k, *h_shape], singular_values [k], point [*x_shape].
 Header metadata (all strings; lists as JSON): format, model, model_hash, layer, timestep, t_fraction, prompt,
-k, algorithm, jvps, vjps, residuals, seed, version, device and weights_dtype (where it was computed, always in float32, through weights in that dtype), plus
-iterations and seconds (the only fields that differ between two runs of the same command).
+k, algorithm, jvps, vjps, residuals, seed, version, device and weights_dtype (where it was computed, always in
+float32, through weights in that dtype), plus iterations and seconds (seconds is the one field that differs between
+two runs of the same command on the same machine). Full description: docs/basis-format.md.
 """
 from __future__ import annotations
 
@@ -52,9 +53,63 @@ def save_basis(b: Basis, path: str | os.PathLike) -> Path:
     return path
 
 
+def _header_number(meta: dict, key: str, path: Path, *, integer: bool = False, lo=None, hi=None, default=None):
+    """A number from the string header, checked (validate.number); missing -> default (None: required)."""
+    from .validate import number
+
+    raw = meta.get(key, "")
+    if raw == "":
+        if default is None:
+            raise LatentBasisError(f"{path} has a corrupt header: {key} is missing")
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        raise LatentBasisError(f"{path} has a corrupt header: {key} = {raw[:40]!r} is not a number") from None
+    try:
+        return number(value, f"{path}: {key}", integer=integer, lo=lo, hi=hi)
+    except LatentBasisError as e:
+        raise LatentBasisError(f"{e} (corrupt header)") from None
+
+
+def _check_tensors(tensors: dict, meta: dict, path: Path) -> int:
+    """Shapes, dtypes and values of the tensors against each other and the header; returns k."""
+    from .validate import MAX_K
+
+    bad = lambda why: LatentBasisError(f"{path} is not a valid basis file: {why}")  # noqa: E731
+    for name, t in tensors.items():
+        if t.dtype != torch.float32:
+            raise bad(f"{name} is {str(t.dtype).removeprefix('torch.')}, not float32")
+        if not bool(torch.isfinite(t).all()):
+            raise bad(f"{name} holds NaN or infinite values")
+    sv, latent, tangent, point = (tensors[n] for n in ("singular_values", "latent", "tangent", "point"))
+    if sv.dim() != 1 or not 1 <= sv.shape[0] <= MAX_K:
+        raise bad(f"singular_values has shape {tuple(sv.shape)} (one value per direction, 1 to {MAX_K})")
+    k = int(sv.shape[0])
+    if latent.shape[0] != k or tangent.shape[0] != k or tuple(latent.shape[1:]) != tuple(point.shape) \
+            or latent.dim() < 2 or tangent.dim() < 2:
+        raise bad(f"tensor shapes do not agree with k = {k} (latent {tuple(latent.shape)}, tangent "
+                  f"{tuple(tangent.shape)}, point {tuple(point.shape)})")
+    if str(k) != meta.get("k"):
+        raise bad(f"the header says k = {meta.get('k')!r} but the tensors hold {k} directions")
+    for name, rows in (("latent", latent), ("tangent", tangent)):
+        norms = rows.reshape(k, -1).norm(dim=1)
+        if bool(((norms - 1).abs() > 1e-3).any()):
+            raise bad(f"the rows of {name} are not unit vectors")
+    if bool((sv < 0).any()) or bool((sv[1:] > sv[:-1] * (1 + 1e-5) + 1e-12).any()):
+        raise bad("singular values must be non-negative and descending")
+    return k
+
+
 def load_basis(path: str | os.PathLike, model=None) -> Basis:
-    """Read a basis file; with `model`, check that it was computed with that model's weights (model_hash)."""
+    """Read a basis file, every tensor and header field checked (one message for anything wrong); with `model`,
+    also that it was computed with that model's weights (model_hash) and fits its x and schedule."""
+    import json
+
     from safetensors import safe_open
+
+    from .basis import ALGORITHMS
+    from .validate import MAX_ITERS, MAX_SEED, optional_string
 
     path = Path(path)
     if not path.is_file():
@@ -62,30 +117,52 @@ def load_basis(path: str | os.PathLike, model=None) -> Basis:
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
+            missing = [n for n in TENSORS if n not in fh.keys()]
+            if missing:
+                raise ValueError(f"no tensor {missing[0]!r}")
             tensors = {name: fh.get_tensor(name) for name in TENSORS}
     except Exception as e:
-        raise LatentBasisError(f"{path} is not a readable basis file (corrupt or not safetensors): {e}") from None
+        raise LatentBasisError(f"{path} is not a readable basis file (corrupt or not safetensors: "
+                               f"{str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
     if meta.get("format") != FORMAT:
-        raise LatentBasisError(f"{path} is not a latentbasis basis file (format {meta.get('format')!r}, expected {FORMAT!r})")
-    k = tensors["singular_values"].shape[0]
-    if (tensors["latent"].shape[0] != k or tensors["tangent"].shape[0] != k
-            or tuple(tensors["latent"].shape[1:]) != tuple(tensors["point"].shape)):
-        raise LatentBasisError(f"{path} is inconsistent: tensor shapes do not agree with k = {k}")
-    if model is not None and meta.get("model_hash") != model.model_hash:
-        raise LatentBasisError(
-            f"{path} was computed with model {meta.get('model')!r} (weights {meta.get('model_hash')}), "
-            f"not with {model.name!r} (weights {model.model_hash}); compute a basis for this model")
+        raise LatentBasisError(f"{path} is not a latentbasis basis file (format {str(meta.get('format'))[:40]!r}, "
+                               f"expected {FORMAT!r})")
+    k = _check_tensors(tensors, meta, path)
     try:
-        return Basis(latent=tensors["latent"], tangent=tensors["tangent"],
-                     singular_values=tensors["singular_values"], point=tensors["point"],
-                     residuals=torch.tensor(json.loads(meta.get("residuals", "[]")), dtype=torch.float32),
-                     jvps=int(meta.get("jvps", 0)), vjps=int(meta.get("vjps", 0)),
-                     algorithm=meta.get("algorithm", ""), seed=int(meta.get("seed", 0)),
-                     iterations=int(meta.get("iterations", 0)), seconds=float(meta.get("seconds", 0)),
-                     timestep=int(meta["timestep"]) if meta.get("timestep") else None,
-                     t_fraction=float(meta["t_fraction"]) if meta.get("t_fraction") else None,
-                     prompt=meta.get("prompt") or None, layer=meta.get("layer", "mid_block"),
-                     model=meta.get("model", ""), model_hash=meta.get("model_hash", ""),
-                     device=meta.get("device", "cpu"), weights_dtype=meta.get("weights_dtype", "float32"))
-    except (ValueError, KeyError) as e:
-        raise LatentBasisError(f"{path} has a corrupt header: {e}") from None
+        residuals = json.loads(meta.get("residuals", "[]"), parse_constant=lambda c: float("nan"))
+    except ValueError:
+        residuals = None
+    if not isinstance(residuals, list) or len(residuals) != k or not all(
+            isinstance(r, (int, float)) and not isinstance(r, bool) and r == r and 0 <= r < float("inf")
+            for r in residuals):
+        raise LatentBasisError(f"{path} has a corrupt header: residuals must be a list of {k} finite numbers >= 0")
+    algorithm = meta.get("algorithm", "")
+    if algorithm not in ALGORITHMS:
+        raise LatentBasisError(f"{path} has a corrupt header: algorithm {algorithm[:40]!r} is not one of "
+                               f"{', '.join(ALGORITHMS)}")
+    num = lambda key, **kw: _header_number(meta, key, path, **kw)  # noqa: E731
+    T = model.num_train_timesteps if model is not None else 100_000
+    b = Basis(latent=tensors["latent"], tangent=tensors["tangent"], singular_values=tensors["singular_values"],
+              point=tensors["point"], residuals=torch.tensor(residuals, dtype=torch.float32),
+              jvps=num("jvps", integer=True, lo=0, default=0), vjps=num("vjps", integer=True, lo=0, default=0),
+              algorithm=algorithm, seed=num("seed", integer=True, lo=0, hi=MAX_SEED, default=0),
+              iterations=num("iterations", integer=True, lo=0, hi=MAX_ITERS, default=0),
+              seconds=num("seconds", lo=0, default=0.0),
+              timestep=(num("timestep", integer=True, lo=0, hi=T - 1) if meta.get("timestep") else None),
+              t_fraction=(num("t_fraction", lo=0, hi=1) if meta.get("t_fraction") else None),
+              prompt=optional_string(meta.get("prompt"), f"{path}: prompt") or None,
+              layer=optional_string(meta.get("layer", "mid_block"), f"{path}: layer", 200) or "mid_block",
+              model=optional_string(meta.get("model", ""), f"{path}: model", 4096) or "",
+              model_hash=optional_string(meta.get("model_hash", ""), f"{path}: model_hash", 64) or "",
+              device=optional_string(meta.get("device", "cpu"), f"{path}: device", 40) or "cpu",
+              weights_dtype=optional_string(meta.get("weights_dtype", "float32"), f"{path}: weights_dtype", 20)
+              or "float32")
+    if model is not None:
+        if b.model_hash != model.model_hash:
+            raise LatentBasisError(
+                f"{path} was computed with model {b.model!r} (weights {b.model_hash}), not with {model.name!r} "
+                f"(weights {model.model_hash}); compute a basis for this model")
+        if tuple(b.point.shape) != tuple(model.x_shape):
+            raise LatentBasisError(f"{path} is for x of shape {tuple(b.point.shape)}; this model's x_t is "
+                                   f"{tuple(model.x_shape)}")
+    return b

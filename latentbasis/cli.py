@@ -1,4 +1,8 @@
-"""The `latentbasis` command: a thin layer over the Python API. Bad input: one line on stderr, exit 2."""
+"""The `latentbasis` command: a thin layer over the Python API.
+
+Bad input gets one line on stderr and exit 2; nothing already written is touched (outputs are checked before any
+work and written atomically). Progress bars go to stderr and are erased when a command ends.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,12 +11,46 @@ from pathlib import Path
 
 from .errors import LatentBasisError
 
+EXAMPLES = {
+    "basis": "latentbasis basis --model digits --seed 0 --t 0.6 --k 8 --out basis.safetensors",
+    "edit": "latentbasis edit --model digits --seed 0 --t 0.6 --k 4 --strengths -6,-3,0,3,6 --out edit.png\n"
+            "  latentbasis edit --recipe edit.json --out again.png      # replays to the same pixels",
+    "report": "latentbasis report --model digits --samples 8 --timesteps 10 --k 8 --out report/",
+    "app": "latentbasis app --model digits            # prints its address, http://127.0.0.1:PORT/",
+    "info": "latentbasis info basis.safetensors",
+    "train": "latentbasis train --dataset digits --out my-digits/",
+}
 
-def _positive_int(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {s}")
-    return v
+
+# ---------------------------------------------------------------- helpers
+
+class Stages:
+    """Progress bars on stderr, one per stage: stages(description, total or None) -> update(n). Silent when quiet,
+    and when stderr is not a terminal (a log file keeps only the command's own lines)."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self.bar = quiet, None
+
+    def __call__(self, desc: str, total: int | None):
+        from tqdm.auto import tqdm
+
+        self.close()
+        if self.quiet:
+            return None
+        self.bar = tqdm(total=total, desc=desc, unit=" step" if total else " it", leave=False, file=sys.stderr,
+                        disable=None)
+        return self.bar.update
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def _load(a, name: str, dtype: str | None = None):
@@ -25,63 +63,104 @@ def _load(a, name: str, dtype: str | None = None):
                       max_memory=budget)
 
 
-def _cmd_basis(a) -> None:
-    from tqdm.auto import tqdm
+def _check_common(a) -> None:
+    """The numbers every sampling command takes, checked before any work (validate)."""
+    from . import validate as v
+    from .devices import parse_memory
 
+    if getattr(a, "seed", None) is not None:
+        v.seed(a.seed, "--seed")
+    if getattr(a, "steps", None) is not None:
+        v.count(a.steps, "--steps", v.MAX_STEPS, lo=2)
+    if getattr(a, "guidance", None) is not None:
+        v.guidance(a.guidance, "--guidance")
+    if getattr(a, "k", None) is not None:
+        v.count(a.k, "--k", v.MAX_K)
+    if getattr(a, "t", None) is not None:
+        v.number(a.t, "--t", lo=0, hi=1)
+    if getattr(a, "prompt", None) is not None:
+        for p in (a.prompt if isinstance(a.prompt, list) else [a.prompt]):
+            v.optional_string(p, "--prompt")
+    if getattr(a, "max_memory", None):
+        parse_memory(a.max_memory)
+
+
+def _image_x(model, path: str, ts: int, steps: int, prompt, stages: Stages):
+    """A real image DDIM-inverted to timestep ts: (the image as the model reads it, x_t). Notes on stdout."""
+    from .images import image_to_x, pixel_size, read_image
+    from .sampling import invert, trajectory_grid
+
+    c, size = pixel_size(model)
+    img, notes = read_image(path, c, size)
+    for n in notes:
+        print(f"note: {n}")
+    n = len(trajectory_grid(model.num_train_timesteps, steps, ts))
+    traj = invert(model, image_to_x(model, img), num_steps=steps, prompt=prompt, through=ts,
+                  progress=stages("inversion", n))
+    return img, traj.at(ts)
+
+
+# ---------------------------------------------------------------- commands
+
+def _cmd_basis(a) -> None:
+    from . import validate as v
     from .basis import latent_basis
     from .basisfile import save_basis
+    from .images import x_to_image
     from .loading import resolve_timestep
     from .sampling import denoise, predict_x0, sample_to, trajectory_grid
 
+    _check_common(a)
+    v.tolerance(a.tol, "--tol")
+    out = Path(a.out)
+    png = None if a.png == "" else Path(a.png) if a.png else out.with_suffix(".png")
+    v.check_outputs({"--out": out, "--png": png}, {"--init": a.init, "--image": a.image})
     if a.t is None and a.timestep is None:
         a.t = 0.6
-    out = Path(a.out)
-    if not out.parent.is_dir():
-        raise LatentBasisError(f"cannot write {out}: folder {out.parent} does not exist")
     model = _load(a, a.model)
-    ts, frac = resolve_timestep(model.num_train_timesteps, fraction=a.t, timestep=a.timestep)
+    ts, frac = resolve_timestep(model.num_train_timesteps, fraction=a.t if a.timestep is None else None,
+                                timestep=a.timestep)
     init = None
     if a.init:
         from .basisfile import load_basis
 
         init = load_basis(a.init, model=model).latent
-    from .images import image_to_x, load_image, pixel_size, x_to_image
-
-    if a.image:  # a real image: DDIM-inverted up to t
-        from .sampling import invert
-
-        c, size = pixel_size(model)
-        shown = load_image(a.image, c, size)
-        x_t = invert(model, image_to_x(model, shown), num_steps=a.steps, prompt=a.prompt, through=ts).at(ts)
-    else:  # the seed's trajectory, through t (the same x_t as `latentbasis edit` uses)
-        x_t = sample_to(model, a.seed, timestep=ts, num_steps=a.steps, prompt=a.prompt, guidance=a.guidance)
-    with tqdm(desc="basis", unit=" it", disable=a.quiet, leave=False) as bar:  # erased on error too
+    with Stages(a.quiet) as stages:
+        if a.image:  # a real image: DDIM-inverted up to t
+            shown, x_t = _image_x(model, a.image, ts, a.steps, a.prompt, stages)
+        else:  # the seed's trajectory, through t (the same x_t as `latentbasis edit` uses)
+            n = len([g for g in trajectory_grid(model.num_train_timesteps, a.steps, ts) if g >= ts]) - 1
+            x_t = sample_to(model, a.seed, timestep=ts, num_steps=a.steps, prompt=a.prompt, guidance=a.guidance,
+                            progress=stages("trajectory to t", n))
+        step = stages("basis", None)
 
         def progress(info):
-            bar.update(1)
-            bar.set_postfix(jvps=info["jvps"], vjps=info["vjps"], residual=f"{info['residual']:.1e}")
+            if step:
+                step(1)
+                stages.bar.set_postfix(jvps=info["jvps"], vjps=info["vjps"], residual=f"{info['residual']:.1e}")
 
         b = latent_basis(model, x_t, timestep=ts, k=a.k, prompt=a.prompt, layer=a.layer, algorithm=a.algorithm,
                          seed=a.seed, tol=a.tol, init=init, callback=progress)
-    b.t_fraction = frac
-    save_basis(b, out)
-    png = Path(a.png) if a.png else out.with_suffix(".png")
-    if a.png != "":
-        from .viz import render_basis
+        b.t_fraction = frac
+        if png is not None:
+            from .viz import render_basis
 
-        if not a.image:  # the sample this trajectory ends in: continue from x_t, only for the picture
-            rest = [g for g in trajectory_grid(model.num_train_timesteps, a.steps, ts) if g <= ts]
-            shown = x_to_image(model, denoise(model, x_t[None], rest, a.prompt, a.guidance))[0]
-        denoised = x_to_image(model, predict_x0(model, x_t[None], ts, a.prompt))[0]
+            if not a.image:  # the sample this trajectory ends in: continue from x_t, only for the picture
+                rest = [g for g in trajectory_grid(model.num_train_timesteps, a.steps, ts) if g <= ts]
+                shown = x_to_image(model, denoise(model, x_t[None], rest, a.prompt, a.guidance,
+                                                  progress=stages("picture", len(rest))))[0]
+            denoised = x_to_image(model, predict_x0(model, x_t[None], ts, a.prompt))[0]
+    save_basis(b, out)
+    if png is not None:
         render_basis(b, png, images=[("image" if a.image else "sample", shown), ("denoised x_t", denoised)],
                      title=f"{model.name}  {('image ' + Path(a.image).name) if a.image else f'seed {a.seed}'}  "
                            f"t={ts} ({frac:.2f} T)")
-    s = ", ".join(f"{float(v):.4g}" for v in b.singular_values)
+    s = ", ".join(f"{float(val):.4g}" for val in b.singular_values)
     print(f"model {model.name} (weights {model.model_hash}), timestep {ts} ({frac:.3f} T), k = {b.k}")
     print(f"singular values: {s}")
     print(f"cost: {b.jvps} JVPs + {b.vjps} VJPs, {b.iterations} iterations, {b.seconds:.2f} s ({b.algorithm}); "
           f"max residual {float(b.residuals.max()):.1e}")
-    print(f"wrote {out}" + (f" and {png}" if a.png != "" else ""))
+    print(f"wrote {out}" + (f" and {png}" if png is not None else ""))
 
 
 def _floats(s: str) -> list[float]:
@@ -99,18 +178,28 @@ def _ints(s: str) -> list[int]:
 
 
 def _cmd_edit(a) -> None:
-    from .loading import resolve_timestep
+    from . import validate as v
     from .atomic import write_text_atomic
+    from .loading import resolve_timestep
     from .recipe import EditRecipe, run_recipe
     from .viz import render_edit_grid
 
     out = Path(a.out)
-    if not out.parent.is_dir():
-        raise LatentBasisError(f"cannot write {out}: folder {out.parent} does not exist")
+    recipe_path = out.with_suffix(".json")
+    inputs = {"--recipe": a.recipe, "--basis": a.basis, "--image": a.image}
     if a.recipe:
+        # a replay writes its recipe beside the grid, unless that is the recipe it replays (then it is left alone)
+        same = recipe_path.exists() and Path(a.recipe).exists() and recipe_path.resolve() == Path(a.recipe).resolve()
+        v.check_outputs({"--out": out} if same else {"--out": out, "recipe (--out with .json)": recipe_path},
+                        {"--recipe": a.recipe})
         r = EditRecipe.from_file(a.recipe)
+        v.check_outputs({"--out": out}, {"the recipe's basis_file": r.basis_file, "the recipe's image": r.image})
+        if a.max_memory:
+            _check_common(a)
         model = _load(a, r.model, a.dtype or r.dtype)
     else:
+        _check_common(a)
+        v.check_outputs({"--out": out, "recipe (--out with .json)": recipe_path}, inputs)
         model = _load(a, a.model)
         ts, frac = resolve_timestep(model.num_train_timesteps, fraction=None if a.timestep is not None else a.t,
                                     timestep=a.timestep)
@@ -118,22 +207,29 @@ def _cmd_edit(a) -> None:
                        guidance=a.guidance, num_steps=a.steps, timestep=ts, t_fraction=frac, k=a.k,
                        basis_file=a.basis, basis_seed=a.seed, method=a.method, n_iter=a.n_iter, scale=a.scale,
                        keep_norm=a.keep_norm, directions=a.directions, strengths=a.strengths)
-    res = run_recipe(r, model)
+        r.validate()
+    with Stages(a.quiet) as stages:
+        res = run_recipe(r, model, progress=stages)
+    for n in res.notes:
+        print(f"note: {n}")
     if r.combination is not None:  # one combined edit (e.g. a recipe exported by the app)
-        rows = [", ".join(f"v{int(i) + 1} {float(w):+g}" for i, w in sorted(r.combination.items(), key=lambda kv: int(kv[0])))]
+        rows = [", ".join(f"v{int(i) + 1} {float(w):+g}"
+                          for i, w in sorted(r.combination.items(), key=lambda kv: int(kv[0])))]
         cols = ["combined"]
     else:
         rows = [f"v{i + 1}  s={float(res.basis.singular_values[i]):.3g}" for i in r.directions]
         cols = [f"{s:+g}" for s in r.strengths]
     src = f"image {Path(r.image).name}" if r.image else f"seed {r.seed}"
     render_edit_grid(res.images, rows, cols, out, f"{model.name}, {src}, t={r.timestep}, {r.method}")
-    recipe_path = out.with_suffix(".json")
-    if not a.recipe or Path(a.recipe).resolve() != recipe_path.resolve():
+    wrote = [str(out)]
+    if not a.recipe or not (recipe_path.exists() and recipe_path.resolve() == Path(a.recipe).resolve()):
         write_text_atomic(recipe_path, r.to_json())
+        wrote.append(str(recipe_path))
     if res.reconstruction_psnr is not None:
         print(f"inversion: reconstruction PSNR {res.reconstruction_psnr:.2f} dB ({r.num_steps} steps)")
-    shape = "1 combined edit" if r.combination is not None else f"{len(r.directions)} directions x {len(r.strengths)} strengths"
-    print(f"wrote {out} ({shape}) and {recipe_path}")
+    shape = ("1 combined edit" if r.combination is not None
+             else f"{len(r.directions)} directions x {len(r.strengths)} strengths")
+    print(f"wrote {' and '.join(wrote)} ({shape})")
 
 
 def _cmd_info(a) -> None:
@@ -141,7 +237,7 @@ def _cmd_info(a) -> None:
 
     from .basisfile import load_basis
 
-    b = load_basis(a.file)
+    b = load_basis(a.file)   # checked first: a file that is not a valid basis gets one message
     with safe_open(str(a.file), framework="pt") as fh:
         meta = fh.metadata()
     for key in sorted(meta):
@@ -152,10 +248,14 @@ def _cmd_info(a) -> None:
 def _cmd_train(a) -> None:
     import dataclasses
 
+    from . import validate as v
     from .train import PRESETS, train
 
     if a.dataset not in PRESETS:
         raise LatentBasisError(f"unknown dataset {a.dataset!r}; available: {', '.join(PRESETS)}")
+    if a.steps is not None:
+        v.count(a.steps, "--steps", 10_000_000)
+    v.check_output_folder(a.out, "--out")
     cfg = PRESETS[a.dataset]
     if a.steps:
         cfg = dataclasses.replace(cfg, steps=a.steps)
@@ -186,8 +286,15 @@ def _cmd_train(a) -> None:
 
 
 def _cmd_report(a) -> None:
+    from . import validate as v
     from .report import ReportSettings, run_report
 
+    _check_common(a)
+    v.count(a.samples, "--samples", v.MAX_SAMPLES)
+    v.count(a.timesteps, "--timesteps", v.MAX_TIMESTEPS)
+    v.number(a.t_max, "--t-max", lo=0, hi=1)
+    v.number(a.t_min, "--t-min", lo=0, hi=1)
+    v.check_output_folder(a.out, "--out")
     model = _load(a, a.model)
     settings = ReportSettings(samples=a.samples, timesteps=a.timesteps, k=a.k, t_max=a.t_max, t_min=a.t_min,
                               prompts=tuple(a.prompt or ()), guidance=a.guidance, num_steps=a.steps,
@@ -198,19 +305,31 @@ def _cmd_report(a) -> None:
     from .report import verdict
 
     for f in numbers["findings"]:
-        print(f"{verdict(f['holds'])}: {f['claim']}  [{f['evidence']}]")
+        print(f"{verdict(f)}: {f['claim']}  [{f['evidence']}]")
     print(f"wrote {Path(a.out) / 'report.html'}")
 
 
+def editor_path() -> Path | None:
+    """The Gradio editor's source: inside an installed package (latentbasis/editor_app/editor.py, put there by the
+    wheel), or apps/editor.py of a source tree."""
+    here = Path(__file__).resolve().parent
+    for p in (here / "editor_app" / "editor.py", here.parent / "apps" / "editor.py"):
+        if p.is_file():
+            return p
+    return None
+
+
 def load_editor():
-    """apps/editor.py of this source tree (the app ships beside the package, not inside it)."""
+    """The app module (apps/editor.py), loaded once."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "apps" / "editor.py"
-    if not path.is_file():
-        raise LatentBasisError(f"the app is not here ({path}); run latentbasis from its source tree")
+    path = editor_path()
+    if path is None:
+        raise LatentBasisError("the app is not installed with this copy of latentbasis (reinstall it: pip install "
+                               "'latentbasis[app]')")
     if importlib.util.find_spec("gradio") is None:
-        raise LatentBasisError('the app needs gradio: pip install -e ".[app]"')
+        raise LatentBasisError("the app needs gradio: pip install 'latentbasis[app]' (or pip install -e '.[app]' "
+                               "in a source tree)")
     if "latentbasis_editor" in sys.modules:
         return sys.modules["latentbasis_editor"]
     spec = importlib.util.spec_from_file_location("latentbasis_editor", path)
@@ -221,14 +340,18 @@ def load_editor():
 
 
 def _cmd_app(a) -> None:
-    editor = load_editor()
-    model = _load(a, a.model)
     if not 0 <= a.port <= 65535:
         raise LatentBasisError(f"--port {a.port} is not a port number (0 for a free one)")
+    _check_common(a)
+    editor = load_editor()
+    model = _load(a, a.model)
     port = a.port or editor.free_port(a.host)
-    print(f"latentbasis editor for {model.name} on http://{a.host}:{port}/ (Ctrl-C to stop)", flush=True)
-    editor.launch(model, host=a.host, port=port, share=a.share, block=True)
+    editor.launch(model, host=a.host, port=port, share=a.share, block=True,
+                  on_ready=lambda url: print(f"latentbasis editor for {model.name} on {url} (Ctrl-C to stop)",
+                                             flush=True))
 
+
+# ---------------------------------------------------------------- the parser
 
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line (the full usage is in --help)."""
@@ -237,103 +360,140 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after every option's help; descriptions and examples kept as written."""
+
+
 def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     from .devices import DTYPE_NAMES
 
     p.add_argument("--device", default="auto",
-                   help="cpu, cuda, cuda:N, mps, or auto (default: a GPU when there is one, else the CPU)")
+                   help="cpu, cuda, cuda:N, mps, or auto (a GPU when there is one, else the CPU)")
     p.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
-                   help="precision of the network's forward for sampling and editing (default float32; a recipe "
-                        "replays in its own); bases are always computed in float32")
+                   help="precision of the network's forward for sampling and editing (None: float32, or a recipe's "
+                        "own); bases are always computed in float32")
     p.add_argument("--max-memory", default=None, metavar="SIZE",
-                   help="memory the Jacobian products may use at once, e.g. 8GB (default: 90%% of the GPU's free "
+                   help="memory the Jacobian products may use at once, e.g. 8GB (None: 90%% of the GPU's free "
                         "memory, 75%% of the available memory on the CPU); lower it after an out-of-memory error")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="latentbasis", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+def _model_option(p: argparse.ArgumentParser) -> None:
+    from .loading import bundled_models
 
-    b = sub.add_parser("basis", help="compute the latent/tangent basis at x_t of a seed's trajectory and save it")
-    b.add_argument("--model", default="digits", help="bundled model name, local diffusers folder or cached hub id")
+    names = ", ".join(bundled_models()) or "none installed"
+    p.add_argument("--model", default="digits",
+                   help=f"a bundled model ({names}), a local diffusers folder, or a hub id already in the local "
+                        "cache (nothing is downloaded)")
+
+
+def _sub(sub, name: str, help: str, description: str):
+    return sub.add_parser(name, help=help, description=description, formatter_class=_Help,
+                          epilog="example:\n  " + EXAMPLES[name])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = _Parser(prog="latentbasis", formatter_class=_Help,
+                description="Read the Riemannian geometry of a diffusion model's latent space (the pullback of its "
+                            "h-space) and edit images along it.\n\nexamples:\n  "
+                            + "\n  ".join(EXAMPLES[c].splitlines()[0] for c in ("basis", "edit", "report", "app")))
+    p.add_argument("--version", action="version", version=f"latentbasis {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    b = _sub(sub, "basis", "compute the latent/tangent basis at x_t and save it",
+             "Compute the top-k latent basis (right singular vectors of J = dh/dx_t) and tangent basis at x_t of a "
+             "seed's DDIM trajectory (or of a DDIM-inverted image), and save it with a picture.")
+    _model_option(b)
     b.add_argument("--seed", type=int, default=0, help="seed of x_T (and of the algorithm's random start)")
-    b.add_argument("--t", type=float, default=None, help="timestep as a fraction of T in [0, 1] (default 0.6)")
-    b.add_argument("--timestep", type=int, default=None, help="timestep as an integer step instead of --t")
-    b.add_argument("--k", type=_positive_int, default=8, help="number of directions")
+    b.add_argument("--t", type=float, default=None, help="timestep as a fraction of T in [0, 1] (None: 0.6)")
+    b.add_argument("--timestep", type=int, default=None, help="timestep as an integer step, instead of --t")
+    b.add_argument("--k", type=int, default=8, help="number of directions")
     b.add_argument("--prompt", default=None, help="prompt, for text-conditioned models")
     b.add_argument("--image", default=None, help="start from a real image (DDIM-inverted to t) instead of a seed")
     b.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance while sampling to x_t")
-    b.add_argument("--steps", type=_positive_int, default=100, help="DDIM steps of a full trajectory (as for edit)")
-    b.add_argument("--algorithm", choices=("krylov", "subspace"), default="krylov")
+    b.add_argument("--steps", type=int, default=100, help="DDIM steps of a full trajectory (as for edit)")
+    b.add_argument("--algorithm", choices=("krylov", "subspace"), default="krylov",
+                   help="krylov (block Lanczos, the default) or the published subspace iteration")
     b.add_argument("--tol", type=float, default=1e-3, help="krylov: stop at residual ||J^T u - s v|| / s <= tol")
-    b.add_argument("--layer", default="mid_block", help="U-Net module whose output is h")
+    b.add_argument("--layer", default=None, help="module whose output is h (None: the family's, mid_block for U-Nets)")
     b.add_argument("--init", default=None, help="warm start from a basis file of the same model (e.g. a nearby t)")
     b.add_argument("--out", default="basis.safetensors", help="basis file to write")
-    b.add_argument("--png", default=None, help="picture of the directions (default: OUT with .png; '' for none)")
-    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--png", default=None, help="picture of the directions (None: OUT with .png; '' for none)")
     _add_runtime_options(b)
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(run=_cmd_basis)
 
-    e = sub.add_parser("edit", help="edit a sample (or a real image) along latent-basis directions; PNG grid + recipe")
-    e.add_argument("--model", default="digits")
+    e = _sub(sub, "edit", "edit a sample or a real image along latent-basis directions (PNG grid + recipe)",
+             "Edit a sample (or a real image) along latent-basis directions at t, with the published x-space "
+             "guidance or directly; writes a PNG grid (rows: directions, columns: strengths) and a recipe JSON "
+             "beside it that replays to the same pixels.")
+    _model_option(e)
     e.add_argument("--seed", type=int, default=0, help="seed of the sample (and of the basis algorithm)")
     e.add_argument("--image", default=None, help="edit a real image instead (DDIM-inverted)")
     e.add_argument("--t", type=float, default=0.6, help="edit timestep as a fraction of T in [0, 1]")
-    e.add_argument("--timestep", type=int, default=None, help="edit timestep as an integer step instead of --t")
-    e.add_argument("--k", type=_positive_int, default=4, help="number of directions to compute")
-    e.add_argument("--directions", type=_ints, default=None, help="which directions (0-based), default all k")
-    e.add_argument("--strengths", type=_floats, default=[-6.0, -3.0, 0.0, 3.0, 6.0])
-    e.add_argument("--method", choices=("guidance", "direct"), default="guidance")
-    e.add_argument("--n-iter", type=_positive_int, default=16, help="guidance iterations")
-    e.add_argument("--scale", type=float, default=None, help="guidance scale (default 0.1 pixel, 1 latent models)")
-    e.add_argument("--keep-norm", action="store_true", help="direct: keep ||x_t||")
+    e.add_argument("--timestep", type=int, default=None, help="edit timestep as an integer step, instead of --t")
+    e.add_argument("--k", type=int, default=4, help="number of directions to compute")
+    e.add_argument("--directions", type=_ints, default=None, help="which directions, 0-based, e.g. 0,2 (None: all k)")
+    e.add_argument("--strengths", type=_floats, default=[-6.0, -3.0, 0.0, 3.0, 6.0],
+                   help="strengths along each direction, e.g. -6,-3,0,3,6")
+    e.add_argument("--method", choices=("guidance", "direct"), default="guidance",
+                   help="guidance: the published x-space guidance; direct: x_t + s v")
+    e.add_argument("--n-iter", type=int, default=16, help="guidance iterations")
+    e.add_argument("--scale", type=float, default=None, help="guidance scale (None: 0.1 pixel, 1 latent models)")
+    e.add_argument("--keep-norm", action="store_true", help="direct: rescale to keep ||x_t||")
     e.add_argument("--basis", default=None, help="use the directions of a basis file (transported if needed)")
-    e.add_argument("--prompt", default=None)
+    e.add_argument("--prompt", default=None, help="prompt, for text-conditioned models")
     e.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance of the sampler")
-    e.add_argument("--steps", type=_positive_int, default=100, help="DDIM steps")
-    e.add_argument("--recipe", default=None, help="replay a recipe JSON written by an earlier edit")
+    e.add_argument("--steps", type=int, default=100, help="DDIM steps of the trajectory")
+    e.add_argument("--recipe", default=None, help="replay a recipe JSON written by an earlier edit or the app")
     e.add_argument("--out", default="edit.png", help="PNG grid; the recipe goes beside it as .json")
     _add_runtime_options(e)
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(run=_cmd_edit)
 
-    i = sub.add_parser("info", help="print a basis file's header and shapes")
-    i.add_argument("file")
+    i = _sub(sub, "info", "print a basis file's header and shapes", "Print a basis file's header and shapes.")
+    i.add_argument("file", help="a basis file (.safetensors)")
     i.set_defaults(run=_cmd_info)
 
-    ap = sub.add_parser("app", help="the editor in the browser (Gradio)")
-    ap.add_argument("--model", default="digits")
-    ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
-    ap.add_argument("--port", type=int, default=0, help="port (default 0: a free one)")
+    ap = _sub(sub, "app", "the editor in the browser (Gradio)",
+              "Start the editor in the browser; it prints its address once it accepts connections.")
+    _model_option(ap)
+    ap.add_argument("--host", default="127.0.0.1", help="address to listen on (the default: this machine only)")
+    ap.add_argument("--port", type=int, default=0, help="port (0: a free one)")
     ap.add_argument("--share", action="store_true", help="ask Gradio for a public share link (off by default)")
     _add_runtime_options(ap)
     ap.set_defaults(run=_cmd_app)
 
-    r = sub.add_parser("report", help="tangent-space similarity report over samples x timesteps (x prompts)")
-    r.add_argument("--model", default="digits")
-    r.add_argument("--samples", type=_positive_int, default=8, help="number of samples (seeds 0..N-1)")
-    r.add_argument("--timesteps", type=_positive_int, default=10, help="number of timesteps from --t-max to --t-min")
+    r = _sub(sub, "report", "tangent-space similarity report over samples x timesteps (x prompts)",
+             "Compute (or resume) a grid of bases over samples x timesteps (x prompts) into OUT/cache and write "
+             "OUT/report.html with plots, numbers.json and CSV tables; the paper's claims are checked on them.")
+    _model_option(r)
+    r.add_argument("--samples", type=int, default=8, help="number of samples (seeds 0..N-1)")
+    r.add_argument("--timesteps", type=int, default=10, help="number of timesteps from --t-max to --t-min")
     r.add_argument("--t-max", type=float, default=1.0, help="largest timestep, fraction of T")
     r.add_argument("--t-min", type=float, default=0.1, help="smallest timestep, fraction of T")
-    r.add_argument("--k", type=_positive_int, default=8, help="number of directions")
+    r.add_argument("--k", type=int, default=8, help="number of directions")
     r.add_argument("--prompt", action="append", default=None,
-                   help="a prompt (repeat for several; text models; default: three digits in two wordings)")
+                   help="a prompt (repeat for several; text models; None: three digits in two wordings)")
     r.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance of the text sampler")
     r.add_argument("--prompt-points", choices=("own", "shared"), default="own",
                    help="text models: x_t on each prompt's own trajectory, or one shared (unconditional) x_t")
-    r.add_argument("--steps", type=_positive_int, default=100, help="DDIM steps of the trajectories")
+    r.add_argument("--steps", type=int, default=100, help="DDIM steps of the trajectories")
     r.add_argument("--out", required=True, help="report folder (its cache/ makes a re-run resume)")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_runtime_options(r)
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(run=_cmd_report)
 
-    t = sub.add_parser("train", help="train a bundled model (seeded, resumable from OUT/checkpoint.pt)")
+    t = _sub(sub, "train", "train a bundled model (seeded, resumable from OUT/checkpoint.pt)",
+             "Train one of the bundled models from scratch (seeded and resumable: OUT/checkpoint.pt).")
     t.add_argument("--dataset", required=True, help="digits, shapes or digits-text")
     t.add_argument("--out", required=True, help="model folder to write")
-    t.add_argument("--steps", type=_positive_int, default=None, help="override the preset's number of steps")
-    t.add_argument("--device", default="cpu", help="cpu (default) or cuda: where the steps run (a run may resume "
-                   "on another device; the random draws come from one CPU generator)")
+    t.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
+    t.add_argument("--device", default="cpu", help="cpu or cuda: where the steps run (a run may resume on another "
+                                                   "device; the random draws come from one CPU generator)")
     t.add_argument("--no-eval", action="store_true", help="skip the sample-quality evaluation for the model card")
-    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(run=_cmd_train)
     return p
 
@@ -372,12 +532,21 @@ def main(argv: list[str] | None = None) -> int:
     except LatentBasisError as e:
         print(f"latentbasis: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:
-        print(f"latentbasis: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("latentbasis: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a failure we did not foresee: still one line, and the kind of error, not a traceback
+        from .devices import is_out_of_memory
+
+        if is_out_of_memory(e):
+            print("latentbasis: error: out of memory: lower --max-memory, --k or --dtype, or use a device with more "
+                  "memory", file=sys.stderr)
+        elif isinstance(e, OSError):
+            print(f"latentbasis: error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
+        else:
+            print(f"latentbasis: error: unexpected {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+                  " (please report this)", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -35,7 +35,7 @@ class EditSettings:
 
 
 def guidance_edit(model, x_t: torch.Tensor, timestep: int, d: torch.Tensor, *, n_iter: int = 16, step: float = 1.0,
-                  scale: float = 0.1, prompt: str | None = None) -> torch.Tensor:
+                  scale: float = 0.1, prompt: str | None = None, progress=None) -> torch.Tensor:
     """x-space guidance for a batch: x_t [*x_shape], d [B, *x_shape] -> z [B, *x_shape] (eq. in the module doc),
     run on the model's device (eps from any prediction type, latentbasis.schedules), returned on the CPU.
     Both eps evaluations of an iteration go in one batch of 2B."""
@@ -45,6 +45,8 @@ def guidance_edit(model, x_t: torch.Tensor, timestep: int, d: torch.Tensor, *, n
     for _ in range(n_iter):
         eps = predict_eps(model, torch.cat([z + step * d, z]), timestep, prompt)
         z = z + scale * (eps[:B] - eps[B:])
+        if progress:
+            progress(1)
     return z.cpu()
 
 
@@ -57,12 +59,13 @@ def direct_edit(x_t: torch.Tensor, d: torch.Tensor, keep_norm: bool = False) -> 
 
 
 def edit_images(model, traj: Trajectory, timestep: int, d: torch.Tensor, settings: EditSettings | None = None,
-                clip_denoised: bool = True) -> torch.Tensor:
+                clip_denoised: bool = True, progress=None) -> torch.Tensor:
     """Images x0 [B, *x_shape] for directions d [B, *x_shape] applied at `timestep` of a kept trajectory.
 
     Only the steps from `timestep` down to 0 are re-run, in one batch. A row of d that is exactly zero is the
     identity edit: with clip_denoised (as the trajectory's own image) it returns that image, bit for bit (for an
     inverted real image there is no single such image, and strength 0 is the reconstruction from t).
+    progress: called with 1 after each batched network step (edit_steps(...) of them).
     """
     settings = settings or EditSettings()
     if settings.method not in METHODS:
@@ -81,11 +84,17 @@ def edit_images(model, traj: Trajectory, timestep: int, d: torch.Tensor, setting
         dm = d[moving]
         if settings.method == "guidance":
             z = guidance_edit(model, x_t, timestep, dm, n_iter=settings.n_iter, step=settings.step,
-                              scale=settings.resolved_scale(model), prompt=traj.prompt)
+                              scale=settings.resolved_scale(model), prompt=traj.prompt, progress=progress)
         else:
             z = direct_edit(x_t, dm, settings.keep_norm)
-        out[moving] = denoise(model, z, traj.timesteps[i:], traj.prompt, traj.guidance, clip_denoised)
+        out[moving] = denoise(model, z, traj.timesteps[i:], traj.prompt, traj.guidance, clip_denoised,
+                              progress=progress)
     return out
+
+
+def edit_steps(traj: Trajectory, timestep: int, settings: EditSettings) -> int:
+    """How many batched network steps edit_images makes at `timestep` (for progress bars)."""
+    return (settings.n_iter if settings.method == "guidance" else 0) + len(traj.timesteps) - traj.index(timestep)
 
 
 def combine(latent: torch.Tensor, weights: dict[int, float]) -> torch.Tensor:

@@ -9,43 +9,97 @@ import torch
 
 from .errors import LatentBasisError
 
-def load_image(path: str | os.PathLike, channels: int, size: int) -> torch.Tensor:
-    """Image file -> [channels, size, size] in [-1, 1]: centre-cropped to a square, resized (bicubic).
 
-    Grey images go to 1-channel models and RGB images to 3-channel models; anything else is refused rather than
-    guessed at (convert it first).
+def read_image(path: str | os.PathLike, channels: int, size: int) -> tuple[torch.Tensor, list[str]]:
+    """Image file -> ([channels, size, size] in [-1, 1], notes on what was converted).
+
+    Centre-cropped to a square and resized (bicubic). Every bit depth is read at its full range (16-bit grey PNGs
+    are scaled, not clipped); grey images given to an RGB model and colour images given to a grey model are
+    converted (luminance, ITU-R 601), an alpha channel is dropped, palette and CMYK images become RGB, each with a
+    note. Refused with one message: a missing, unreadable, animated, too large (validate.MAX_IMAGE_BYTES, _PIXELS),
+    too small or too elongated image.
     """
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
+
+    from .validate import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 
     p = Path(path)
     if not p.is_file():
         raise LatentBasisError(f"image {p} does not exist")
+    if p.stat().st_size > MAX_IMAGE_BYTES:
+        raise LatentBasisError(f"{p.name} is {p.stat().st_size:,} bytes: larger than the {MAX_IMAGE_BYTES:,} read")
+    notes = []
     try:
-        with Image.open(p) as im:
-            im.load()
-            mode = im.mode
-            img = im.copy()
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise LatentBasisError(f"{p} is not a readable image ({type(e).__name__})") from None
-    have = {"1": 1, "L": 1, "I;16": 1, "I": 1, "F": 1, "P": 3, "RGB": 3, "LA": 2, "RGBA": 4, "CMYK": 4}.get(mode, 0)
-    if mode == "P":
-        img = img.convert("RGB")
-    elif mode in ("1", "I;16", "I", "F"):
-        img = img.convert("L")
-    if have != channels:
-        raise LatentBasisError(f"{p} has {have} channel(s) ({mode}); the model takes {channels}-channel "
-                               f"{'grey' if channels == 1 else 'RGB'} images")
-    w, h = img.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                w, h = im.size
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise LatentBasisError(f"{p.name} is {w}x{h} pixels: more than the {MAX_IMAGE_PIXELS:,} read "
+                                           "(resize it first)")
+                if getattr(im, "n_frames", 1) > 1:
+                    raise LatentBasisError(f"{p.name} is animated ({im.n_frames} frames): give a single image")
+                im.load()
+                img = im.copy()
+    except LatentBasisError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning, EOFError, MemoryError) as e:
+        raise LatentBasisError(f"{p.name} is not a readable image ({type(e).__name__})") from None
+    a = _as_float(img, notes, p.name)                         # [H, W] or [H, W, 3] in [0, 1]
+    if channels == 1 and a.ndim == 3:
+        a = a @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        notes.append(f"{p.name} is a colour image: converted to grey for this 1-channel model")
+    elif channels == 3 and a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+        notes.append(f"{p.name} is a grey image: repeated into 3 channels for this RGB model")
+    elif channels not in (1, 3):
+        raise LatentBasisError(f"the model takes {channels}-channel images; latentbasis reads grey and RGB files")
+    h, w = a.shape[:2]
     if min(w, h) < 8:
-        raise LatentBasisError(f"{p} is {w}x{h} pixels: too small (at least 8x8)")
+        raise LatentBasisError(f"{p.name} is {w}x{h} pixels: too small (at least 8x8)")
     if max(w, h) > 4 * min(w, h):
-        raise LatentBasisError(f"{p} is {w}x{h} pixels: too elongated for a centre crop to a square (crop it first)")
-    s = min(w, h)
-    img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-    img = img.resize((size, size), Image.Resampling.BICUBIC)
-    a = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
-    a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(a)).clamp(-1, 1)
+        raise LatentBasisError(f"{p.name} is {w}x{h} pixels: too elongated for a centre crop to a square "
+                               "(crop it first)")
+    sq = min(w, h)
+    top, left = (h - sq) // 2, (w - sq) // 2
+    a = a[top:top + sq, left:left + sq]
+    planes = [a] if a.ndim == 2 else [a[..., c] for c in range(3)]
+    resized = [np.asarray(Image.fromarray(pl, mode="F").resize((size, size), Image.Resampling.BICUBIC))
+               for pl in planes]
+    out = np.stack(resized) * 2.0 - 1.0
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).clamp(-1, 1), notes
+
+
+def _as_float(img, notes: list[str], name: str) -> np.ndarray:
+    """A PIL image as floats in [0, 1]: [H, W] for grey, [H, W, 3] for colour, at the file's full bit depth."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        top = float(a.max()) if a.size else 0.0
+        scale = 1.0 if (mode == "F" and top <= 1.0) else 255.0 if top <= 255 else 65535.0 if top <= 65535 else None
+        if scale is None or float(a.min()) < 0:
+            raise LatentBasisError(f"{name}: {mode} pixel values outside 0..65535 are not an image latentbasis reads")
+        if scale == 65535.0:
+            notes.append(f"{name} is a 16-bit image: read at its full range")
+        return (a / scale).astype(np.float32)
+    if mode in ("1", "L"):
+        return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    if mode in ("LA", "La"):
+        notes.append(f"{name} has an alpha channel: dropped")
+        return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    if mode in ("RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in img.info):
+        notes.append(f"{name} has an alpha channel: dropped")
+    elif mode not in ("RGB", "P"):
+        notes.append(f"{name} is a {mode} image: converted to RGB")
+    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def load_image(path: str | os.PathLike, channels: int, size: int) -> torch.Tensor:
+    """read_image without the notes: [channels, size, size] in [-1, 1]."""
+    return read_image(path, channels, size)[0]
 
 
 def image_to_x(model, image: torch.Tensor) -> torch.Tensor:

@@ -22,8 +22,17 @@ import torch
 from .devices import resolve_device, resolve_dtype
 from .errors import LatentBasisError
 
-ASSETS = Path(os.environ.get("LATENTBASIS_ASSETS", Path(__file__).resolve().parent.parent / "assets"))
-MODELS_DIR = ASSETS / "models"
+def _models_dir() -> Path:
+    """Where the bundled models are: $LATENTBASIS_ASSETS/models if set; inside the installed package
+    (latentbasis/bundled_models, where the wheel puts assets/models); else assets/models of a source tree."""
+    if os.environ.get("LATENTBASIS_ASSETS"):
+        return Path(os.environ["LATENTBASIS_ASSETS"]) / "models"
+    here = Path(__file__).resolve().parent
+    installed = here / "bundled_models"
+    return installed if installed.is_dir() else here.parent / "assets" / "models"
+
+
+MODELS_DIR = _models_dir()
 DEFAULT_MODEL = "digits"
 
 # The only classes a model folder may name (library -> class names). Schedulers are never instantiated from a
@@ -87,13 +96,18 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def allowed_class(library: str, class_name: str):
-    """The class a folder names, if it is on the allow-list; anything else is refused, never imported."""
+def check_allowed(library, class_name) -> None:
+    """Refuse, without importing anything, a class that is not on the allow-list."""
     if not isinstance(library, str) or not isinstance(class_name, str) \
             or class_name not in ALLOWED_CLASSES.get(library, ()):
-        raise LatentBasisError(f"the model folder names the class {library}.{class_name}, which latentbasis does not "
-                               "load (it only loads known diffusers and transformers model, tokenizer and "
-                               "text-encoder classes)")
+        raise LatentBasisError(f"the model folder names the class {str(library)[:60]}.{str(class_name)[:60]}, which "
+                               "latentbasis does not load (it only loads known diffusers and transformers model, "
+                               "tokenizer and text-encoder classes)")
+
+
+def allowed_class(library: str, class_name: str):
+    """The class a folder names, if it is on the allow-list; anything else is refused, never imported."""
+    check_allowed(library, class_name)
     return getattr(importlib.import_module(library), class_name)
 
 
@@ -151,12 +165,14 @@ def read_folder(root: Path) -> tuple[dict, dict, dict]:
             if key.startswith("_") or not isinstance(value, list) or len(value) != 2 or value[0] is None:
                 continue
             if (root / key).is_dir() and key != "scheduler":
+                check_allowed(value[0], value[1])
                 parts[key] = (root / key, value[0], value[1])
         return parts, _scheduler_config(root / "scheduler"), index
     for folder in (root, root / "unet"):
         if (folder / "config.json").exists():
             cfg = _read_json(folder / "config.json")
             sched = folder if (folder / "scheduler_config.json").exists() else root / "scheduler"
+            check_allowed("diffusers", cfg.get("_class_name", "UNet2DModel"))
             return ({"unet": (folder, "diffusers", cfg.get("_class_name", "UNet2DModel"))},
                     _scheduler_config(sched), {})
     raise LatentBasisError(f"{root} is not a diffusers model folder (no model_index.json or config.json)")

@@ -53,17 +53,78 @@ class EditRecipe:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "EditRecipe":
+        """A recipe from JSON, every field checked (validate): a wrong type, a value out of range or work beyond
+        the bounds is one message, before anything runs."""
+        from .validate import read_json_object
+
         p = Path(path)
-        if not p.is_file():
-            raise LatentBasisError(f"recipe {p} does not exist")
+        data = read_json_object(p, "edit recipe")
+        if data.get("format") != FORMAT:
+            raise LatentBasisError(f"{p} is not a readable edit recipe: format {str(data.get('format'))[:40]!r}, "
+                                   f"expected {FORMAT!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise LatentBasisError(f"{p} is not a readable edit recipe: unknown field {unknown[0][:40]!r}")
+        r = cls(**data)
         try:
-            data = json.loads(p.read_text())
-            if data.get("format") != FORMAT:
-                raise ValueError(f"format {data.get('format')!r}, expected {FORMAT!r}")
-            known = {f.name for f in dataclasses.fields(cls)}
-            return cls(**{k: v for k, v in data.items() if k in known})
-        except (ValueError, TypeError, AttributeError) as e:
-            raise LatentBasisError(f"{p} is not a readable edit recipe: {e}") from None
+            r.validate()
+        except LatentBasisError as e:
+            raise LatentBasisError(f"{p}: {e}") from None
+        return r
+
+    def validate(self) -> "EditRecipe":
+        """Check every field's type and range (latentbasis.validate); returns self."""
+        from . import validate as v
+        from .basis import ALGORITHMS
+        from .devices import DTYPE_NAMES
+        from .editing import METHODS
+
+        v.optional_string(self.model, "model", 4096)
+        if not isinstance(self.model, str) or not self.model:
+            raise LatentBasisError("model must be a model name or folder")
+        for name in ("model_hash", "image_sha256", "basis_sha256", "image", "basis_file", "device", "version"):
+            v.optional_string(getattr(self, name), name, 4096)
+        v.optional_string(self.prompt, "prompt")
+        if self.seed is not None:
+            v.seed(self.seed)
+        if (self.seed is None) == (self.image is None):
+            raise LatentBasisError("give exactly one source: a seed or an image")
+        v.guidance(self.guidance)
+        v.count(self.num_steps, "num_steps", v.MAX_STEPS, lo=2)
+        v.integer(self.timestep, "timestep", 0, 100_000)
+        v.number(self.t_fraction, "t_fraction", lo=0, hi=1)
+        v.count(self.k, "k", v.MAX_K)
+        v.choice(self.algorithm, "algorithm", ALGORITHMS)
+        v.seed(self.basis_seed, "basis_seed")
+        v.tolerance(self.tol)
+        v.choice(self.method, "method", METHODS)
+        v.count(self.n_iter, "n_iter", v.MAX_N_ITER)
+        v.number(self.step, "step", lo=-v.MAX_STRENGTH, hi=v.MAX_STRENGTH)
+        if self.scale is not None:
+            v.number(self.scale, "scale", lo=-v.MAX_STRENGTH, hi=v.MAX_STRENGTH)
+        if not isinstance(self.keep_norm, bool):
+            raise LatentBasisError(f"keep_norm must be true or false, got {self.keep_norm!r}")
+        if self.directions is not None:
+            if not isinstance(self.directions, list) or len(self.directions) > v.MAX_K:
+                raise LatentBasisError(f"directions must be a list of at most {v.MAX_K} indices")
+            for i in self.directions:
+                v.integer(i, "direction index", 0, v.MAX_K - 1)
+        if self.combination is None:
+            v.strengths(self.strengths)
+        else:
+            if not isinstance(self.combination, dict) or len(self.combination) > v.MAX_K:
+                raise LatentBasisError(f"combination must map at most {v.MAX_K} direction indices to strengths")
+            for key, w in self.combination.items():
+                if not isinstance(key, str) or not key.isdigit():
+                    raise LatentBasisError(f"combination keys must be direction indices like \"0\", got {key!r}")
+                v.strength(w, f"strength of direction {key}")
+            if not isinstance(self.strengths, list):
+                raise LatentBasisError("strengths must be a list")
+        v.choice(self.dtype, "dtype", DTYPE_NAMES)
+        if self.format != FORMAT:
+            raise LatentBasisError(f"format {str(self.format)[:40]!r}, expected {FORMAT!r}")
+        return self
 
 
 @dataclass
@@ -73,6 +134,7 @@ class EditResult:
     trajectory: object
     recipe: EditRecipe
     reconstruction_psnr: float | None = None   # real images: PSNR of the unedited reconstruction (dB)
+    notes: list[str] = field(default_factory=list)   # what was converted on the way in (an RGB photo made grey, ...)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -83,25 +145,39 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def _checked_sha256(path: str, recorded: str | None, what: str) -> str:
+    """The file's sha256; when the recipe recorded one, it must be the same (the recipe's input has not changed)."""
+    digest = sha256_file(path)
+    if recorded and recorded != digest:
+        raise LatentBasisError(f"the {what} {path} is not the one the recipe was made with (sha256 {digest[:12]}..., "
+                               f"the recipe says {str(recorded)[:12]}...)")
+    return digest
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
     mse = float(((a.double() - b.double()) ** 2).mean())
     return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(4.0 / mse)).item()
 
 
-def run_recipe(r: EditRecipe, model=None) -> EditResult:
+def run_recipe(r: EditRecipe, model=None, progress=None) -> EditResult:
     """Run an edit recipe: trajectory (seed or inverted image), basis at x_t (computed, or loaded and
     transported), then the strength sweep of every direction in one batch (images [directions, strengths, ...]),
-    or, for a recipe with a `combination`, the one combined edit (images [1, 1, ...])."""
+    or, for a recipe with a `combination`, the one combined edit (images [1, 1, ...]).
+
+    progress: a stage reporter, progress(description, total steps or None) -> a function called with the number
+    of steps done since its last call (the CLI's progress bars; the app's progress)."""
     from . import __version__
     from .basis import latent_basis
     from .basisfile import load_basis
     from .devices import dtype_name
-    from .editing import EditSettings, combine, edit_images, sweep_directions, transported_basis
-    from .images import image_to_x, load_image, pixel_size, x_to_image
+    from .editing import EditSettings, combine, edit_images, edit_steps, sweep_directions, transported_basis
+    from .images import image_to_x, pixel_size, read_image, x_to_image
     from .loading import load_model
-    from .sampling import denoise, invert, sample_trajectory
+    from .sampling import denoise, invert, sample_trajectory, trajectory_grid
 
+    stage = progress or (lambda desc, total: None)
+    r.validate()
     model = model or load_model(r.model, dtype=r.dtype)
     if r.model_hash and r.model_hash != model.model_hash:
         raise LatentBasisError(f"the recipe was made with model weights {r.model_hash}, "
@@ -111,10 +187,7 @@ def run_recipe(r: EditRecipe, model=None) -> EditResult:
     given = None
     if r.basis_file:  # validate before any slow work
         given = load_basis(r.basis_file, model=model)
-        if tuple(given.point.shape) != tuple(model.x_shape):
-            raise LatentBasisError(f"{r.basis_file} is for x of shape {tuple(given.point.shape)}; this model's x_t "
-                                   f"is {tuple(model.x_shape)}")
-        r.basis_sha256, r.k = sha256_file(r.basis_file), given.k
+        r.basis_sha256, r.k = _checked_sha256(r.basis_file, r.basis_sha256, "basis file"), given.k
     if r.combination is not None:
         if not r.combination:
             raise LatentBasisError("the combination is empty: give at least one direction")
@@ -124,25 +197,32 @@ def run_recipe(r: EditRecipe, model=None) -> EditResult:
     if bad:
         raise LatentBasisError(f"direction {bad[0]} is out of range: the basis has k = {r.k} "
                                f"(indices 0..{r.k - 1})")
-    recon = None
+    ts_max = model.num_train_timesteps - 1
+    if r.timestep > ts_max:
+        raise LatentBasisError(f"timestep {r.timestep} is outside the schedule [0, {ts_max}]")
+    recon, notes = None, []
     if r.image:
         c, size = pixel_size(model)
-        img = load_image(r.image, c, size)
+        img, notes = read_image(r.image, c, size)
+        r.image_sha256 = _checked_sha256(r.image, r.image_sha256, "image")
         x_img = image_to_x(model, img)
-        traj = invert(model, x_img, num_steps=r.num_steps, prompt=r.prompt, through=r.timestep)
-        rec = denoise(model, traj.xs[:1], traj.timesteps, r.prompt, 1.0)
+        n = len(trajectory_grid(model.num_train_timesteps, r.num_steps, r.timestep))
+        traj = invert(model, x_img, num_steps=r.num_steps, prompt=r.prompt, through=r.timestep,
+                      progress=stage("inversion", n))
+        rec = denoise(model, traj.xs[:1], traj.timesteps, r.prompt, 1.0, progress=stage("reconstruction", n))
         recon = psnr(x_to_image(model, rec)[0], img)
-        r.image_sha256 = sha256_file(r.image)
     else:
+        n = len(trajectory_grid(model.num_train_timesteps, r.num_steps, r.timestep))
         traj = sample_trajectory(model, r.seed or 0, num_steps=r.num_steps, prompt=r.prompt, guidance=r.guidance,
-                                 through=r.timestep)
+                                 through=r.timestep, progress=stage("trajectory", n))
     x_t = traj.at(r.timestep)
+    step = stage("basis", None)
+    basis_kw = dict(algorithm=r.algorithm, seed=r.basis_seed, tol=r.tol,
+                    callback=(lambda info: step(1)) if step else None)
     if given is not None:
-        basis = transported_basis(model, given, x_t, r.timestep, prompt=r.prompt, algorithm=r.algorithm,
-                                  seed=r.basis_seed, tol=r.tol)
+        basis = transported_basis(model, given, x_t, r.timestep, prompt=r.prompt, **basis_kw)
     else:
-        basis = latent_basis(model, x_t, timestep=r.timestep, k=r.k, prompt=r.prompt, algorithm=r.algorithm,
-                             seed=r.basis_seed, tol=r.tol)
+        basis = latent_basis(model, x_t, timestep=r.timestep, k=r.k, prompt=r.prompt, **basis_kw)
     settings = EditSettings(r.method, r.n_iter, r.step, r.scale, r.keep_norm)
     if r.combination is not None:
         d = combine(basis.latent, {int(i): float(w) for i, w in r.combination.items()})[None]
@@ -150,8 +230,9 @@ def run_recipe(r: EditRecipe, model=None) -> EditResult:
     else:
         d = sweep_directions(basis.latent, r.directions, r.strengths)
         rows, cols = len(r.directions), len(r.strengths)
-    images = x_to_image(model, edit_images(model, traj, r.timestep, d, settings))
+    images = x_to_image(model, edit_images(model, traj, r.timestep, d, settings,
+                                           progress=stage("edits", edit_steps(traj, r.timestep, settings))))
     r.model, r.model_hash, r.version = model.name, model.model_hash, __version__
     r.dtype, r.device = dtype_name(model.dtype), str(model.device)
-    return EditResult(images.reshape(rows, cols, *images.shape[1:]), basis, traj, r, recon)
+    return EditResult(images.reshape(rows, cols, *images.shape[1:]), basis, traj, r, recon, notes)
 

@@ -56,8 +56,9 @@ def prompt_group(prompt: str) -> str | None:
 
 
 def run_report(model, out: str | os.PathLike, settings: ReportSettings, *, progress: bool = True,
-               pca=None) -> dict | None:
-    """Compute, measure and write the report into `out`; returns the numbers (None on processes other than 0)."""
+               pca=None, callback=None) -> dict | None:
+    """Compute, measure and write the report into `out`; returns the numbers (None on processes other than 0).
+    callback(done, total): after each basis of the grid (progress: a progress bar on stderr)."""
     from .analysis import (GridSpec, barrier, check_cache, compute_grid, data_pca, distributed, load_grid,
                            measure, report_timesteps, training_data)
 
@@ -90,7 +91,7 @@ def run_report(model, out: str | os.PathLike, settings: ReportSettings, *, progr
         if rank == 0:
             check_cache(model, spec, out / "cache")
         barrier()
-        compute_grid(model, spec, out / "cache", rank=rank, world=world, progress=progress)
+        compute_grid(model, spec, out / "cache", rank=rank, world=world, progress=progress, callback=callback)
         barrier()
         if rank != 0:
             return None
@@ -106,8 +107,11 @@ def run_report(model, out: str | os.PathLike, settings: ReportSettings, *, progr
 
 # ---------------------------------------------------------------- rendering
 
-def verdict(holds: bool | None) -> str:
-    return {True: "holds", False: "does not hold", None: "mixed (no clear trend)"}[holds]
+def verdict(finding: dict) -> str:
+    """The one-line verdict of a finding: holds, does not hold, mixed, or too few samples to judge."""
+    from .analysis import verdict_word
+
+    return finding.get("verdict") or verdict_word(finding["holds"], finding.get("judged", True))
 
 
 def _csv(path: Path, header: list[str], rows: list[list]) -> None:
@@ -288,7 +292,7 @@ def write_report(n: dict, out: str | os.PathLike, *, bases, pca, alphas_cumprod)
 
     rows = "".join(
         f"<tr><td>{e(f['claim'])}</td><td class={ {True: 'yes', False: 'no', None: 'mixed'}[f['holds']]}>"
-        f"{verdict(f['holds'])}</td><td>{e(f['evidence'])}</td></tr>" for f in n["findings"])
+        f"{verdict(f)}</td><td>{e(f['evidence'])}</td></tr>" for f in n["findings"])
     sd, fq = n["sample_distance"], n["frequency"]
     per_t = "".join(
         f"<tr><td>{ts}</td><td>{t:.2f}</td><td>{sd['tangent_mean'][i]:.3f} ± {sd['tangent_std'][i]:.3f}</td>"

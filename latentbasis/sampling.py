@@ -64,26 +64,28 @@ def initial_noise(model, seed: int) -> torch.Tensor:
 
 
 def sample_to(model, seed: int = 0, *, t: float | None = None, timestep: int | None = None, num_steps: int = 100,
-              prompt: str | None = None, guidance: float = 1.0) -> torch.Tensor:
+              prompt: str | None = None, guidance: float = 1.0, progress=None) -> torch.Tensor:
     """x_t on the DDIM trajectory of `seed`: x_T ~ N(0, I), then DDIM down to t over the part of
     trajectory_grid(T, num_steps, t) above t; the same x_t as sample_trajectory(..., through=t). [*x_shape]."""
     T = model.num_train_timesteps
     ts, _ = resolve_timestep(T, fraction=t, timestep=timestep)
     grid = [g for g in trajectory_grid(T, num_steps, ts) if g >= ts]
-    return ddim_walk(model, initial_noise(model, seed)[None], grid, prompt, guidance)[-1][0]
+    return ddim_walk(model, initial_noise(model, seed)[None], grid, prompt, guidance, progress)[-1][0]
 
 
 def ddim_walk(model, x: torch.Tensor, grid: list[int], prompt: str | None = None,
-              guidance: float = 1.0) -> list[torch.Tensor]:
+              guidance: float = 1.0, progress=None) -> list[torch.Tensor]:
     """DDIM (eta = 0) from x [B, *x_shape] at grid[0] through every timestep of `grid` (descending);
     returns the states at each, [x at grid[0], ..., x at grid[-1]] (float32, on the CPU; the walk itself runs on
-    the model's device)."""
+    the model's device). progress: called with 1 after each network step (a progress bar's update)."""
     ab = model.alphas_cumprod.to(model.device, model.math_dtype)
     states = [x.float().cpu()]
     x = x.to(model.device, torch.float32)
     for a, b in zip(grid[:-1], grid[1:]):
         x = _step(model, x, a, ab[b], prompt, guidance, model.clip_sample)
         states.append(x.cpu())
+        if progress:
+            progress(1)
     return states
 
 
@@ -118,11 +120,13 @@ def trajectory_grid(T: int, num_steps: int, through: int | Iterable[int] | None 
 
 
 def denoise(model, x: torch.Tensor, grid: list[int], prompt: str | None = None, guidance: float = 1.0,
-            clip_denoised: bool = True, keep: bool = False):
+            clip_denoised: bool = True, keep: bool = False, progress=None):
     """DDIM over `grid` (descending, ending at 0) from x [B, *x_shape] at grid[0], then the final step to x0:
     x0 = (x_0 - sqrt(1 - abar_0) eps) / sqrt(abar_0). Returns x0 [B, ...] (and the kept states [len(grid), B, ...])."""
-    kept = ddim_walk(model, x, grid, prompt, guidance)
+    kept = ddim_walk(model, x, grid, prompt, guidance, progress)
     x0 = predict_x0(model, kept[-1], grid[-1], prompt, guidance)
+    if progress:
+        progress(1)
     x0 = x0.clamp(-1, 1) if clip_denoised else x0
     return (x0, torch.stack(kept)) if keep else x0
 
@@ -135,16 +139,17 @@ def predict_x0(model, x: torch.Tensor, timestep: int, prompt: str | None = None,
 
 
 def sample_trajectory(model, seed: int = 0, *, num_steps: int = 100, prompt: str | None = None,
-                      guidance: float = 1.0, through: int | Iterable[int] | None = None) -> Trajectory:
-    """x_T ~ N(0, I) from the seed, DDIM (eta = 0) over trajectory_grid(T, num_steps, through), states kept."""
+                      guidance: float = 1.0, through: int | Iterable[int] | None = None, progress=None) -> Trajectory:
+    """x_T ~ N(0, I) from the seed, DDIM (eta = 0) over trajectory_grid(T, num_steps, through), states kept
+    (len(grid) network steps: progress(1) after each)."""
     grid = trajectory_grid(model.num_train_timesteps, num_steps, through)
-    x0, kept = denoise(model, initial_noise(model, seed)[None], grid, prompt, guidance, keep=True)
+    x0, kept = denoise(model, initial_noise(model, seed)[None], grid, prompt, guidance, keep=True, progress=progress)
     return Trajectory(grid, kept[:, 0], x0[0], prompt, guidance)
 
 
 @torch.no_grad()
 def invert(model, x0: torch.Tensor, *, num_steps: int = 100, prompt: str | None = None,
-           through: int | None = None) -> Trajectory:
+           through: int | None = None, progress=None) -> Trajectory:
     """Deterministic DDIM inversion of an image x0 [*x_shape] to x_{T-1}, every state kept (as a Trajectory).
 
     Each step runs the DDIM update upwards with (eps, x0_hat) evaluated at the lower point (the usual
@@ -159,9 +164,13 @@ def invert(model, x0: torch.Tensor, *, num_steps: int = 100, prompt: str | None 
     eps, _ = predict(model, x, up[0], prompt)
     x = ddim_update(eps, x.to(model.math_dtype), ab[up[0]]).float()
     kept = [x.cpu()]
+    if progress:
+        progress(1)
     for a, b in zip(up[:-1], up[1:]):
         x = _step(model, x, a, ab[b], prompt, 1.0, model.clip_sample)
         kept.append(x.cpu())
+        if progress:
+            progress(1)
     return Trajectory(grid, torch.stack(kept[::-1])[:, 0], None, prompt, 1.0)
 
 

@@ -149,6 +149,21 @@ def _atomic_torch_save(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+def read_checkpoint(path: Path, device) -> dict:
+    """A training checkpoint, read with torch.load(weights_only=True): tensors, numbers, strings and plain
+    containers only, so a planted file cannot run code (anything else is refused with one message)."""
+    try:
+        ckpt = torch.load(path, weights_only=True, map_location=device)
+    except Exception as e:  # pickle.UnpicklingError for forbidden globals, corrupt zip, ...
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise LatentBasisError(f"{path} is not a readable training checkpoint (only tensors and plain data are "
+                               f"loaded; {first}); remove it to start over") from None
+    need = {"unet", "ema", "opt", "gen", "log", "step", "config"}
+    if not isinstance(ckpt, dict) or not need <= set(ckpt) or not isinstance(ckpt["step"], int):
+        raise LatentBasisError(f"{path} is not a training checkpoint of latentbasis; remove it to start over")
+    return ckpt
+
+
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -> dict:
     """Train (or resume) a model into `out_dir`; returns the training log (losses, seconds).
 
@@ -160,13 +175,16 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    from .devices import resolve_device
+
+    try:
+        dev = resolve_device(cfg.device)
+    except LatentBasisError as e:
+        raise LatentBasisError(f"{e} (device {cfg.device!r} is not available here)") from None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data, labels = load_dataset(cfg)
     torch.manual_seed(cfg.seed)
-    if cfg.device != "cpu" and not (cfg.device.startswith("cuda") and torch.cuda.is_available()):
-        raise LatentBasisError(f"device {cfg.device!r} is not available here (use cpu)")
-    dev = torch.device(cfg.device)
     unet = build_unet(cfg).to(dev)
     tokenizer, text_encoder = build_text(cfg) if cfg.text else (None, None)
     if cfg.text:
@@ -180,7 +198,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
     step = 0
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=False, map_location=dev)
+        ckpt = read_checkpoint(ckpt_path, dev)
         if _trajectory_settings(ckpt["config"]) != _trajectory_settings(dataclasses.asdict(cfg)):
             raise LatentBasisError(f"{ckpt_path} was written with other settings; remove it or use another --out")
         if ckpt["step"] > cfg.steps:

@@ -93,23 +93,25 @@ def test_inversion_round_trip_shapes(model, traj):
     assert inv.xs.shape == traj.xs.shape and inv.timesteps == traj.timesteps
 
 
-def test_latent_model_edit_with_prompt_and_real_image(tiny_sd_dir, tmp_path):
-    """SD-style: basis under a prompt, guidance edit in VAE-latent space, decoded; a real RGB image goes through
-    the VAE encoder and DDIM inversion."""
+@pytest.mark.parametrize("which", ["sd", "sdxl"])
+def test_latent_model_edit_with_prompt_and_real_image(which, tiny_sd_dir, tiny_sdxl_dir, tmp_path):
+    """SD- and SDXL-style: basis under a prompt, guidance edit in VAE-latent space, decoded; a real RGB image goes
+    through the VAE encoder and DDIM inversion."""
     import numpy as np
     from PIL import Image
 
     from latentbasis.recipe import EditRecipe, run_recipe
 
-    model = load_model(str(tiny_sd_dir))
-    r = EditRecipe(model=str(tiny_sd_dir), seed=1, prompt="the digit seven", guidance=2.0, num_steps=6,
+    folder = tiny_sd_dir if which == "sd" else tiny_sdxl_dir
+    model = load_model(str(folder))
+    r = EditRecipe(model=str(folder), seed=1, prompt="the digit seven", guidance=2.0, num_steps=6,
                    timestep=500, k=2, strengths=[-1.0, 0.0, 1.0], n_iter=2)
     res = run_recipe(r, model)
     assert res.images.shape == (2, 3, 3, 16, 16) and res.basis.prompt == "the digit seven"
     assert res.recipe.scale is None and torch.isfinite(res.images).all()
     img = tmp_path / "photo.png"
     Image.fromarray((np.random.default_rng(0).random((20, 20, 3)) * 255).astype("uint8"), "RGB").save(img)
-    r2 = EditRecipe(model=str(tiny_sd_dir), seed=None, image=str(img), prompt="a cat", num_steps=6, timestep=500,
+    r2 = EditRecipe(model=str(folder), seed=None, image=str(img), prompt="a cat", num_steps=6, timestep=500,
                     k=1, strengths=[0.0, 1.0], n_iter=2)
     res2 = run_recipe(r2, model)
     assert res2.images.shape == (1, 2, 3, 16, 16) and res2.reconstruction_psnr is not None

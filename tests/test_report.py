@@ -38,7 +38,9 @@ def test_report_writes_a_self_contained_page_numbers_and_plots(report):
     assert len(n["timestep_distance"]["mean"]) == 3 and n["timestep_distance"]["mean"][0][0] == 0
     assert {f["claim"][:20] for f in n["findings"]} and all(f["holds"] in (True, False, None) for f in n["findings"])
     for f in n["findings"]:                                                  # each finding's verdict is on the page
-        assert verdict(f["holds"]) in page
+        assert verdict(f) in page
+        assert f["verdict"] == "too few samples to judge" and not f["judged"] and f["holds"] is None
+        assert "needs at least 4 samples and 4 timesteps" in f["evidence"]
     rows = (report / "per_timestep.csv").read_text().splitlines()
     assert rows[0].startswith("timestep,t,tangent_distance_mean") and len(rows) == 4
 
@@ -78,12 +80,11 @@ def test_prompt_groups():
     (["--t-min", "0.8", "--t-max", "0.5"], "t_min < t_max"),
     (["--prompt", "the digit one"], "not a text model"),
 ])
-def test_bad_input_one_line_and_no_output(extra, message, tiny_unet_dir, tmp_path):
+def test_bad_input_one_line_and_no_output(extra, message, tiny_unet_dir, tmp_path, capsys):
     out = tmp_path / "r"
-    argv = [sys.executable, "-m", "latentbasis.cli", "report", "--model", str(tiny_unet_dir), *SMALL, "--out",
-            str(out)]
-    r = subprocess.run(argv + extra, capture_output=True, text=True)
-    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert main(["report", "--model", str(tiny_unet_dir), *SMALL, "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
     assert not out.exists()
 
 
@@ -109,3 +110,34 @@ def test_two_gloo_processes_give_the_single_process_numbers(report, tiny_unet_di
         return a == b
 
     assert close(single, dist)
+
+
+def test_a_trend_is_judged_only_with_enough_evidence():
+    """The rule fixed in analysis.findings: at least 4 samples and 4 timesteps, and a bootstrap interval of the
+    end-point change that excludes 0 on the claimed side."""
+    import numpy as np
+
+    from latentbasis.analysis import findings
+
+    def numbers(n_samples, n_t, spread):
+        rng = np.random.default_rng(0)
+        tf = list(np.linspace(1.0, 0.1, n_t))
+        mats = []
+        for i in range(n_t):   # distances grow as t falls, with per-pair noise `spread`
+            m = 1.0 + i + spread * rng.standard_normal((n_samples, n_samples))
+            m = (m + m.T) / 2
+            np.fill_diagonal(m, 0)
+            mats.append([m.tolist()])
+        mean = [float(np.mean(np.asarray(m[0])[np.triu_indices(n_samples, 1)])) for m in mats]
+        low = [[list(0.9 - 0.05 * i + 0.001 * rng.standard_normal(n_samples))] for i in range(n_t)]
+        return {"t_fractions": tf, "seeds": list(range(n_samples)), "timesteps": list(range(n_t)),
+                "sample_distance": {"tangent_mean": mean, "tangent_matrices": mats},
+                "random_baseline": {"tangent": {"geodesic_mean": 9.0}}, "low_frequency_cutoff": 0.25,
+                "frequency": {"low_fraction_mean": [float(np.mean(x)) for x in low], "low_fraction_per_sample": low}}
+
+    assert [f["verdict"] for f in findings(numbers(8, 5, 0.1))] == ["holds", "holds"]
+    few = findings(numbers(3, 5, 0.1))
+    assert all(f["verdict"] == "too few samples to judge" and "--samples 4" in f["evidence"] for f in few)
+    assert findings(numbers(8, 3, 0.1))[0]["verdict"] == "too few samples to judge"
+    noisy = findings(numbers(4, 4, 30.0))[0]            # the end points differ, but the interval spans 0
+    assert noisy["verdict"] == "mixed (no clear trend)" and "95 % interval" in noisy["evidence"]

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from latentbasis import GaussianModel, load_model, sample_to
+from latentbasis import load_model, sample_to
 
 
 def test_pixel_models_clip_as_their_scheduler_config_says(tiny_unet_dir, tiny_sd_dir):

@@ -1,0 +1,480 @@
+"""Bad input, tried as a careless or hostile user would: every case gets one line on stderr (or one message in the
+app), exit code 2, and leaves every file that was there byte-identical with nothing new written.
+
+Most cases run in this process through the CLI's entry point (fast); a handful through a real subprocess; the
+kill tests interrupt real processes while they write.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from latentbasis.cli import main
+
+MISSING = "MISSING"
+
+
+# ---------------------------------------------------------------- the workspace every case starts from
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, tiny_unet_dir, other_unet_dir):
+    """A folder of inputs and earlier outputs (all must survive every case), built once."""
+    from PIL import Image
+
+    from latentbasis import load_model
+    from latentbasis.basis import latent_basis
+    from latentbasis.basisfile import basis_metadata, save_basis
+
+    d = tmp_path_factory.mktemp("ws")
+    m = load_model(str(tiny_unet_dir), device="cpu")
+    x = torch.randn(m.x_shape, generator=torch.Generator().manual_seed(0))
+    b = latent_basis(m, x, timestep=599, k=2)
+    save_basis(b, d / "basis.safetensors")
+    other = load_model(str(other_unet_dir), device="cpu")
+    save_basis(latent_basis(other, x, timestep=599, k=2), d / "other.safetensors")
+    from safetensors.torch import save_file
+
+    def tampered(name, **changes):
+        tensors = {n: getattr(b, n).clone().contiguous() for n in ("latent", "tangent", "singular_values", "point")}
+        meta = basis_metadata(b)
+        for key, value in changes.items():
+            if key in tensors:
+                tensors[key] = value
+            else:
+                meta[key] = value
+        save_file(tensors, str(d / name), metadata=meta)
+
+    tampered("nan.safetensors", latent=torch.full_like(b.latent, float("nan")))
+    tampered("k99.safetensors", k="99")
+    tampered("notunit.safetensors", latent=b.latent * 3)
+    tampered("badresid.safetensors", residuals="[1, 2, 3]")
+    tampered("badtimestep.safetensors", timestep="-5")
+    tampered("f64.safetensors", singular_values=b.singular_values.double())
+    (d / "corrupt.safetensors").write_bytes(b"\x00garbage")
+    (d / "truncated.safetensors").write_bytes((d / "basis.safetensors").read_bytes()[:200])
+    (d / "empty.png").write_bytes(b"")
+    (d / "notes.png").write_text("not an image")
+    Image.fromarray((np.random.default_rng(0).random((12, 12)) * 255).astype("uint8"), "L").save(d / "grey.png")
+    Image.fromarray(np.zeros((3, 3), np.uint8)).save(d / "tiny.png")
+    Image.fromarray(np.zeros((10, 100), np.uint8)).save(d / "long.png")
+    frames = [Image.new("L", (16, 16), i * 60) for i in range(3)]
+    frames[0].save(d / "anim.gif", save_all=True, append_images=frames[1:])
+    Image.new("L", (8000, 6000)).save(d / "bomb.png")                      # 48 million pixels, a few kB
+    (d / "cut.png").write_bytes((d / "grey.png").read_bytes()[:60])
+    (d / "out.png").write_bytes(b"an earlier output")
+    (d / "out.json").write_text("{}")
+    (d / "a_folder").mkdir()
+    base_recipe = {"format": "latentbasis.recipe/1", "model": str(tiny_unet_dir), "seed": 1, "num_steps": 4,
+                   "timestep": 599, "t_fraction": 0.6, "k": 2, "n_iter": 1, "strengths": [-1.0, 1.0]}
+    for name, changes in {
+        "recipe_ok": {}, "recipe_nan": {"strengths": "NaN"}, "recipe_niter": {"n_iter": 10**12},
+        "recipe_steps": {"num_steps": 10**12}, "recipe_ktype": {"k": "four"}, "recipe_unknown": {"colour": "red"},
+        "recipe_format": {"format": "other/1"}, "recipe_both": {"image": str(d / "grey.png")},
+        "recipe_t": {"timestep": 5000}, "recipe_dtype": {"dtype": "float8"}, "recipe_combo": {"combination": {"x": 1}},
+        "recipe_model": {"model": str(d / "nope")}, "recipe_method": {"method": "sideways"},
+        "recipe_basis_hash": {"basis_file": str(d / "basis.safetensors"), "basis_sha256": "0" * 64},
+        "recipe_image_hash": {"seed": None, "image": str(d / "grey.png"), "image_sha256": "f" * 64},
+        "recipe_seed": {"seed": -3}, "recipe_bool": {"keep_norm": "yes"}, "recipe_strength_big": {"strengths": [1e9]},
+    }.items():
+        text = json.dumps({**base_recipe, **changes}).replace('"NaN"', "NaN")
+        (d / f"{name}.json").write_text(text)
+    (d / "recipe_list.json").write_text("[1, 2]")
+    (d / "recipe_broken.json").write_text("{ nope")
+    bad = d / "bad_models"
+    for name, index in {"evil_index": {"unet": ["os", "system"]}, "evil_config": None, "degenerate": None,
+                        "sched_list": None, "corrupt_weights": None}.items():
+        md = bad / name
+        shutil.copytree(tiny_unet_dir, md)
+        if name == "evil_index":
+            (md / "unet").mkdir()
+            (md / "scheduler").mkdir()
+            shutil.copy(md / "scheduler_config.json", md / "scheduler" / "scheduler_config.json")
+            (md / "model_index.json").write_text(json.dumps({"_class_name": "X", **index}))
+        elif name == "evil_config":
+            cfg = json.loads((md / "config.json").read_text())
+            (md / "config.json").write_text(json.dumps({**cfg, "_class_name": "eval"}))
+        elif name == "degenerate":
+            cfg = json.loads((md / "scheduler_config.json").read_text())
+            (md / "scheduler_config.json").write_text(json.dumps({**cfg, "beta_start": 0.5, "beta_end": 2.0}))
+        elif name == "sched_list":
+            (md / "scheduler_config.json").write_text("[]")
+        else:
+            (md / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage")
+    (bad / "empty").mkdir()
+    return d
+
+
+def snapshot(d: Path) -> dict:
+    return {str(p.relative_to(d)): (p.read_bytes() if p.is_file() else None) for p in sorted(d.rglob("*"))}
+
+
+def run_main(args, capsys):
+    try:
+        rc = main([str(a) for a in args])
+    except SystemExit as e:          # argparse's usage errors
+        rc = e.code
+    cap = capsys.readouterr()
+    return rc, [ln for ln in cap.err.splitlines() if ln.strip()]
+
+
+# ---------------------------------------------------------------- the CLI, in this process
+
+def cli_cases(m, o, w):
+    """(name, argv, what the message must say). m: the tiny model, o: the other model, w: the workspace."""
+    B = ["basis", "--model", m, "--steps", "3", "--k", "2", "--quiet", "--out", w / "new.safetensors", "--png", ""]
+    E = ["edit", "--model", m, "--steps", "3", "--k", "2", "--n-iter", "1", "--quiet", "--out", w / "new.png"]
+    R = ["report", "--model", m, "--samples", "2", "--timesteps", "2", "--k", "2", "--steps", "3", "--quiet",
+         "--out", w / "new_report"]
+    bad = w / "bad_models"
+    return [
+        ("k_zero", B + ["--k", "0"], "--k = 0 is out of range"),
+        ("k_above_dimension", B + ["--k", "65"], "out of range"),
+        ("k_above_ceiling", B + ["--k", "5000"], "out of range [1, 1024]"),
+        ("k_not_a_number", B + ["--k", "four"], "invalid int"),
+        ("t_above_one", B + ["--t", "1.5"], "out of range"),
+        ("t_negative", B + ["--t", "-0.1"], "out of range"),
+        ("t_nan", B + ["--t", "nan"], "finite"),
+        ("timestep_too_large", B + ["--timestep", "1000"], "outside the schedule"),
+        ("timestep_negative", B + ["--timestep", "-1"], "outside the schedule"),
+        ("seed_negative", B + ["--seed", "-1"], "out of range"),
+        ("seed_too_large", B + ["--seed", str(2**64)], "out of range"),
+        ("steps_one", B + ["--steps", "1"], "out of range"),
+        ("steps_unbounded", B + ["--steps", "100000"], "[2, 1000]"),
+        ("tol_nan", B + ["--tol", "nan"], "finite"),
+        ("tol_zero", B + ["--tol", "0"], "out of range"),
+        ("tol_above_one", B + ["--tol", "1.5"], "out of range"),
+        ("tol_inf", B + ["--tol", "inf"], "finite"),
+        ("guidance_nan", B + ["--guidance", "nan"], "finite"),
+        ("guidance_negative", B + ["--guidance", "-1"], "out of range"),
+        ("guidance_huge", B + ["--guidance", "1e9"], "out of range"),
+        ("model_missing", ["basis", "--model", w / "nope", "--out", w / "new.safetensors"], "not found"),
+        ("model_empty_folder", ["basis", "--model", bad / "empty", "--out", w / "n.safetensors"], "not a diffusers"),
+        ("model_corrupt_weights", ["basis", "--model", bad / "corrupt_weights", "--out", w / "n.safetensors"],
+         "could not load"),
+        ("model_index_names_os_system", ["basis", "--model", bad / "evil_index", "--out", w / "n.safetensors"],
+         "does not load"),
+        ("config_names_eval", ["basis", "--model", bad / "evil_config", "--out", w / "n.safetensors"],
+         "does not load"),
+        ("degenerate_schedule", ["basis", "--model", bad / "degenerate", "--out", w / "n.safetensors"],
+         "degenerate noise schedule"),
+        ("scheduler_config_a_list", ["basis", "--model", bad / "sched_list", "--out", w / "n.safetensors"],
+         "not a JSON object"),
+        ("prompt_on_pixel_model", B + ["--prompt", "a cat"], "not text-conditioned"),
+        ("prompt_with_nul", B + ["--prompt", "a\x00b"], "NUL"),
+        ("init_corrupt", B + ["--init", w / "corrupt.safetensors"], "not a readable basis file"),
+        ("init_truncated", B + ["--init", w / "truncated.safetensors"], "not a readable basis file"),
+        ("init_missing", B + ["--init", w / "nope.safetensors"], "does not exist"),
+        ("init_other_model", B + ["--init", w / "other.safetensors"], "computed with model"),
+        ("init_nan", B + ["--init", w / "nan.safetensors"], "NaN"),
+        ("init_header_k99", B + ["--init", w / "k99.safetensors"], "k = '99'"),
+        ("init_not_unit", B + ["--init", w / "notunit.safetensors"], "not unit vectors"),
+        ("init_bad_residuals", B + ["--init", w / "badresid.safetensors"], "residuals"),
+        ("init_bad_timestep", B + ["--init", w / "badtimestep.safetensors"], "timestep"),
+        ("init_float64", B + ["--init", w / "f64.safetensors"], "float64"),
+        ("out_is_init", B[:-4] + ["--init", w / "basis.safetensors", "--out", w / "basis.safetensors"],
+         "is the input --init"),
+        ("out_is_image", B[:-4] + ["--image", w / "grey.png", "--out", w / "grey.png"], "is the input --image"),
+        ("png_is_out", B[:-2] + ["--png", w / "new.safetensors"], "same file"),
+        ("png_is_init", B[:-2] + ["--png", w / "basis.safetensors", "--init", w / "basis.safetensors"],
+         "is the input --init"),
+        ("png_folder_missing", B[:-2] + ["--png", w / "nodir" / "p.png"], "does not exist"),
+        ("out_folder_missing", B[:-4] + ["--out", w / "nodir" / "b.safetensors"], "does not exist"),
+        ("out_is_a_folder", B[:-4] + ["--out", w / "a_folder"], "is a folder"),
+        ("image_missing", B + ["--image", w / "nope.png"], "does not exist"),
+        ("image_is_text", B + ["--image", w / "notes.png"], "not a readable image"),
+        ("image_empty", B + ["--image", w / "empty.png"], "not a readable image"),
+        ("image_truncated", B + ["--image", w / "cut.png"], "not a readable image"),
+        ("image_too_small", B + ["--image", w / "tiny.png"], "too small"),
+        ("image_too_elongated", B + ["--image", w / "long.png"], "too elongated"),
+        ("image_animated", B + ["--image", w / "anim.gif"], "animated"),
+        ("image_decompression_bomb", B + ["--image", w / "bomb.png"], "40,000,000"),
+        ("device_tpu", B + ["--device", "tpu"], "not one of cpu"),
+        ("dtype_float8", B + ["--dtype", "float8"], "invalid choice"),
+        ("max_memory_tiny", B + ["--max-memory", "1KB"], "--max-memory"),
+        ("max_memory_words", B + ["--max-memory", "lots"], "memory size"),
+        ("algorithm_unknown", B + ["--algorithm", "magic"], "invalid choice"),
+        ("layer_unknown", B + ["--layer", "not_a_block"], "no layer 'not_a_block'; layers: conv_in"),
+        ("strengths_nan", E + ["--strengths", "nan,1"], "finite"),
+        ("strengths_inf", E + ["--strengths", "inf"], "finite"),
+        ("strengths_huge", E + ["--strengths", "1e9"], "out of range"),
+        ("strengths_empty", E + ["--strengths", ","], "non-empty"),
+        ("strengths_words", E + ["--strengths", "1,x"], "expected numbers"),
+        ("directions_too_large", E + ["--directions", "0,9"], "out of range"),
+        ("directions_negative", E + ["--directions=-1"], "out of range"),
+        ("n_iter_zero", E + ["--n-iter", "0"], "out of range"),
+        ("n_iter_unbounded", E + ["--n-iter", "100000"], "[1, 1000]"),
+        ("scale_nan", E + ["--scale", "nan"], "finite"),
+        ("edit_out_is_image", E[:-2] + ["--image", w / "grey.png", "--out", w / "grey.png"], "is the input --image"),
+        ("edit_out_is_basis", E[:-2] + ["--basis", w / "basis.safetensors", "--out", w / "basis.safetensors"],
+         "is the input --basis"),
+        ("edit_recipe_beside_is_basis", E[:-2] + ["--basis", w / "recipe_ok.json", "--out", w / "recipe_ok.png"],
+         "is the input --basis"),
+        ("edit_basis_nan", E + ["--basis", w / "nan.safetensors"], "NaN"),
+        ("edit_basis_other_model", E + ["--basis", w / "other.safetensors"], "computed with model"),
+        ("edit_basis_header_k99", E + ["--basis", w / "k99.safetensors"], "k = '99'"),
+        ("recipe_missing", ["edit", "--recipe", w / "nope.json", "--out", w / "new.png"], "does not exist"),
+        ("recipe_not_json", ["edit", "--recipe", w / "recipe_broken.json", "--out", w / "new.png"], "not JSON"),
+        ("recipe_a_list", ["edit", "--recipe", w / "recipe_list.json", "--out", w / "new.png"], "JSON object"),
+        ("recipe_nan", ["edit", "--recipe", w / "recipe_nan.json", "--out", w / "new.png"], "NaN is not a JSON"),
+        ("recipe_n_iter_1e12", ["edit", "--recipe", w / "recipe_niter.json", "--out", w / "new.png"], "[1, 1000]"),
+        ("recipe_steps_1e12", ["edit", "--recipe", w / "recipe_steps.json", "--out", w / "new.png"], "[2, 1000]"),
+        ("recipe_wrong_type", ["edit", "--recipe", w / "recipe_ktype.json", "--out", w / "new.png"], "whole number"),
+        ("recipe_unknown_field", ["edit", "--recipe", w / "recipe_unknown.json", "--out", w / "new.png"],
+         "unknown field"),
+        ("recipe_format", ["edit", "--recipe", w / "recipe_format.json", "--out", w / "new.png"], "format"),
+        ("recipe_two_sources", ["edit", "--recipe", w / "recipe_both.json", "--out", w / "new.png"], "exactly one"),
+        ("recipe_timestep", ["edit", "--recipe", w / "recipe_t.json", "--out", w / "new.png"], "outside the schedule"),
+        ("recipe_dtype", ["edit", "--recipe", w / "recipe_dtype.json", "--out", w / "new.png"], "dtype"),
+        ("recipe_combination_key", ["edit", "--recipe", w / "recipe_combo.json", "--out", w / "new.png"],
+         "direction indices"),
+        ("recipe_model_missing", ["edit", "--recipe", w / "recipe_model.json", "--out", w / "new.png"], "not found"),
+        ("recipe_method", ["edit", "--recipe", w / "recipe_method.json", "--out", w / "new.png"], "method"),
+        ("recipe_basis_tampered", ["edit", "--recipe", w / "recipe_basis_hash.json", "--out", w / "new.png"],
+         "not the one the recipe was made with"),
+        ("recipe_image_tampered", ["edit", "--recipe", w / "recipe_image_hash.json", "--out", w / "new.png"],
+         "not the one the recipe was made with"),
+        ("recipe_seed_negative", ["edit", "--recipe", w / "recipe_seed.json", "--out", w / "new.png"],
+         "out of range"),
+        ("recipe_bool_as_text", ["edit", "--recipe", w / "recipe_bool.json", "--out", w / "new.png"], "true or false"),
+        ("recipe_strength_huge", ["edit", "--recipe", w / "recipe_strength_big.json", "--out", w / "new.png"],
+         "out of range"),
+        ("recipe_out_is_recipe_input", ["edit", "--recipe", w / "recipe_ok.json", "--out", w / "recipe_ok.json"],
+         "is the input --recipe"),
+        ("info_corrupt", ["info", w / "corrupt.safetensors"], "not a readable basis file"),
+        ("info_missing", ["info", w / "nope.safetensors"], "does not exist"),
+        ("info_json", ["info", w / "recipe_ok.json"], "not a readable basis file"),
+        ("info_nan", ["info", w / "nan.safetensors"], "NaN"),
+        ("report_one_sample", R + ["--samples", "1"], "at least 2 samples"),
+        ("report_too_many_samples", R + ["--samples", "100000"], "[1, 4096]"),
+        ("report_one_timestep", R + ["--timesteps", "1"], "at least 2 timesteps"),
+        ("report_t_order", R + ["--t-min", "0.9", "--t-max", "0.5"], "t_min < t_max"),
+        ("report_t_max_above_one", R + ["--t-max", "2"], "out of range"),
+        ("report_out_is_a_file", R[:-2] + ["--out", w / "out.png"], "is a file"),
+        ("report_prompt_on_pixel_model", R + ["--prompt", "a cat"], "not a text model"),
+        ("train_unknown_dataset", ["train", "--dataset", "cats", "--out", w / "new_model"], "unknown dataset"),
+        ("train_steps_zero", ["train", "--dataset", "digits", "--steps", "0", "--out", w / "new_model"],
+         "out of range"),
+        ("train_out_is_a_file", ["train", "--dataset", "digits", "--out", w / "out.png"], "is a file"),
+        ("train_device_missing", ["train", "--dataset", "digits", "--steps", "1", "--device", "cuda:7", "--no-eval",
+                                  "--out", w / "new_model"], "not available"),
+    ]
+
+
+def _case_ids():
+    return [c[0] for c in cli_cases(Path("m"), Path("o"), Path("w"))]
+
+
+@pytest.mark.parametrize("name", _case_ids())
+def test_cli_bad_input(name, ws, tiny_unet_dir, other_unet_dir, capsys):
+    case = {c[0]: c for c in cli_cases(tiny_unet_dir, other_unet_dir, ws)}[name]
+    _, args, says = case
+    before = snapshot(ws)
+    rc, err = run_main(args, capsys)
+    assert rc == 2, (rc, err)
+    assert len(err) == 1 and "error" in err[0] and "Traceback" not in err[0], err
+    assert says in err[0], err[0]
+    after = snapshot(ws)
+    assert after == before, sorted(set(after) ^ set(before)) or "a file changed"
+
+
+def test_there_are_at_least_80_cases():
+    assert len(_case_ids()) >= 80 and len(set(_case_ids())) == len(_case_ids())
+
+
+# ---------------------------------------------------------------- a handful through real processes
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "latentbasis", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("name", ["t_nan", "init_nan", "model_index_names_os_system", "recipe_n_iter_1e12",
+                                  "out_is_init"])
+def test_cli_bad_input_in_a_real_process(name, ws, tiny_unet_dir, other_unet_dir):
+    case = {c[0]: c for c in cli_cases(tiny_unet_dir, other_unet_dir, ws)}[name]
+    before = snapshot(ws)
+    r = run_cli(*case[1])
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and case[2] in lines[0], r.stderr
+    assert snapshot(ws) == before
+
+
+# ---------------------------------------------------------------- nothing runs from a data file
+
+def test_a_planted_checkpoint_runs_nothing(tmp_path, capsys):
+    """A pickle that would create a file when unpickled: `latentbasis train` refuses it and the file never appears."""
+    import pickle
+
+    flag = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {flag}",))
+
+    out = tmp_path / "model"
+    out.mkdir()
+    with open(out / "checkpoint.pt", "wb") as fh:
+        pickle.dump({"step": Evil()}, fh)
+    torch.save({"unet": {}, "step": Evil()}, out / "checkpoint2.pt")   # the zip format torch writes, same payload
+    for name in ("checkpoint.pt", "checkpoint2.pt"):
+        if name != "checkpoint.pt":
+            shutil.move(out / name, out / "checkpoint.pt")
+        rc, err = run_main(["train", "--dataset", "digits", "--steps", "2", "--no-eval", "--quiet", "--out", out],
+                           capsys)
+        assert rc == 2 and len(err) == 1 and "not a readable training checkpoint" in err[0], err
+        assert not flag.exists()
+
+
+def test_a_model_folder_cannot_import_what_it_names(tmp_path, tiny_unet_dir, capsys):
+    """model_index.json naming a module of the attacker's (on sys.path) and os.system: neither is imported."""
+    evil = tmp_path / "evil_module_of_attacker.py"
+    flag = tmp_path / "imported"
+    evil.write_text(f"open({str(flag)!r}, 'w').write('x')\nclass UNet2DModel: pass\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        for lib, cls in (("evil_module_of_attacker", "UNet2DModel"), ("os", "system"), ("builtins", "eval"),
+                         ("diffusers", "DiffusionPipeline")):
+            d = tmp_path / f"m_{lib}_{cls}"
+            shutil.copytree(tiny_unet_dir, d / "unet")
+            (d / "scheduler").mkdir()
+            shutil.copy(d / "unet" / "scheduler_config.json", d / "scheduler" / "scheduler_config.json")
+            (d / "model_index.json").write_text(json.dumps({"_class_name": "X", "unet": [lib, cls]}))
+            rc, err = run_main(["basis", "--model", d, "--out", tmp_path / "b.safetensors"], capsys)
+            assert rc == 2 and "does not load" in err[0], err
+        assert not flag.exists() and "evil_module_of_attacker" not in sys.modules
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+# ---------------------------------------------------------------- the app's handlers
+
+@pytest.fixture(scope="module")
+def app(tiny_unet_dir, ws):
+    pytest.importorskip("gradio")
+    from latentbasis import load_model
+    from latentbasis.cli import load_editor
+
+    E = load_editor()
+    model = load_model(str(tiny_unet_dir), device="cpu")
+    found = E.Session()
+    E.new_sample(model, found, 1, 0.6)
+    E.find_directions(model, found, 0.6, 2, "guidance")
+    return E, model, found
+
+
+APP_CASES = {
+    "seed_words": (lambda E, m, s, w: E.new_sample(m, E.Session(), "abc", 0.6), "whole number"),
+    "seed_negative": (lambda E, m, s, w: E.new_sample(m, E.Session(), -1, 0.6), "seed"),
+    "seed_huge": (lambda E, m, s, w: E.new_sample(m, E.Session(), 2**70, 0.6), "seed"),
+    "t_above_one": (lambda E, m, s, w: E.new_sample(m, E.Session(), 0, 1.5), "outside the schedule"),
+    "guidance_nan": (lambda E, m, s, w: E.new_sample(m, E.Session(), 0, 0.6, "", float("nan")), "out of range"),
+    "prompt_on_pixel_model": (lambda E, m, s, w: E.new_sample(m, E.Session(), 0, 0.6, "a cat"), "not a text model"),
+    "upload_text": (lambda E, m, s, w: E.upload_image(m, E.Session(), str(w / "notes.png"), 0.6),
+                    "not a readable image"),
+    "upload_nothing": (lambda E, m, s, w: E.upload_image(m, E.Session(), None, 0.6), "no image"),
+    "upload_too_small": (lambda E, m, s, w: E.upload_image(m, E.Session(), str(w / "tiny.png"), 0.6), "too small"),
+    "upload_bomb": (lambda E, m, s, w: E.upload_image(m, E.Session(), str(w / "bomb.png"), 0.6), "40,000,000"),
+    "upload_animated": (lambda E, m, s, w: E.upload_image(m, E.Session(), str(w / "anim.gif"), 0.6), "animated"),
+    "find_k_99": (lambda E, m, s, w: E.find_directions(m, s, 0.6, 99, "guidance"), "out of range"),
+    "find_k_words": (lambda E, m, s, w: E.find_directions(m, s, 0.6, "many", "guidance"), "whole number"),
+    "find_before_a_source": (lambda E, m, s, w: E.find_directions(m, E.Session(), 0.6, 2, "guidance"),
+                             "choose a source"),
+    "find_method": (lambda E, m, s, w: E.find_directions(m, s, 0.6, 2, "sideways"), "unknown edit method"),
+    "slide_huge": (lambda E, m, s, w: E.apply_edit(m, s, "guidance", [1e6, 0]), "out of range"),
+    "slide_nan": (lambda E, m, s, w: E.apply_edit(m, s, "guidance", [float("nan"), 0]), "out of range"),
+    "slide_words": (lambda E, m, s, w: E.apply_edit(m, s, "guidance", ["x", 0]), "not a number"),
+    "slide_before_find": (lambda E, m, s, w: E.apply_edit(m, E.Session(), "guidance", [1]), "Find directions"),
+    "preview_before_find": (lambda E, m, s, w: E.preview_edit(m, E.Session(), "guidance", [1]), "Find directions"),
+    "import_other_model": (lambda E, m, s, w: E.import_basis(m, s, str(w / "other.safetensors")),
+                           "computed with model"),
+    "import_corrupt": (lambda E, m, s, w: E.import_basis(m, s, str(w / "corrupt.safetensors")), "not a readable"),
+    "import_nan": (lambda E, m, s, w: E.import_basis(m, s, str(w / "nan.safetensors")), "NaN"),
+    "report_one_sample": (lambda E, m, s, w: E.small_report(m, E.Session(), 1, 2, 2), "out of range"),
+    "export_before_find": (lambda E, m, s, w: E.export(m, E.Session()), "Find directions"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(APP_CASES))
+def test_app_bad_input(name, app, ws):
+    E, model, found = app
+    fn, says = APP_CASES[name]
+    basis_before = found.basis
+    before = snapshot(ws)
+    with pytest.raises(E.AppError) as err:
+        fn(E, model, found, ws)
+    msg = E.public(str(err.value))
+    assert says in msg and str(ws) not in msg and "/tmp" not in msg, msg
+    assert found.basis is basis_before and snapshot(ws) == before
+
+
+def test_app_messages_never_show_server_paths():
+    from latentbasis.cli import load_editor
+
+    E = load_editor()
+    assert E.public("/tmp/gradio/abc123/photo.png is not a readable image") == "photo.png is not a readable image"
+    assert E.public("cannot read C:\\Users\\me\\x.png: no") == "cannot read x.png: no"
+    assert E.public("k = 3 is out of range") == "k = 3 is out of range"
+
+
+# ---------------------------------------------------------------- killed while writing
+
+def _kill_at_random(args, cwd, delays):
+    """Start the command, SIGKILL it after each delay in turn (restarting it), then let it finish."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    for delay in delays:
+        p = subprocess.Popen([sys.executable, "-m", "latentbasis", *map(str, args)], cwd=cwd, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    return subprocess.run([sys.executable, "-m", "latentbasis", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_killed_reports_resume_to_the_same_numbers(tmp_path, tiny_unet_dir):
+    from latentbasis.basisfile import load_basis
+
+    args = ["report", "--model", tiny_unet_dir, "--samples", "3", "--timesteps", "3", "--k", "2", "--steps", "8",
+            "--quiet", "--device", "cpu"]
+    clean = subprocess.run([sys.executable, "-m", "latentbasis", *map(str, args), "--out", tmp_path / "clean"],
+                           capture_output=True, text=True, timeout=600)
+    assert clean.returncode == 0, clean.stderr
+    rng = np.random.default_rng(int(time.time()))
+    done = _kill_at_random(args + ["--out", tmp_path / "killed"], tmp_path, rng.uniform(4.0, 8.0, 2))
+    assert done.returncode == 0, done.stderr
+    for f in (tmp_path / "killed" / "cache").rglob("*.safetensors"):
+        load_basis(f)                                      # every file whole (each read is fully checked)
+    assert not list((tmp_path / "killed").rglob(".*.tmp*"))   # completed writes clear what killed ones left
+    a, b = (json.loads((tmp_path / d / "numbers.json").read_text()) for d in ("clean", "killed"))
+    a.pop("seconds_per_basis"), b.pop("seconds_per_basis")
+    assert a == b
+
+
+def test_a_killed_basis_leaves_the_old_file_or_a_whole_new_one(tmp_path, tiny_unet_dir):
+    from latentbasis.basisfile import load_basis
+
+    out = tmp_path / "b.safetensors"
+    args = ["basis", "--model", tiny_unet_dir, "--k", "3", "--steps", "20", "--quiet", "--out", out, "--png", ""]
+    assert subprocess.run([sys.executable, "-m", "latentbasis", *map(str, args)], capture_output=True,
+                          timeout=600).returncode == 0
+    old = out.read_bytes()
+    rng = np.random.default_rng(int(time.time()) + 1)
+    for delay in rng.uniform(3.0, 7.0, 2):
+        p = subprocess.Popen([sys.executable, "-m", "latentbasis", *map(str, args), "--seed", "5"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        assert out.read_bytes() == old or load_basis(out).seed == 5   # the old file, or a whole new one
+    done = subprocess.run([sys.executable, "-m", "latentbasis", *map(str, args), "--seed", "6"], capture_output=True,
+                          timeout=600)
+    assert done.returncode == 0 and load_basis(out).seed == 6
+    assert not list(tmp_path.glob(".*.tmp*"))     # a completed write clears what killed ones left behind
