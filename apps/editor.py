@@ -227,7 +227,7 @@ def upload_image(model, s: Session, path, t, prompt: str = "", progress=None) ->
                                     progress=_steps(progress, "reconstruction", len(traj.timesteps) - i)))[0]
     s.edited = rec
     msg = f"Inverted {Path(path).name}: reconstruction from t = {frac:.2f} at {psnr(rec, img):.1f} dB PSNR."
-    return display(rec), " ".join(n[0].upper() + n[1:] + "." for n in notes) + (" " if notes else "") + msg
+    return display(rec), "".join(f"Note: {n}. " for n in notes) + msg
 
 
 def _inverted(model, path, prompt: str | None, ts: int, progress=None):

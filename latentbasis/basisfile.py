@@ -112,8 +112,10 @@ def load_basis(path: str | os.PathLike, model=None) -> Basis:
     from .validate import MAX_ITERS, MAX_SEED, optional_string
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise LatentBasisError(f"basis file {path} does not exist")
+    if not path.is_file():
+        raise LatentBasisError(f"basis file {path} is not a file")
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}

@@ -78,6 +78,8 @@ def _check_common(a) -> None:
         v.count(a.k, "--k", v.MAX_K)
     if getattr(a, "t", None) is not None:
         v.number(a.t, "--t", lo=0, hi=1)
+        if getattr(a, "timestep", None) is not None and a.command == "basis":
+            raise LatentBasisError("give --t or --timestep, not both")
     if getattr(a, "prompt", None) is not None:
         for p in (a.prompt if isinstance(a.prompt, list) else [a.prompt]):
             v.optional_string(p, "--prompt")
@@ -185,6 +187,9 @@ def _cmd_edit(a) -> None:
     from .viz import render_edit_grid
 
     out = Path(a.out)
+    if out.suffix.lower() != ".png":
+        raise LatentBasisError(f"--out {out.name}: the edit grid is a PNG; give a path ending in .png (its recipe "
+                               "goes beside it as .json)")
     recipe_path = out.with_suffix(".json")
     inputs = {"--recipe": a.recipe, "--basis": a.basis, "--image": a.image}
     if a.recipe:
@@ -344,8 +349,11 @@ def _cmd_app(a) -> None:
         raise LatentBasisError(f"--port {a.port} is not a port number (0 for a free one)")
     _check_common(a)
     editor = load_editor()
+    try:
+        port = a.port or editor.free_port(a.host)
+    except OSError as e:
+        raise LatentBasisError(f"--host {a.host}: {e.strerror or e}") from None
     model = _load(a, a.model)
-    port = a.port or editor.free_port(a.host)
     editor.launch(model, host=a.host, port=port, share=a.share, block=True,
                   on_ready=lambda url: print(f"latentbasis editor for {model.name} on {url} (Ctrl-C to stop)",
                                              flush=True))

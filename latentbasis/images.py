@@ -26,8 +26,10 @@ def read_image(path: str | os.PathLike, channels: int, size: int) -> tuple[torch
     from .validate import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise LatentBasisError(f"image {p} does not exist")
+    if not p.is_file():
+        raise LatentBasisError(f"image {p} is not a file")
     if p.stat().st_size > MAX_IMAGE_BYTES:
         raise LatentBasisError(f"{p.name} is {p.stat().st_size:,} bytes: larger than the {MAX_IMAGE_BYTES:,} read")
     notes = []

@@ -86,6 +86,10 @@ def vp_alphas_cumprod(config: dict) -> torch.Tensor:
     that gives a schedule DDIM cannot walk (abar not in (0, 1], not decreasing) is refused with one message."""
     from diffusers import DDIMScheduler
 
+    from .validate import MAX_TRAIN_TIMESTEPS, integer
+
+    integer(config.get("num_train_timesteps", 1000), "num_train_timesteps of the scheduler config", 2,
+            MAX_TRAIN_TIMESTEPS)
     try:
         sched = DDIMScheduler.from_config(config)
     except (NotImplementedError, ValueError, TypeError, KeyError) as e:

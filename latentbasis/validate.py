@@ -28,6 +28,8 @@ MAX_PROMPT_CHARS = 2000
 MAX_JSON_BYTES = 4 * 2**20   # recipes, manifests, configs
 MAX_IMAGE_BYTES = 64 * 2**20
 MAX_IMAGE_PIXELS = 40_000_000
+MAX_X_ELEMENTS = 2**26       # numbers in x_t (3 x 4096 x 4096 pixels, or SDXL's 4 x 128 x 128 latent many times over)
+MAX_TRAIN_TIMESTEPS = 100_000
 
 
 def number(value: Any, name: str, *, lo: float | None = None, hi: float | None = None, integer: bool = False,
@@ -53,7 +55,7 @@ def number(value: Any, name: str, *, lo: float | None = None, hi: float | None =
 
 
 def _fmt(v: float) -> str:
-    return f"{int(v)}" if float(v).is_integer() and abs(v) < 1e15 else f"{v:g}"
+    return str(int(v)) if isinstance(v, int) or (float(v).is_integer() and abs(v) < 1e15) else f"{v:g}"
 
 
 def integer(value: Any, name: str, lo: int = 0, hi: int | None = None) -> int:
@@ -170,6 +172,8 @@ def check_outputs(outputs: dict[str, str | os.PathLike | None], inputs: dict[str
     for k, p in outs.items():
         if p.is_dir():
             raise LatentBasisError(f"{k} {p} is a folder; give a file path")
+        if p.exists() and not p.is_file():
+            raise LatentBasisError(f"{k} {p} is not a regular file (a device or a pipe); give a file path")
         parent = p.parent
         if not parent.is_dir():
             raise LatentBasisError(f"cannot write {p}: folder {parent} does not exist")

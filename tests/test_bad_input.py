@@ -58,6 +58,7 @@ def ws(tmp_path_factory, tiny_unet_dir, other_unet_dir):
     tampered("badresid.safetensors", residuals="[1, 2, 3]")
     tampered("badtimestep.safetensors", timestep="-5")
     tampered("f64.safetensors", singular_values=b.singular_values.double())
+    shutil.copy(d / "basis.safetensors", d / "basis_named.png")            # a basis file under a picture's name
     (d / "corrupt.safetensors").write_bytes(b"\x00garbage")
     (d / "truncated.safetensors").write_bytes((d / "basis.safetensors").read_bytes()[:200])
     (d / "empty.png").write_bytes(b"")
@@ -90,7 +91,8 @@ def ws(tmp_path_factory, tiny_unet_dir, other_unet_dir):
     (d / "recipe_broken.json").write_text("{ nope")
     bad = d / "bad_models"
     for name, index in {"evil_index": {"unet": ["os", "system"]}, "evil_config": None, "degenerate": None,
-                        "sched_list": None, "corrupt_weights": None}.items():
+                        "sched_list": None, "corrupt_weights": None, "huge_x": None, "many_t": None,
+                        "flow_pred": None}.items():
         md = bad / name
         shutil.copytree(tiny_unet_dir, md)
         if name == "evil_index":
@@ -106,6 +108,13 @@ def ws(tmp_path_factory, tiny_unet_dir, other_unet_dir):
             (md / "scheduler_config.json").write_text(json.dumps({**cfg, "beta_start": 0.5, "beta_end": 2.0}))
         elif name == "sched_list":
             (md / "scheduler_config.json").write_text("[]")
+        elif name == "huge_x":
+            cfg = json.loads((md / "config.json").read_text())
+            (md / "config.json").write_text(json.dumps({**cfg, "sample_size": 10**6}))
+        elif name in ("many_t", "flow_pred"):
+            cfg = json.loads((md / "scheduler_config.json").read_text())
+            cfg.update({"num_train_timesteps": 10**9} if name == "many_t" else {"prediction_type": "flow"})
+            (md / "scheduler_config.json").write_text(json.dumps(cfg))
         else:
             (md / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage")
     (bad / "empty").mkdir()
@@ -213,7 +222,7 @@ def cli_cases(m, o, w):
         ("n_iter_unbounded", E + ["--n-iter", "100000"], "[1, 1000]"),
         ("scale_nan", E + ["--scale", "nan"], "finite"),
         ("edit_out_is_image", E[:-2] + ["--image", w / "grey.png", "--out", w / "grey.png"], "is the input --image"),
-        ("edit_out_is_basis", E[:-2] + ["--basis", w / "basis.safetensors", "--out", w / "basis.safetensors"],
+        ("edit_out_is_basis", E[:-2] + ["--basis", w / "basis_named.png", "--out", w / "basis_named.png"],
          "is the input --basis"),
         ("edit_recipe_beside_is_basis", E[:-2] + ["--basis", w / "recipe_ok.json", "--out", w / "recipe_ok.png"],
          "is the input --basis"),
@@ -247,7 +256,17 @@ def cli_cases(m, o, w):
         ("recipe_strength_huge", ["edit", "--recipe", w / "recipe_strength_big.json", "--out", w / "new.png"],
          "out of range"),
         ("recipe_out_is_recipe_input", ["edit", "--recipe", w / "recipe_ok.json", "--out", w / "recipe_ok.json"],
-         "is the input --recipe"),
+         "ending in .png"),
+        ("edit_out_not_png", E[:-2] + ["--out", w / "basis.safetensors"], "ending in .png"),
+        ("out_is_dev_null", B[:-4] + ["--out", "/dev/null"], "not a regular file"),
+        ("t_and_timestep", B + ["--t", "0.5", "--timestep", "10"], "not both"),
+        ("config_sample_size_huge", ["basis", "--model", bad / "huge_x", "--out", w / "n.safetensors"],
+         "outside what latentbasis handles"),
+        ("scheduler_timesteps_1e9", ["basis", "--model", bad / "many_t", "--out", w / "n.safetensors"],
+         "[2, 100000]"),
+        ("prediction_type_unknown", ["basis", "--model", bad / "flow_pred", "--out", w / "n.safetensors"],
+         "not supported"),
+        ("info_a_device", ["info", "/dev/zero"], "is not a file"),
         ("info_corrupt", ["info", w / "corrupt.safetensors"], "not a readable basis file"),
         ("info_missing", ["info", w / "nope.safetensors"], "does not exist"),
         ("info_json", ["info", w / "recipe_ok.json"], "not a readable basis file"),

@@ -50,6 +50,11 @@ class UNetModel(DiffusionModel):
         s = cfg.sample_size
         h, w = (s, s) if isinstance(s, int) else tuple(s)
         self.x_shape = (int(cfg.in_channels), int(h), int(w))
+        from ..validate import MAX_X_ELEMENTS
+
+        if not 1 <= self.x_shape[0] * self.x_shape[1] * self.x_shape[2] <= MAX_X_ELEMENTS:
+            raise LatentBasisError(f"{name}: x of shape {self.x_shape} (from the U-Net's config) is outside what "
+                                   f"latentbasis handles (1 to {MAX_X_ELEMENTS:,} numbers)")
         self.sdxl = cfg.get("addition_embed_type") == "text_time"
         self.force_zeros_for_empty_prompt = bool(force_zeros_for_empty_prompt)
         self._check_conditioning()
