@@ -38,11 +38,13 @@ DEFAULT_MODEL = "digits"
 # The only classes a model folder may name (library -> class names). Schedulers are never instantiated from a
 # folder: only their scheduler_config.json is read.
 ALLOWED_CLASSES = {
-    "diffusers": {"UNet2DModel", "UNet2DConditionModel", "AutoencoderKL"},
-    "transformers": {"CLIPTextModel", "CLIPTextModelWithProjection", "CLIPTokenizer", "CLIPTokenizerFast",
-                     "PreTrainedTokenizerFast"},
+    "diffusers": {"UNet2DModel", "UNet2DConditionModel", "DiTTransformer2DModel", "SD3Transformer2DModel",
+                  "AutoencoderKL"},
+    "transformers": {"CLIPTextModel", "CLIPTextModelWithProjection", "T5EncoderModel", "CLIPTokenizer",
+                     "CLIPTokenizerFast", "T5Tokenizer", "T5TokenizerFast", "PreTrainedTokenizerFast"},
 }
-TEXT_PARTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+TEXT_PARTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3")
+DENOISERS = ("unet", "transformer")
 
 
 def weights_hash(module: torch.nn.Module) -> str:
@@ -168,13 +170,14 @@ def read_folder(root: Path) -> tuple[dict, dict, dict]:
                 check_allowed(value[0], value[1])
                 parts[key] = (root / key, value[0], value[1])
         return parts, _scheduler_config(root / "scheduler"), index
-    for folder in (root, root / "unet"):
+    for folder in (root, root / "unet", root / "transformer"):
         if (folder / "config.json").exists():
             cfg = _read_json(folder / "config.json")
             sched = folder if (folder / "scheduler_config.json").exists() else root / "scheduler"
-            check_allowed("diffusers", cfg.get("_class_name", "UNet2DModel"))
-            return ({"unet": (folder, "diffusers", cfg.get("_class_name", "UNet2DModel"))},
-                    _scheduler_config(sched), {})
+            cls = cfg.get("_class_name", "UNet2DModel")
+            check_allowed("diffusers", cls)
+            key = "transformer" if "Transformer" in str(cls) else "unet"
+            return {key: (folder, "diffusers", cls)}, _scheduler_config(sched), {}
     raise LatentBasisError(f"{root} is not a diffusers model folder (no model_index.json or config.json)")
 
 
@@ -191,9 +194,9 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, device: str | torch.device 
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     root = resolve_model_path(name_or_path)
     parts, scheduler_config, pipeline_config = read_folder(root)
-    denoiser = next((k for k in ("unet", "transformer") if k in parts), None)
+    denoiser = next((k for k in DENOISERS if k in parts), None)
     if denoiser is None:
-        raise LatentBasisError(f"{root} has a model_index.json but no unet/ folder")
+        raise LatentBasisError(f"{root} has a model_index.json but no unet/ or transformer/ folder")
     adapter = adapter_for(parts[denoiser][2])
     loaded = {}
     for key, (folder, library, class_name) in parts.items():

@@ -1,7 +1,8 @@
-"""Deterministic DDIM (eta = 0) on a timestep grid of our choosing, so x_t lands exactly on the t asked for.
+"""Deterministic sampling (DDIM, eta = 0; Euler for flow models) on a timestep grid of our choosing, so x_t lands
+exactly on the t asked for.
 
     (eps, x0_hat) = the network's output at (x_a, a), converted from its prediction type (schedules.to_eps_x0)
-    x_b    = sqrt(abar_b) x0_hat + sqrt(1 - abar_b) eps                 (Song et al. 2021, eq. 12, sigma = 0)
+    x_b    = alpha_b x0_hat + sigma_b eps        (Song et al. 2021, eq. 12, eta = 0; the Euler step for flow models)
 (classifier-free guided for text models: o_u + w (o_c - o_u) on the network output o).
 Where the model's scheduler config asks for clip_sample (diffusers' DDPM default for pixel models), x0_hat is
 clamped to [-r, r] and eps recomputed from it, as diffusers' DDIMScheduler does; the step stays deterministic.
@@ -41,8 +42,7 @@ def predict(model, x: torch.Tensor, timestep: int, prompt: str | None = None,
     if cond is not None and guidance != 1.0:
         out_u = model.network(x, t, model.encode_prompt("")).to(model.math_dtype)
         out = out_u + guidance * (out - out_u)
-    abar = model.alphas_cumprod.to(model.device, model.math_dtype)[int(timestep)]
-    return to_eps_x0(out, x.to(model.math_dtype), abar, model.prediction_type)
+    return to_eps_x0(out, x.to(model.math_dtype), *model.level(timestep), model.prediction_type)
 
 
 def predict_eps(model, x: torch.Tensor, timestep: int, prompt: str | None = None, guidance: float = 1.0):
@@ -50,12 +50,13 @@ def predict_eps(model, x: torch.Tensor, timestep: int, prompt: str | None = None
     return predict(model, x, timestep, prompt, guidance)[0].float()
 
 
-def _step(model, x: torch.Tensor, a: int, abar_to: torch.Tensor, prompt, guidance, clip) -> torch.Tensor:
-    """One DDIM step of x (on the device) from timestep a to noise level abar_to; x0_hat clamped where asked."""
+def _step(model, x: torch.Tensor, a: int, to: tuple[torch.Tensor, torch.Tensor], prompt, guidance,
+          clip) -> torch.Tensor:
+    """One deterministic step of x (on the device) from timestep a to the level to = (alpha, sigma); x0_hat clamped
+    where asked (schedules: DDIM for a VP model, Euler for a flow model)."""
     eps, x0 = predict(model, x, a, prompt, guidance)
-    abar_a = model.alphas_cumprod.to(model.device, model.math_dtype)[a]
-    eps, x0 = clip_x0(x.to(model.math_dtype), eps, x0, abar_a, clip)
-    return ddim_update(eps, x0, abar_to).float()
+    eps, x0 = clip_x0(x.to(model.math_dtype), eps, x0, *model.level(a), clip)
+    return ddim_update(eps, x0, *to).float()
 
 
 def initial_noise(model, seed: int) -> torch.Tensor:
@@ -78,11 +79,10 @@ def ddim_walk(model, x: torch.Tensor, grid: list[int], prompt: str | None = None
     """DDIM (eta = 0) from x [B, *x_shape] at grid[0] through every timestep of `grid` (descending);
     returns the states at each, [x at grid[0], ..., x at grid[-1]] (float32, on the CPU; the walk itself runs on
     the model's device). progress: called with 1 after each network step (a progress bar's update)."""
-    ab = model.alphas_cumprod.to(model.device, model.math_dtype)
     states = [x.float().cpu()]
     x = x.to(model.device, torch.float32)
     for a, b in zip(grid[:-1], grid[1:]):
-        x = _step(model, x, a, ab[b], prompt, guidance, model.clip_sample)
+        x = _step(model, x, a, model.level(b), prompt, guidance, model.clip_sample)
         states.append(x.cpu())
         if progress:
             progress(1)
@@ -134,8 +134,13 @@ def denoise(model, x: torch.Tensor, grid: list[int], prompt: str | None = None, 
 def predict_x0(model, x: torch.Tensor, timestep: int, prompt: str | None = None, guidance: float = 1.0):
     """The denoised estimate x0_hat(x_t) of the network (clamped where the config asks): a DDIM step to abar = 1.
     [B, *x_shape] float32 on the CPU."""
-    one = torch.tensor(1.0, dtype=model.math_dtype, device=model.device)
-    return _step(model, x, timestep, one, prompt, guidance, model.clip_sample).cpu()
+    return _step(model, x, timestep, _image_level(model), prompt, guidance, model.clip_sample).cpu()
+
+
+def _image_level(model) -> tuple[torch.Tensor, torch.Tensor]:
+    """The level (alpha, sigma) = (1, 0) of the image itself."""
+    one = torch.ones((), dtype=model.math_dtype, device=model.device)
+    return one, torch.zeros_like(one)
 
 
 def sample_trajectory(model, seed: int = 0, *, num_steps: int = 100, prompt: str | None = None,
@@ -159,15 +164,14 @@ def invert(model, x0: torch.Tensor, *, num_steps: int = 100, prompt: str | None 
     """
     grid = trajectory_grid(model.num_train_timesteps, num_steps, through)
     up = grid[::-1]
-    ab = model.alphas_cumprod.to(model.device, model.math_dtype)
     x = x0[None].to(model.device, torch.float32)
     eps, _ = predict(model, x, up[0], prompt)
-    x = ddim_update(eps, x.to(model.math_dtype), ab[up[0]]).float()
+    x = ddim_update(eps, x.to(model.math_dtype), *model.level(up[0])).float()
     kept = [x.cpu()]
     if progress:
         progress(1)
     for a, b in zip(up[:-1], up[1:]):
-        x = _step(model, x, a, ab[b], prompt, 1.0, model.clip_sample)
+        x = _step(model, x, a, model.level(b), prompt, 1.0, model.clip_sample)
         kept.append(x.cpu())
         if progress:
             progress(1)

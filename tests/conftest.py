@@ -150,3 +150,85 @@ def build_sdxl(d, with_second_encoder=True):
 @pytest.fixture(scope="session")
 def tiny_sdxl_dir(tmp_path_factory):
     return build_sdxl(tmp_path_factory.mktemp("tiny_sdxl"))
+
+
+def spread_weights(net, seed: int, scale: float = 2.0):
+    """Random weights of std scale / sqrt(fan_in) for every matrix: a transformer as initialised (adaLN-zero,
+    small residual branches) is nearly linear with a flat spectrum, which tells singular vectors apart poorly."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) * scale / p[0].numel() ** 0.5)
+
+
+def build_dit(d, flow=True, shift=1.0, learned_sigma=False):
+    """A tiny class-conditional DiT (3 classes, 8x8 pixels, patch 2: 16 tokens), flow-matching or DDPM."""
+    from diffusers import DDPMScheduler, DiTTransformer2DModel, FlowMatchEulerDiscreteScheduler
+
+    torch.manual_seed(2)
+    net = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=1,
+                                out_channels=2 if learned_sigma else 1, num_layers=3, sample_size=8, patch_size=2,
+                                num_embeds_ada_norm=3, norm_num_groups=1)
+    spread_weights(net, seed=5)
+    net.save_pretrained(d)
+    if flow:
+        FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift).save_pretrained(d)
+    else:
+        DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear").save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_dit_dir(tmp_path_factory):
+    return build_dit(tmp_path_factory.mktemp("tiny_dit"), flow=True, shift=3.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_dit_vp_dir(tmp_path_factory):
+    return build_dit(tmp_path_factory.mktemp("tiny_dit_vp"), flow=False, learned_sigma=True)
+
+
+def build_sd3(d, with_t5=True):
+    """An SD3-shaped pipeline folder: SD3Transformer2DModel (joint attention), CLIP-L and CLIP-G with projection,
+    T5, their tokenizers, a VAE (16 latent channels) and a flow-matching scheduler with shift 3."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    torch.manual_seed(3)
+    net = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8,
+                                num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16,
+                                pooled_projection_dim=24, out_channels=4, pos_embed_max_size=16)
+    spread_weights(net, seed=6, scale=1.0)
+    net.save_pretrained(d / "transformer")
+    AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                  norm_num_groups=4, sample_size=16, shift_factor=0.1, scaling_factor=1.5).save_pretrained(d / "vae")
+    parts = {"transformer": ["diffusers", "SD3Transformer2DModel"], "vae": ["diffusers", "AutoencoderKL"],
+             "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"]}
+    for i, key in enumerate(("", "_2")):
+        tok = word_tokenizer(WORDS, max_length=8)
+        tok.save_pretrained(d / f"tokenizer{key}")
+        torch.manual_seed(20 + i)
+        CLIPTextModelWithProjection(CLIPTextConfig(
+            vocab_size=len(tok), hidden_size=8 + 8 * i, intermediate_size=16, num_hidden_layers=2,
+            num_attention_heads=2, max_position_embeddings=8, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+            projection_dim=12)).save_pretrained(d / f"text_encoder{key}")
+        parts[f"tokenizer{key}"] = ["transformers", "PreTrainedTokenizerFast"]
+        parts[f"text_encoder{key}"] = ["transformers", "CLIPTextModelWithProjection"]
+    if with_t5:
+        tok = word_tokenizer(WORDS, max_length=8)
+        tok.save_pretrained(d / "tokenizer_3")
+        torch.manual_seed(30)
+        T5EncoderModel(T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                                pad_token_id=0, eos_token_id=2)).save_pretrained(d / "text_encoder_3")
+        parts["tokenizer_3"] = ["transformers", "PreTrainedTokenizerFast"]
+        parts["text_encoder_3"] = ["transformers", "T5EncoderModel"]
+    FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0).save_pretrained(d / "scheduler")
+    (d / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline", **parts}))
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_dir(tmp_path_factory):
+    return build_sd3(tmp_path_factory.mktemp("tiny_sd3"))

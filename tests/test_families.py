@@ -12,14 +12,19 @@ from latentbasis.basis import latent_basis
 from latentbasis.sampling import denoise, initial_noise
 
 FAMILIES = ["pixel-epsilon", "pixel-v_prediction", "pixel-sample", "sd-epsilon", "sd-v_prediction", "sdxl"]
+TRANSFORMERS = ["dit-flow", "dit-vp", "sd3"]
 PROMPT = "the digit seven"
 
 
 @pytest.fixture(scope="module")
-def folders(pixel_dirs, tiny_sd_dir, tiny_sd_v_dir, tiny_sdxl_dir):
+def folders(pixel_dirs, tiny_sd_dir, tiny_sd_v_dir, tiny_sdxl_dir, tiny_dit_dir, tiny_dit_vp_dir, tiny_sd3_dir):
     return {"pixel-epsilon": pixel_dirs["epsilon"], "pixel-v_prediction": pixel_dirs["v_prediction"],
             "pixel-sample": pixel_dirs["sample"], "sd-epsilon": tiny_sd_dir, "sd-v_prediction": tiny_sd_v_dir,
-            "sdxl": tiny_sdxl_dir}
+            "sdxl": tiny_sdxl_dir, "dit-flow": tiny_dit_dir, "dit-vp": tiny_dit_vp_dir, "sd3": tiny_sd3_dir}
+
+
+def _condition(family: str):
+    return None if family.startswith("pixel") else "1" if family.startswith("dit") else PROMPT
 
 
 def separated(S, k, rel=0.02):
@@ -45,10 +50,10 @@ def test_loaded_family_reads_its_prediction_type_and_conditioning(family, folder
         assert not m.encode_prompt("").inputs["text_embeds"].any()            # force_zeros_for_empty_prompt
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + TRANSFORMERS)
 def test_basis_matches_the_dense_jacobian(family, folders):
     m = load_model(str(folders[family]))
-    prompt = None if family.startswith("pixel") else PROMPT
+    prompt = _condition(family)
     ts, k = 500, 4
     x = torch.randn(m.x_shape, generator=torch.Generator().manual_seed(7))
     f = m.features(ts, prompt)
@@ -122,3 +127,77 @@ def test_prediction_types_give_the_same_sampler_on_the_gaussian_model():
     for p in ("v_prediction", "sample"):
         torch.testing.assert_close(trajs[p].xs, trajs["epsilon"].xs, rtol=0, atol=1e-5)
         torch.testing.assert_close(edits[p], edits["epsilon"], rtol=0, atol=1e-5)
+
+
+def test_a_transformer_family_reads_its_schedule_and_conditioning(folders):
+    dit, vp, sd3 = (load_model(str(folders[f])) for f in TRANSFORMERS)
+    assert dit.flow and dit.prediction_type == "flow" and dit.conditioning == "class" and dit.num_classes == 3
+    assert float(dit.sigmas[-1]) == 1.0 and float(dit.alphas[-1]) == 0.0                    # pure noise at T-1
+    u = 500 / 1000
+    assert float(dit.sigmas[499]) == pytest.approx(3 * u / (1 + 2 * u))                     # shift 3
+    assert not vp.flow and vp.learned_sigma and vp.prediction_type == "epsilon"
+    assert dit.default_layer == "transformer_blocks.1" and dit.layers()[0] == "pos_embed"
+    assert sd3.conditioning == "text" and sd3.x_is_latent and sd3.pixel_size() == (3, 16)
+    h = dit.features(500, "2")(torch.zeros(dit.x_shape))
+    assert h.shape == (dit.n_tokens, 16)                                                    # tokens x width
+
+
+def test_sd3_prompts_are_encoded_as_the_diffusers_pipeline_does(folders):
+    from diffusers import StableDiffusion3Pipeline
+
+    m = load_model(str(folders["sd3"]))
+    pipe = StableDiffusion3Pipeline(transformer=m.transformer, scheduler=None, vae=m.vae,
+                                    text_encoder=m.text_encoders[0], tokenizer=m.tokenizers[0],
+                                    text_encoder_2=m.text_encoders[1], tokenizer_2=m.tokenizers[1],
+                                    text_encoder_3=m.text_encoders[2], tokenizer_3=m.tokenizers[2])
+    emb, neg, pooled, neg_pooled = pipe.encode_prompt(PROMPT, PROMPT, PROMPT, device="cpu",
+                                                      do_classifier_free_guidance=True)
+    ours, empty = m.encode_prompt(PROMPT).inputs, m.encode_prompt("").inputs
+    torch.testing.assert_close(ours["encoder_hidden_states"], emb, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ours["pooled_projections"], pooled, rtol=0, atol=1e-6)
+    torch.testing.assert_close(empty["encoder_hidden_states"], neg, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", TRANSFORMERS)
+def test_transformer_sampling_matches_diffusers(family, folders):
+    """The same noise and levels through diffusers: its FlowMatchEulerDiscreteScheduler (fed latentbasis' grid as
+    unshifted sigmas, so its shift gives the same levels) for the flow DiT, the whole StableDiffusion3Pipeline for
+    SD3, its DDIMScheduler for the DDPM DiT with learned variance; classifier-free guidance 2.5 throughout."""
+    from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
+    from latentbasis.loading import read_folder
+    from latentbasis.sampling import trajectory_grid
+
+    m = load_model(str(folders[family]))
+    cfg, g, cond = read_folder(folders[family])[1], 2.5, _condition(family)
+    x_T = initial_noise(m, 4)[None]
+    if family == "dit-vp":
+        sched = DDIMScheduler.from_config({**cfg, "set_alpha_to_one": True})
+        sched.set_timesteps(8)
+        grid = sched.timesteps.tolist()
+    else:
+        grid = trajectory_grid(m.num_train_timesteps, 8)
+        sched = FlowMatchEulerDiscreteScheduler.from_config(cfg)
+    ours = denoise(m, x_T, grid, cond, g, clip_denoised=False)
+    if family == "sd3":
+        pipe = StableDiffusion3Pipeline(transformer=m.transformer, scheduler=sched, vae=m.vae,
+                                        text_encoder=m.text_encoders[0], tokenizer=m.tokenizers[0],
+                                        text_encoder_2=m.text_encoders[1], tokenizer_2=m.tokenizers[1],
+                                        text_encoder_3=m.text_encoders[2], tokenizer_3=m.tokenizers[2])
+        pipe.set_progress_bar_config(disable=True)
+        ref = pipe(PROMPT, num_inference_steps=len(grid), guidance_scale=g, latents=x_T.clone(),
+                   sigmas=[(t + 1) / m.num_train_timesteps for t in grid], output_type="latent").images
+    else:
+        if family == "dit-flow":
+            sched.set_timesteps(sigmas=[(t + 1) / m.num_train_timesteps for t in grid])
+        x = x_T.clone()
+        label, null = torch.tensor([1]), torch.tensor([m.num_classes])
+        for t in sched.timesteps:
+            with torch.no_grad():
+                out = [m.transformer(x, timestep=t.reshape(1), class_labels=c).sample[:, :1] for c in (label, null)]
+            step = {"use_clipped_model_output": True} if family == "dit-vp" else {}   # as latentbasis clips
+            x = sched.step(out[1] + g * (out[0] - out[1]), t, x, **step).prev_sample
+        ref = x
+    # 1e-4 of the sample's scale: diffusers steps in float32, latentbasis in float64, and these random transformers
+    # reach |x| ~ 6 after guidance
+    assert float((ref - ours).abs().max()) < 1e-4 * max(1.0, float(ref.abs().max()))

@@ -45,25 +45,41 @@ def test_clipped_ddim_step_clamps_x0_hat_and_is_a_no_op_inside_the_range():
 
 @pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
 def test_prediction_types_round_trip(prediction_type):
-    """to_eps_x0 inverts from_eps_x0 at every noise level, and x = sqrt(abar) x0 + sqrt(1 - abar) eps holds."""
+    """to_eps_x0 inverts from_eps_x0 at every level, and x = alpha x0 + sigma eps holds (VP levels for the VP
+    types, flow levels alpha = 1 - sigma for the velocity)."""
     g = torch.Generator().manual_seed(0)
     eps, x0 = torch.randn(5, generator=g, dtype=torch.float64), torch.randn(5, generator=g, dtype=torch.float64)
-    for abar in (0.999, 0.5, 0.01):
-        ab = torch.tensor(abar, dtype=torch.float64)
-        x = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-        e2, x2 = to_eps_x0(from_eps_x0(eps, x0, ab, prediction_type), x, ab, prediction_type)
+    for level in (0.999, 0.5, 0.01):
+        lv = torch.tensor(level, dtype=torch.float64)
+        a, s = ((1 - lv), lv) if prediction_type == "flow" else (lv.sqrt(), (1 - lv).sqrt())
+        x = a * x0 + s * eps
+        e2, x2 = to_eps_x0(from_eps_x0(eps, x0, a, s, prediction_type), x, a, s, prediction_type)
         assert torch.allclose(e2, eps, atol=1e-10) and torch.allclose(x2, x0, atol=1e-10)
 
 
-def test_v_prediction_is_the_salimans_ho_velocity():
-    ab = torch.tensor(0.36, dtype=torch.float64)          # a = 0.6, s = 0.8
+def test_v_prediction_is_the_salimans_ho_velocity_and_flow_the_rectified_one():
+    a, s = torch.tensor(0.6, dtype=torch.float64), torch.tensor(0.8, dtype=torch.float64)
     eps, x0 = torch.tensor([1.0], dtype=torch.float64), torch.tensor([2.0], dtype=torch.float64)
-    assert float(from_eps_x0(eps, x0, ab, "v_prediction")) == pytest.approx(0.6 * 1.0 - 0.8 * 2.0)
+    assert float(from_eps_x0(eps, x0, a, s, "v_prediction")) == pytest.approx(0.6 * 1.0 - 0.8 * 2.0)
+    assert float(from_eps_x0(eps, x0, 1 - s, s, "flow")) == pytest.approx(1.0 - 2.0)
+
+
+def test_one_step_of_a_flow_model_is_the_euler_step():
+    """x_b = alpha_b x0 + sigma_b eps with (eps, x0) from the velocity is x_a + (s_b - s_a) v."""
+    from latentbasis.schedules import ddim_update
+
+    g = torch.Generator().manual_seed(1)
+    x, v = torch.randn(6, generator=g, dtype=torch.float64), torch.randn(6, generator=g, dtype=torch.float64)
+    sa, sb = torch.tensor(0.7, dtype=torch.float64), torch.tensor(0.45, dtype=torch.float64)
+    eps, x0 = to_eps_x0(v, x, 1 - sa, sa, "flow")
+    assert torch.allclose(ddim_update(eps, x0, 1 - sb, sb), x + (sb - sa) * v, atol=1e-12)
 
 
 def test_unknown_prediction_type_is_refused():
     with pytest.raises(LatentBasisError, match="not supported"):
-        GaussianModel.random(prediction_type="flow")
+        GaussianModel.random(prediction_type="flow")      # a velocity belongs to a flow schedule, not to VP
+    with pytest.raises(LatentBasisError, match="not supported"):
+        GaussianModel.random(prediction_type="x_start")
 
 
 @pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
@@ -88,6 +104,6 @@ def test_a_degenerate_schedule_is_one_message(cfg):
 def test_clip_x0_is_a_no_op_inside_the_range_and_keeps_the_line():
     ab = torch.tensor(0.5, dtype=torch.float64)
     x, eps = torch.tensor([0.1, 3.0], dtype=torch.float64), torch.tensor([0.0, 0.0], dtype=torch.float64)
-    e, x0 = clip_x0(x, eps, x / ab.sqrt(), ab, 1.0)
+    e, x0 = clip_x0(x, eps, x / ab.sqrt(), ab.sqrt(), (1 - ab).sqrt(), 1.0)
     assert float(x0[0]) == pytest.approx(0.1 / 0.5 ** 0.5) and float(x0[1]) == 1.0
     assert torch.allclose(ab.sqrt() * x0 + (1 - ab).sqrt() * e, x)      # still on the line through x

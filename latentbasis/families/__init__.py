@@ -7,12 +7,15 @@ from __future__ import annotations
 from ..errors import LatentBasisError
 from .base import Conditioning, DiffusionModel
 from .gaussian import GaussianModel
+from .transformer import TransformerModel
 from .unet import UNetModel
 
 # the denoiser's class name (model_index.json or config.json) -> the adapter that wraps it
 FAMILIES: dict[str, type[DiffusionModel]] = {
     "UNet2DModel": UNetModel,
     "UNet2DConditionModel": UNetModel,
+    "DiTTransformer2DModel": TransformerModel,
+    "SD3Transformer2DModel": TransformerModel,
 }
 
 
@@ -23,4 +26,5 @@ def adapter_for(class_name: str) -> type[DiffusionModel]:
     return FAMILIES[class_name]
 
 
-__all__ = ["Conditioning", "DiffusionModel", "FAMILIES", "GaussianModel", "UNetModel", "adapter_for"]
+__all__ = ["Conditioning", "DiffusionModel", "FAMILIES", "GaussianModel", "TransformerModel", "UNetModel",
+           "adapter_for"]

@@ -8,7 +8,9 @@ A family adapter wraps a foreign network (as k-diffusion's external.py wraps for
    float32, differentiable under torch.func);
 3. the output's meaning (`prediction_type`: epsilon, v_prediction, sample), converted to eps / x0_hat in one place,
    latentbasis.schedules.to_eps_x0;
-4. the schedule: `alphas_cumprod` (float64, on the CPU) and `clip_sample`.
+4. the schedule: the levels x_t = alphas[t] x0 + sigmas[t] eps at the integer timesteps t = 0..T-1 (float64, on
+   the CPU; latentbasis.schedules), what the network is told the timestep is (`network_timesteps`), and
+   `clip_sample`.
 Everything else (`eps`, `predict`, `features`) is written once here, so sampling, inversion, editing, analysis,
 the CLI and the app never ask which family a model is.
 """
@@ -47,13 +49,18 @@ class DiffusionModel:
     model_hash: str
     path: str | None = None
     x_shape: tuple[int, ...]
-    alphas_cumprod: torch.Tensor           # [T] float64, CPU
+    alphas: torch.Tensor                   # [T] float64, CPU: x_t = alphas[t] x0 + sigmas[t] eps
+    sigmas: torch.Tensor                   # [T]
+    flow: bool = False                     # a flow-matching model (alphas = 1 - sigmas), else variance preserving
     prediction_type: str = "epsilon"
     clip_sample: float | None = None       # clamp x0_hat to [-r, r] while sampling (where the config asks)
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32     # the sampling forward; features are float32 whatever this is
     max_memory: int | None = None          # bytes the Jacobian products may use (None: the device's default)
     default_layer: str = "mid_block"
+    denoiser: torch.nn.Module | None = None  # the network (a U-Net's unet, a transformer)
+    vae = None                             # an AutoencoderKL when x is a VAE latent (float32)
+    conditioning: str | None = None        # what encode_prompt reads: "text", "class" (a label "0".."N-1"), None
 
     # ------------------------------------------------------------------ family
     @property
@@ -69,8 +76,9 @@ class DiffusionModel:
         return None
 
     def network(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None) -> torch.Tensor:
-        """The raw network output (a `prediction_type` quantity) for x [B, *x_shape] and integer timesteps t [B],
-        in the sampling dtype on the model's device; no gradients."""
+        """The raw network output (a `prediction_type` quantity) for x [B, *x_shape] and integer timesteps t [B]
+        (the family converts them with network_timesteps), in the sampling dtype on the model's device; no
+        gradients."""
         raise NotImplementedError
 
     def feature_function(self, timestep: int, cond: Conditioning | None, layer: str):
@@ -83,27 +91,89 @@ class DiffusionModel:
         """h for a batch x [B, *x_shape]: feature_function(timestep, cond, layer)(x)."""
         return self.feature_function(timestep, cond, layer)(x)
 
+    def layers(self) -> list[str]:
+        """The candidate layers for h, in forward order (the family's)."""
+        return [self.default_layer]
+
+    # ------------------------------------------------------------------ images (identity, or the VAE)
     def image_to_x(self, image: torch.Tensor) -> torch.Tensor:
-        """Pixels [C, H, W] in [-1, 1] (CPU) -> x [*x_shape] (CPU)."""
-        return image
+        """Pixels [C, H, W] in [-1, 1] (CPU) -> x [*x_shape] (CPU): the image itself, or the VAE's latent mean,
+        shifted and scaled by its config (shift_factor, scaling_factor)."""
+        if self.vae is None:
+            return image
+        c = self.vae.config
+        with torch.no_grad():
+            z = self.vae.encode(image[None].to(self.device, torch.float32)).latent_dist.mean
+        return ((z - (c.get("shift_factor") or 0.0)) * c.scaling_factor)[0].cpu()
 
     def x_to_image(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, *x_shape] -> pixels [B, C, H, W] in [-1, 1] (CPU)."""
-        return x.detach().float().cpu().clamp(-1, 1)
+        """x [B, *x_shape] -> pixels [B, C, H, W] in [-1, 1] (CPU); the VAE decodes latents."""
+        if self.vae is None:
+            return x.detach().float().cpu().clamp(-1, 1)
+        c = self.vae.config
+        with torch.no_grad():
+            z = x.to(self.device, torch.float32) / c.scaling_factor + (c.get("shift_factor") or 0.0)
+            return self.vae.decode(z).sample.clamp(-1, 1).float().cpu()
 
     @property
     def x_is_latent(self) -> bool:
         """Whether x is a VAE latent (else pixels in [-1, 1])."""
-        return False
+        return self.vae is not None
+
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 8
 
     def pixel_size(self) -> tuple[int, int]:
         """(channels, size) of the images the model takes."""
-        return self.x_shape[0], self.x_shape[-1]
+        if self.vae is None:
+            return self.x_shape[0], self.x_shape[-1]
+        return int(self.vae.config.in_channels), self.x_shape[-1] * self.vae_scale_factor()
+
+    # ------------------------------------------------------------------ float32 features of a half model
+    def float32_params(self, root: torch.nn.Module, layer: str, probe) -> dict | None:
+        """None for a float32 model; else float32 copies of the weights the feature map uses (the modules of `root`
+        that run before `layer` ends, found once per layer by running probe() under hooks): the Jacobian is float32
+        whatever the sampling dtype. The copies live as long as the caller keeps them (one feature map)."""
+        from ..features import modules_run_before
+
+        if self.dtype == torch.float32:
+            return None
+        cache = self.__dict__.setdefault("_layer_modules", {})
+        if layer not in cache:
+            cache[layer] = modules_run_before(root, layer, probe)
+        copies = {}
+        for mname in cache[layer]:
+            mod = root.get_submodule(mname) if mname else root
+            for pname, p in list(mod.named_parameters(recurse=False)) + list(mod.named_buffers(recurse=False)):
+                if p.is_floating_point():
+                    copies[f"{mname}.{pname}" if mname else pname] = torch.nn.Parameter(p.detach().float(),
+                                                                                         requires_grad=False)
+        return copies
 
     # ------------------------------------------------------------------ shared
     @property
     def num_train_timesteps(self) -> int:
-        return len(self.alphas_cumprod)
+        return len(self.alphas)
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """abar_t of the VP process with the same signal-to-noise ratio as each level (the VP schedule itself for a
+        VP model), for SNR-based theory in the analysis."""
+        from ..schedules import vp_equivalent_alphas_cumprod
+
+        return vp_equivalent_alphas_cumprod(self.alphas, self.sigmas)
+
+    def level(self, timestep: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alpha, sigma) at an integer timestep, as scalar tensors in the math dtype on the model's device."""
+        return (self.alphas[int(timestep)].to(self.device, self.math_dtype),
+                self.sigmas[int(timestep)].to(self.device, self.math_dtype))
+
+    def network_timesteps(self, t: torch.Tensor) -> torch.Tensor:
+        """What the network is given as the timestep for integer timesteps t [B]: t itself for a VP model, the
+        level's sigma times T for a flow model (as diffusers' flow-matching pipelines call it)."""
+        if not self.flow:
+            return t
+        return (self.sigmas.to(t.device)[t.long()] * self.num_train_timesteps).float()
 
     @property
     def math_dtype(self) -> torch.dtype:
@@ -111,10 +181,12 @@ class DiffusionModel:
         return torch.float32 if self.device.type == "mps" else torch.float64
 
     def eps(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None) -> torch.Tensor:
-        """eps_theta(x, t) whatever the prediction type (x [B, *x_shape] on the device, t [B]); float32."""
+        """eps_theta(x, t) whatever the prediction type (x [B, *x_shape] on the device, integer t [B]); float32."""
         out = self.network(x, t, cond)
-        ab = self.alphas_cumprod.to(self.device, self.math_dtype)[t.long()].reshape(-1, *[1] * (x.dim() - 1))
-        return to_eps_x0(out.to(self.math_dtype), x.to(self.math_dtype), ab, self.prediction_type)[0].float()
+        shape = (-1, *[1] * (x.dim() - 1))
+        a = self.alphas.to(self.device, self.math_dtype)[t.long()].reshape(shape)
+        s = self.sigmas.to(self.device, self.math_dtype)[t.long()].reshape(shape)
+        return to_eps_x0(out.to(self.math_dtype), x.to(self.math_dtype), a, s, self.prediction_type)[0].float()
 
     def features(self, timestep: int, prompt: str | None = None, layer: str | None = None):
         """The feature map f_t: x_t [*x_shape] -> h [*h_shape], float32 on the model's device, at an integer

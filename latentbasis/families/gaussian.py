@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ..schedules import check_prediction_type, from_eps_x0
+from ..schedules import check_prediction_type, from_eps_x0, vp_levels
 from .base import DiffusionModel
 
 
@@ -30,7 +30,9 @@ class GaussianModel(DiffusionModel):
                  x_shape: tuple[int, ...], alphas_cumprod: torch.Tensor, name: str = "gaussian",
                  prediction_type: str = "epsilon"):
         self.mu, self.U, self.lam, self.P, self.w = mu, U, lam, P, w   # [D], [D, D], [D], [m, D], [D]
-        self.x_shape, self.alphas_cumprod = tuple(x_shape), alphas_cumprod
+        self.x_shape = tuple(x_shape)
+        self.abar = alphas_cumprod.to(torch.float64)          # the closed forms below are written in abar
+        self.alphas, self.sigmas = vp_levels(self.abar)
         self.name = self.model_hash = name
         self.prediction_type = check_prediction_type(prediction_type)
 
@@ -50,12 +52,12 @@ class GaussianModel(DiffusionModel):
 
     def gains(self, timestep: int) -> torch.Tensor:
         """g_i(t) = sqrt(abar) lam_i / (abar lam_i + 1 - abar), [D]."""
-        ab = self.alphas_cumprod[timestep]
+        ab = self.abar[timestep]
         return ab.sqrt() * self.lam / (ab * self.lam + 1 - ab)
 
     def denoiser(self, x: torch.Tensor, timestep: int) -> torch.Tensor:
         """D(x_t) for x of shape x_shape."""
-        ab = self.alphas_cumprod[timestep]
+        ab = self.abar[timestep]
         xf = x.reshape(-1).to(torch.float64)
         c = self.U.T @ (xf - ab.sqrt() * self.mu)
         return (self.mu + self.U @ (self.gains(timestep) * c)).reshape(self.x_shape)
@@ -63,14 +65,15 @@ class GaussianModel(DiffusionModel):
     def network(self, x, t, cond=None):
         """The optimal network's output for x [B, *x_shape], t [B]: eps = (x_t - sqrt(abar) D(x_t)) / sqrt(1 - abar),
         or v or D itself, by prediction_type."""
-        ab = self.alphas_cumprod[t.long()].reshape(-1, *[1] * (x.dim() - 1))
+        shape = (-1, *[1] * (x.dim() - 1))
+        a, s = self.alphas[t.long()].reshape(shape), self.sigmas[t.long()].reshape(shape)
         D = torch.stack([self.denoiser(xi, int(ti)) for xi, ti in zip(x, t)])
-        eps = (x.double() - ab.sqrt() * D) / (1 - ab).sqrt()
-        return from_eps_x0(eps, D, ab, self.prediction_type).to(x.dtype)
+        eps = (x.double() - a * D) / s
+        return from_eps_x0(eps, D, a, s, self.prediction_type).to(x.dtype)
 
     def feature_function(self, timestep, cond, layer):
         """h = P diag(w) U^T (D(x_t) - mu), float32, for x [B, *x_shape]."""
-        a = float(self.alphas_cumprod[timestep].sqrt())
+        a = float(self.abar[timestep].sqrt())
         A = ((self.P * (self.w * self.gains(timestep))) @ self.U.T).float()  # J = P diag(w g) U^T, [m, D]
         mu = self.mu.float()
         return lambda x: (x.reshape(x.shape[0], -1) - a * mu) @ A.T

@@ -22,7 +22,7 @@ import torch
 
 from ..errors import LatentBasisError
 from ..features import forward_to, modules_run_before
-from ..schedules import check_prediction_type, vp_alphas_cumprod
+from ..schedules import check_prediction_type, vp_alphas_cumprod, vp_levels
 from .base import Conditioning, DiffusionModel
 
 _TRACE_LOCK = threading.Lock()
@@ -38,11 +38,12 @@ class UNetModel(DiffusionModel):
                  device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32,
                  max_memory: int | None = None):
         self.unet, self.vae = unet, vae
+        self.denoiser = unet
         self.text_encoders, self.tokenizers = list(text_encoders), list(tokenizers)
         self.scheduler_config = dict(scheduler_config)
         self.name, self.model_hash, self.path = name, model_hash, path
         self.device, self.dtype, self.max_memory = device, dtype, max_memory
-        self.alphas_cumprod = vp_alphas_cumprod(self.scheduler_config)
+        self.alphas, self.sigmas = vp_levels(vp_alphas_cumprod(self.scheduler_config))
         self.prediction_type = check_prediction_type(self.scheduler_config.get("prediction_type", "epsilon"))
         c = self.scheduler_config
         self.clip_sample = float(c.get("clip_sample_range", 1.0)) if c.get("clip_sample", False) else None
@@ -60,7 +61,6 @@ class UNetModel(DiffusionModel):
         self._check_conditioning()
         self._prompt_cache: dict[str, Conditioning] = {}
         self._traced: dict = {}
-        self._layer_modules: dict[str, set[str]] = {}
 
     @classmethod
     def from_components(cls, parts: dict, scheduler_config: dict, pipeline_config: dict, **common) -> "UNetModel":
@@ -107,6 +107,10 @@ class UNetModel(DiffusionModel):
     def conditional(self) -> bool:
         return bool(self.text_encoders)
 
+    @property
+    def conditioning(self) -> str | None:
+        return "text" if self.text_encoders else None
+
     def encode_prompt(self, prompt: str | None) -> Conditioning | None:
         if not self.conditional:
             return super().encode_prompt(prompt)
@@ -137,12 +141,9 @@ class UNetModel(DiffusionModel):
         pooled = pooled.float()
         if prompt == "" and self.force_zeros_for_empty_prompt:
             hidden, pooled = torch.zeros_like(hidden), torch.zeros_like(pooled)
-        H, W = (s * self._vae_scale_factor() for s in self.x_shape[1:])
+        H, W = (s * self.vae_scale_factor() for s in self.x_shape[1:])
         time_ids = torch.tensor([[H, W, 0, 0, H, W]], dtype=torch.float32, device=self.device)
         return Conditioning({"encoder_hidden_states": hidden, "text_embeds": pooled, "time_ids": time_ids})
-
-    def _vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 8
 
     # ------------------------------------------------------------------ the network
     @staticmethod
@@ -178,7 +179,7 @@ class UNetModel(DiffusionModel):
 
     def feature_function(self, timestep, cond, layer):
         kw = cond.batch(1, torch.float32) if cond is not None else {}
-        params = self._float32_params(layer)
+        params = self.float32_params(self.unet, layer, self._probe)
         candidates = self.layers()
 
         def run(x):
@@ -188,52 +189,12 @@ class UNetModel(DiffusionModel):
 
         return run
 
-    def _float32_params(self, layer: str) -> dict | None:
-        """None for a float32 model; else float32 copies of the weights the feature map uses (the modules that run
-        before `layer` ends): the Jacobian is float32 whatever the sampling dtype. The copies live as long as the
-        feature map; which modules run is found once per layer."""
-        if self.dtype == torch.float32:
-            return None
-        if layer not in self._layer_modules:
-            x = torch.zeros(1, *self.x_shape, device=self.device, dtype=self.dtype)
-            t = torch.zeros(1, dtype=torch.long, device=self.device)
-            cond = self.encode_prompt("") if self.conditional else None
-            kw = cond.batch(1, self.dtype) if cond is not None else {}
-            self._layer_modules[layer] = modules_run_before(self.unet, layer, lambda: self._call(self.unet, x, t, kw))
-        copies = {}
-        for mname in self._layer_modules[layer]:
-            mod = self.unet.get_submodule(mname) if mname else self.unet
-            for pname, p in list(mod.named_parameters(recurse=False)) + list(mod.named_buffers(recurse=False)):
-                if p.is_floating_point():
-                    copies[f"{mname}.{pname}" if mname else pname] = torch.nn.Parameter(p.detach().float(),
-                                                                                         requires_grad=False)
-        return copies
-
-    # ------------------------------------------------------------------ images
-    def image_to_x(self, image):
-        if self.vae is None:
-            return image
-        c = self.vae.config
-        with torch.no_grad():
-            z = self.vae.encode(image[None].to(self.device, torch.float32)).latent_dist.mean
-        return ((z - (c.get("shift_factor") or 0.0)) * c.scaling_factor)[0].cpu()
-
-    def x_to_image(self, x):
-        if self.vae is None:
-            return super().x_to_image(x)
-        c = self.vae.config
-        with torch.no_grad():
-            z = x.to(self.device, torch.float32) / c.scaling_factor + (c.get("shift_factor") or 0.0)
-            return self.vae.decode(z).sample.clamp(-1, 1).float().cpu()
-
-    @property
-    def x_is_latent(self) -> bool:
-        return self.vae is not None
-
-    def pixel_size(self):
-        if self.vae is None:
-            return super().pixel_size()
-        return int(self.vae.config.in_channels), self.x_shape[-1] * self._vae_scale_factor()
+    def _probe(self):
+        """One forward at batch 1 in the sampling dtype (to find which modules run before a layer)."""
+        x = torch.zeros(1, *self.x_shape, device=self.device, dtype=self.dtype)
+        t = torch.zeros(1, dtype=torch.long, device=self.device)
+        cond = self.encode_prompt("") if self.conditional else None
+        self._call(self.unet, x, t, cond.batch(1, self.dtype) if cond is not None else {})
 
 
 def _trace_unet(unet, x, t, kw: dict, names: tuple[str, ...]):
