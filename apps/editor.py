@@ -164,11 +164,17 @@ def _checked_t(model, t: float) -> tuple[int, float]:
 
 
 def _checked_prompt(model, prompt) -> str | None:
-    prompt = (prompt or "").strip() or None
+    """The condition: a text model's prompt, or a class-conditional model's label as the string "7"."""
+    prompt = (str(prompt) if prompt is not None else "").strip() or None
     if prompt and not model.conditional:
         raise AppError(f"{model.name} is not a text model: it takes no prompt")
     if prompt and len(prompt) > 2000:
         raise AppError("the prompt is longer than 2000 characters")
+    if prompt:
+        try:
+            model.encode_prompt(prompt)
+        except LatentBasisError as e:
+            raise AppError(str(e)) from None
     return prompt
 
 
@@ -518,7 +524,8 @@ def build_app(model):
     def wire(listener, fn, inputs: list, outputs: list, stream: bool = False, **kw):
         listener(handler(fn, len(inputs), outputs, stream), inputs, outputs, **kw)
 
-    text = model.conditional
+    text = model.conditioning == "text"
+    klass = model.conditioning == "class"
     with gr.Blocks(title="latentbasis editor") as demo:
         state = gr.State(None, delete_callback=lambda s: s.close() if s is not None else None)
         gr.Markdown(f"## latentbasis editor: `{model.name}`\nPick a source, press **Find directions**, then slide. "
@@ -529,9 +536,14 @@ def build_app(model):
             with gr.Row():
                 with gr.Column(scale=2):
                     seed = gr.Number(value=0, precision=0, label="seed", elem_id="seed")
-                    prompt = gr.Textbox(label="prompt", visible=text, elem_id="prompt",
-                                        value="the digit seven" if text else "")
-                    guidance = gr.Slider(1.0, 8.0, value=3.0, step=0.5, label="guidance", visible=text)
+                    if klass:   # a class-conditional model takes its label where a text model takes a prompt
+                        prompt = gr.Dropdown([str(i) for i in range(model.num_classes)],
+                                             value=str(min(7, model.num_classes - 1)), label="class label",
+                                             elem_id="prompt")
+                    else:
+                        prompt = gr.Textbox(label="prompt", visible=text, elem_id="prompt",
+                                            value="the digit seven" if text else "")
+                    guidance = gr.Slider(1.0, 8.0, value=3.0, step=0.5, label="guidance", visible=text or klass)
                     sample_btn = gr.Button("Sample", elem_id="sample")
                     upload = gr.File(label="or upload an image (it is DDIM-inverted; colour and grey are converted "
                                            "to what the model takes)", elem_id="upload", height=130,

@@ -18,6 +18,7 @@ EXAMPLES = {
     "report": "latentbasis report --model digits --samples 8 --timesteps 10 --k 8 --out report/",
     "app": "latentbasis app --model digits            # prints its address, http://127.0.0.1:PORT/",
     "info": "latentbasis info basis.safetensors",
+    "layers": "latentbasis layers --model digits-flow",
     "train": "latentbasis train --dataset digits --out my-digits/",
 }
 
@@ -87,6 +88,21 @@ def _check_common(a) -> None:
         parse_memory(a.max_memory)
 
 
+def _condition(a, model) -> None:
+    """Put the model's condition in a.prompt: a text prompt (--prompt) for a text model, a class label (--label) as
+    the string "7" for a class-conditional one; one clear message for the other mix-ups."""
+    labels = getattr(a, "label", None)
+    if labels is not None and labels != []:
+        if model.conditioning != "class":
+            raise LatentBasisError(f"model {model.name!r} is not class-conditional: it takes no --label")
+        if getattr(a, "prompt", None):
+            raise LatentBasisError("give --label or --prompt, not both")
+        a.prompt = [str(v) for v in labels] if isinstance(labels, list) else str(labels)
+    elif getattr(a, "prompt", None) and model.conditioning == "class":
+        raise LatentBasisError(f"model {model.name!r} is class-conditional: give a class label with --label "
+                               f"(0..{model.num_classes - 1}), not a prompt")
+
+
 def _image_x(model, path: str, ts: int, steps: int, prompt, stages: Stages):
     """A real image DDIM-inverted to timestep ts: (the image as the model reads it, x_t). Notes on stdout."""
     from .images import image_to_x, pixel_size, read_image
@@ -120,6 +136,7 @@ def _cmd_basis(a) -> None:
     if a.t is None and a.timestep is None:
         a.t = 0.6
     model = _load(a, a.model)
+    _condition(a, model)
     ts, frac = resolve_timestep(model.num_train_timesteps, fraction=a.t if a.timestep is None else None,
                                 timestep=a.timestep)
     init = None
@@ -206,6 +223,7 @@ def _cmd_edit(a) -> None:
         _check_common(a)
         v.check_outputs({"--out": out, "recipe (--out with .json)": recipe_path}, inputs)
         model = _load(a, a.model)
+        _condition(a, model)
         ts, frac = resolve_timestep(model.num_train_timesteps, fraction=None if a.timestep is not None else a.t,
                                     timestep=a.timestep)
         r = EditRecipe(model=model.name, seed=None if a.image else a.seed, image=a.image, prompt=a.prompt,
@@ -250,6 +268,18 @@ def _cmd_info(a) -> None:
     print(f"latent: {tuple(b.latent.shape)}  tangent: {tuple(b.tangent.shape)}  point: {tuple(b.point.shape)}")
 
 
+def _cmd_layers(a) -> None:
+    model = _load(a, a.model)
+    shapes = model.layer_shapes()
+    print(f"model {model.name} ({model.family}, {type(model.denoiser).__name__}): candidate layers for h, in forward "
+          "order, with the shape of h for one sample")
+    width = max(len(n) for n in shapes)
+    for name, shape in shapes.items():
+        mark = "  (default)" if name == model.default_layer else ""
+        dims = " x ".join(map(str, shape)) if shape else "no tensor output"
+        print(f"  {name:<{width}}  {dims}{mark}")
+
+
 def _cmd_train(a) -> None:
     import dataclasses
 
@@ -279,6 +309,14 @@ def _cmd_train(a) -> None:
             q = shapes_quality(model)
             write_model_card(Path(a.out), cfg, log, cfg.steps, shapes=q)
             print(shapes_markdown(q))
+        elif cfg.num_classes:
+            from .evaluate import label_following
+            from .train import labels_markdown
+
+            q, p = digits_quality(model), label_following(model)
+            write_model_card(Path(a.out), cfg, log, cfg.steps, q, labels=p)
+            print(quality_markdown(q))
+            print(labels_markdown(p))
         elif cfg.text:
             p = prompt_following(model)
             write_model_card(Path(a.out), cfg, log, cfg.steps, prompts=p)
@@ -301,6 +339,7 @@ def _cmd_report(a) -> None:
     v.number(a.t_min, "--t-min", lo=0, hi=1)
     v.check_output_folder(a.out, "--out")
     model = _load(a, a.model)
+    _condition(a, model)
     settings = ReportSettings(samples=a.samples, timesteps=a.timesteps, k=a.k, t_max=a.t_max, t_min=a.t_min,
                               prompts=tuple(a.prompt or ()), guidance=a.guidance, num_steps=a.steps,
                               prompt_points=a.prompt_points)
@@ -418,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--timestep", type=int, default=None, help="timestep as an integer step, instead of --t")
     b.add_argument("--k", type=int, default=8, help="number of directions")
     b.add_argument("--prompt", default=None, help="prompt, for text-conditioned models")
+    b.add_argument("--label", type=int, default=None, help="class label, for class-conditional models (digits-flow)")
     b.add_argument("--image", default=None, help="start from a real image (DDIM-inverted to t) instead of a seed")
     b.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance while sampling to x_t")
     b.add_argument("--steps", type=int, default=100, help="DDIM steps of a full trajectory (as for edit)")
@@ -452,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--keep-norm", action="store_true", help="direct: rescale to keep ||x_t||")
     e.add_argument("--basis", default=None, help="use the directions of a basis file (transported if needed)")
     e.add_argument("--prompt", default=None, help="prompt, for text-conditioned models")
+    e.add_argument("--label", type=int, default=None, help="class label, for class-conditional models (digits-flow)")
     e.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance of the sampler")
     e.add_argument("--steps", type=int, default=100, help="DDIM steps of the trajectory")
     e.add_argument("--recipe", default=None, help="replay a recipe JSON written by an earlier edit or the app")
@@ -459,6 +500,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_options(e)
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(run=_cmd_edit)
+
+    ly = _sub(sub, "layers", "list the layers h can be taken at, with their shapes and the default",
+              "List the candidate layers for the feature map h (the U-Net's stages, or a transformer's blocks) with "
+              "the shape of h there and which one is the default; any of them goes to --layer.")
+    _model_option(ly)
+    _add_runtime_options(ly)
+    ly.set_defaults(run=_cmd_layers)
 
     i = _sub(sub, "info", "print a basis file's header and shapes", "Print a basis file's header and shapes.")
     i.add_argument("file", help="a basis file (.safetensors)")
@@ -484,7 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--k", type=int, default=8, help="number of directions")
     r.add_argument("--prompt", action="append", default=None,
                    help="a prompt (repeat for several; text models; None: three digits in two wordings)")
-    r.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance of the text sampler")
+    r.add_argument("--label", type=int, action="append", default=None,
+                   help="a class label (repeat for several; class-conditional models; None: 1, 4 and 7)")
+    r.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance of the conditional sampler")
     r.add_argument("--prompt-points", choices=("own", "shared"), default="own",
                    help="text models: x_t on each prompt's own trajectory, or one shared (unconditional) x_t")
     r.add_argument("--steps", type=int, default=100, help="DDIM steps of the trajectories")
@@ -495,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = _sub(sub, "train", "train a bundled model (seeded, resumable from OUT/checkpoint.pt)",
              "Train one of the bundled models from scratch (seeded and resumable: OUT/checkpoint.pt).")
-    t.add_argument("--dataset", required=True, help="digits, shapes or digits-text")
+    t.add_argument("--dataset", required=True, help="digits, digits-text, shapes or digits-flow")
     t.add_argument("--out", required=True, help="model folder to write")
     t.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
     t.add_argument("--device", default="cpu", help="cpu or cuda: where the steps run (a run may resume on another "

@@ -3,7 +3,10 @@
 A direction is d = sum_i strength_i v_i (v_i rows of a latent basis at x_t). Two ways to move x_t along it:
 - "guidance" (the published x-space guidance, Park et al. 2023): z_0 = x_t, then n times
       z <- z + scale * (eps(z + step * d, t) - eps(z, t))
-  (step 1; scale 0.1 for pixel models, 1 for latent models);
+  (step 1; scale 0.1 for pixel models, 1 for latent models). eps is the network's, converted from whatever it
+  predicts (schedules.to_eps_x0). For a velocity (flow-matching) model eps = x + (1 - s_t) v, so the update reads
+      z <- z + scale * (step * d + (1 - s_t) (v(z + step * d, t) - v(z, t)))
+  the published eps update exactly, written in the velocity;
 - "direct": x_t + d, optionally rescaled to keep ||x_t|| (x_t of a Gaussian sampler lives near a sphere).
 Parallel transport moves a direction to another point (another sample or timestep) with bases (U1, V1):
       v' = normalise(V1 U1^T u0),   u0 the source tangent vector.

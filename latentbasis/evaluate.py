@@ -73,6 +73,21 @@ def prompt_following(model, per_prompt: int = 8, guidance: float = 3.0, num_step
             "samples": per_prompt * 10 * len(templates)}
 
 
+def label_following(model, per_label: int = 24, guidance: float = 3.0, num_steps: int = 50) -> dict:
+    """Fraction of class-conditional samples (seeds 0..per_label-1 for each label, classifier-free guidance
+    `guidance` against the null label) that the real-digit classifier assigns to their label; overall, per label."""
+    from .data import downsample_to_digits
+    from .sampling import generate
+
+    clf, _, _ = digits_classifier(model.x_shape[-1])
+    per = np.zeros(model.num_classes)
+    for d in range(model.num_classes):
+        xs = generate(model, list(range(per_label)), num_steps=num_steps, prompt=str(d), guidance=guidance)
+        per[d] = float((clf.predict(downsample_to_digits(xs)) == d).mean())
+    return {"accuracy": float(per.mean()), "per_label": per.round(3).tolist(), "guidance": guidance,
+            "samples": per_label * model.num_classes}
+
+
 # ---------------------------------------------------------------- shapes: reading the factors back from pixels
 
 SHAPE_SATURATION = 0.9 * 0.95  # max - min of HSV(h, 0.9, 0.95): a fully covered shape pixel; grey background is 0

@@ -100,3 +100,24 @@ def modules_run_before(root: torch.nn.Module, layer: str, run: Callable[[], Any]
         for h in handles:
             h.remove()
     return seen
+
+
+def output_shapes(root: torch.nn.Module, layers: list[str], run: Callable[[], Any],
+                  select: Callable[[Any], torch.Tensor] = _first_tensor) -> dict[str, tuple[int, ...]]:
+    """The shape (batch dropped) of select(output) of each named layer, from one forward run() of root."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = []
+    for name in layers:
+        def record(mod, args, output, name=name):
+            try:
+                shapes[name] = tuple(select(output).shape[1:])
+            except LatentBasisError:
+                shapes[name] = ()
+        handles.append(get_layer(root, name, layers).register_forward_hook(record))
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes

@@ -34,9 +34,13 @@ class ReportSettings:
     prompt_points: str = "own"  # text models: "own" (each prompt's trajectory) or "shared" (one x_t for all)
 
 
-def default_prompts(model) -> tuple[list[str], list[str]]:
-    """For a text model with no prompts given: three digits in two wordings each, grouped by digit."""
+def default_prompts(model) -> tuple[list[str], list[str] | None]:
+    """For a conditional model with no conditions given: a class-conditional model's labels 1, 4 and 7 (as many as
+    it has, no groups); a text model's three digits in two wordings each, grouped by digit."""
     from .data import digit_caption
+
+    if getattr(model, "conditioning", None) == "class":
+        return [str(i) for i in (1, 4, 7) if i < model.num_classes] or ["0"], None
 
     prompts, groups = [], []
     for d in (1, 4, 7):
@@ -78,7 +82,7 @@ def run_report(model, out: str | os.PathLike, settings: ReportSettings, *, progr
         if not model.conditional:
             raise LatentBasisError(f"{model.name} is not a text model: it takes no prompt")
         prompts = list(settings.prompts)
-        groups = [prompt_group(p) for p in prompts]
+        groups = None if model.conditioning == "class" else [prompt_group(p) for p in prompts]
     elif model.conditional:
         prompts, groups = default_prompts(model)
     spec = GridSpec(seeds=list(range(settings.samples)),

@@ -25,15 +25,16 @@ def angle_deg(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(principal_angles(a[None], b[None]).max().rad2deg())
 
 
-@pytest.fixture(scope="module")
-def gaussian():
+@pytest.fixture(scope="module", params=["vp", "flow"])
+def gaussian(request):
     lam = torch.cat([10 * 0.5 ** torch.arange(6.0), torch.logspace(-1, -3, 58)])  # a clear gap among the top six
-    return GaussianModel.random(x_shape=(1, 8, 8), h_dim=80, lam=lam, seed=3)
+    return GaussianModel.random(x_shape=(1, 8, 8), h_dim=80, lam=lam, seed=3, flow=request.param == "flow")
 
 
 @pytest.mark.parametrize("alg", ALGS)
 @pytest.mark.parametrize("timestep", [200, 500, 800, 950])
 def test_gaussian_closed_form(gaussian, alg, timestep):
+    """VP and flow matching alike: latent basis u_i, tangent basis P e_i, singular values w_i g_i(t)."""
     k = 4
     latent, tangent, s = gaussian.exact_basis(timestep, 64)
     b = latent_basis(gaussian, torch.randn(gaussian.x_shape), timestep=timestep, k=k, algorithm=alg, tol=1e-6, seed=1)

@@ -187,3 +187,55 @@ def test_half_precision_from_the_command_line(tiny_unet_dir, tmp_path, capsys):
     again = tmp_path / "again.png"   # the replay runs in the recipe's dtype
     assert main(["edit", "--recipe", str(out.with_suffix(".json")), "--out", str(again)]) == 0
     assert (png_pixels(again) == png_pixels(out)).all()
+
+
+def test_layers_lists_the_candidates_with_their_shapes_and_the_default(tiny_dit_dir, capsys):
+    from latentbasis.loading import bundled_models
+
+    for name in [*bundled_models(), str(tiny_dit_dir)]:
+        assert main(["layers", "--model", name, "--device", "cpu"]) == 0
+        out = capsys.readouterr().out.splitlines()
+        rows = [ln.split() for ln in out[1:]]
+        default = [r for r in rows if r[-1] == "(default)"]
+        assert len(default) == 1 and all("x" in " ".join(r[1:]) for r in rows)
+        if name == str(tiny_dit_dir):
+            assert default[0][0] == "transformer_blocks.1" and rows[0][0] == "pos_embed"
+            assert " ".join(default[0][1:4]) == "16 x 16"                      # 16 tokens of width 16
+        else:
+            assert default[0][0] == "mid_block"
+
+
+def test_a_class_conditional_model_from_the_command_line(tiny_dit_dir, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "e.png"
+    assert main(["edit", "--model", str(tiny_dit_dir), "--label", "2", "--guidance", "2", "--k", "2", "--strengths",
+                 "-1,1", "--steps", "5", "--n-iter", "1", "--quiet", "--out", str(out)]) == 0
+    r = json.loads(out.with_suffix(".json").read_text())
+    assert r["prompt"] == "2" and r["guidance"] == 2.0
+    b = tmp_path / "b.safetensors"
+    assert main(["basis", "--model", str(tiny_dit_dir), "--label", "0", "--k", "2", "--steps", "5", "--quiet",
+                 "--layer", "transformer_blocks.2", "--out", str(b), "--png", ""]) == 0
+    from latentbasis import load_basis
+
+    got = load_basis(b)
+    assert got.layer == "transformer_blocks.2" and got.prompt == "0" and got.tangent.shape == (2, 16, 16)
+
+
+@pytest.mark.parametrize("case", ["label_out_of_range", "prompt_for_class_model", "label_for_pixel_model",
+                                  "label_and_prompt", "layer_missing"])
+def test_conditioning_bad_input(case, tiny_dit_dir, tiny_unet_dir, tmp_path, capsys):
+    out = tmp_path / "b.safetensors"
+    base = ["basis", "--model", tiny_dit_dir, "--k", "2", "--steps", "3", "--quiet", "--out", out]
+    args, says = {
+        "label_out_of_range": (base + ["--label", "3"], "class label 3 is out of range"),
+        "prompt_for_class_model": (base + ["--prompt", "a cat"], "give a class label with --label (0..2)"),
+        "label_for_pixel_model": (["basis", "--model", tiny_unet_dir, "--label", "1", "--out", out],
+                                  "not class-conditional"),
+        "label_and_prompt": (base + ["--label", "1", "--prompt", "1"], "not both"),
+        "layer_missing": (base + ["--layer", "blocks.9"],
+                          "no layer 'blocks.9'; layers: pos_embed, transformer_blocks.0, transformer_blocks.1"),
+    }[case]
+    rc, err = run_main(args, capsys)
+    assert rc == 2 and len(err) == 1 and says in err[0], err
+    assert not out.exists()

@@ -107,3 +107,22 @@ def test_clip_x0_is_a_no_op_inside_the_range_and_keeps_the_line():
     e, x0 = clip_x0(x, eps, x / ab.sqrt(), ab.sqrt(), (1 - ab).sqrt(), 1.0)
     assert float(x0[0]) == pytest.approx(0.1 / 0.5 ** 0.5) and float(x0[1]) == 1.0
     assert torch.allclose(ab.sqrt() * x0 + (1 - ab).sqrt() * e, x)      # still on the line through x
+
+
+@pytest.mark.parametrize("lam", [10.0, 0.01])
+def test_the_flow_sampler_follows_the_gaussian_flow_map(lam):
+    """A flow-matching Gaussian (x_s = (1 - s) x0 + s eps) with its optimal velocity v = c (1 - g) / s along u
+    (theory.md: eigenvalues (1 - g_i) / sigma). Euler over the 1000 training levels multiplies a unit coordinate at
+    s = 1 by prod (1 + (s_b - s_a)(1 - g_a) / s_a), exactly (to 1e-10), and that approaches the continuous flow map
+    sqrt(lam / w(1)) = sqrt(lam), w(s) = (1 - s)^2 lam + s^2 (to 1 %: Euler is first order)."""
+    from latentbasis.sampling import ddim_walk, predict_x0
+
+    g = GaussianModel.random(x_shape=(1,), h_dim=1, lam=[lam], seed=0, flow=True)
+    g.mu.zero_()
+    grid = list(range(999, -1, -1))
+    end = float(predict_x0(g, ddim_walk(g, torch.ones(1, 1, dtype=torch.float64), grid)[-1], 0)[0, 0])
+    s = torch.cat([g.sigmas.flip(0), torch.zeros(1, dtype=torch.float64)])      # 1, ..., s_0, then the image
+    gain = (1 - s[:-1]) * lam / ((1 - s[:-1]) ** 2 * lam + s[:-1] ** 2)
+    exact = float(torch.prod(1 + (s[1:] - s[:-1]) * (1 - gain) / s[:-1]))
+    assert end == pytest.approx(exact, rel=1e-6)          # the states are float32 between steps
+    assert end == pytest.approx(lam ** 0.5, rel=1e-2)

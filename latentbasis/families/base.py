@@ -95,6 +95,22 @@ class DiffusionModel:
         """The candidate layers for h, in forward order (the family's)."""
         return [self.default_layer]
 
+    def layer_shapes(self) -> dict[str, tuple[int, ...]]:
+        """{layer: shape of h there (one sample)} for every candidate layer, from one forward of the network."""
+        from ..features import output_shapes
+
+        return output_shapes(self.denoiser, self.layers(), self._probe, self.feature_select)
+
+    def feature_select(self, output) -> torch.Tensor:
+        """h from a layer's output (a tensor, or the first tensor of a tuple; transformers pick image tokens)."""
+        from ..features import _first_tensor
+
+        return _first_tensor(output)
+
+    def _probe(self) -> None:
+        """One forward at batch 1 in the sampling dtype (family): to find the modules and shapes of the layers."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ images (identity, or the VAE)
     def image_to_x(self, image: torch.Tensor) -> torch.Tensor:
         """Pixels [C, H, W] in [-1, 1] (CPU) -> x [*x_shape] (CPU): the image itself, or the VAE's latent mean,

@@ -1,9 +1,11 @@
 """A Gaussian data model whose pullback basis is known in closed form (shared/docs/theory.md): the test family.
 
-Data x0 ~ N(mu, U diag(lam) U^T); VP forward x_t = a x0 + s eps, a = sqrt(abar_t), s = sqrt(1 - abar_t).
+Data x0 ~ N(mu, U diag(lam) U^T); forward x_t = a x0 + s eps: VP (a = sqrt(abar_t), s = sqrt(1 - abar_t)) or, with
+flow=True, rectified flow (a = 1 - s_t, s = s_t, the flow-matching sigmas with shift 1).
     optimal denoiser  D(x_t) = mu + sum_i g_i c_i u_i,  c_i = u_i^T (x_t - a mu),  g_i = a lam_i / v_i,
-                      v_i = abar_t lam_i + 1 - abar_t
-    network output    the optimal eps = (x_t - a D) / s, or v = a eps - s D, or D itself, by `prediction_type`
+                      v_i = a^2 lam_i + s^2  (the variance of x_t along u_i; abar lam_i + 1 - abar for VP)
+    network output    the optimal eps = (x_t - a D) / s, or v = a eps - s D, or D itself, by `prediction_type`;
+                      a flow model's velocity eps - D
     feature map       h = P diag(w) U^T (D(x_t) - mu)      (P: orthonormal columns; w = 1 gives h = B (D - mu))
     Jacobian          J = P diag(w g) U^T  -> latent basis u_i, tangent basis P e_i, singular values w_i g_i.
 It is a DiffusionModel like any loaded one, so every algorithm, the sampler and the prediction-type conversions
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ..schedules import check_prediction_type, from_eps_x0, vp_levels
+from ..schedules import check_prediction_type, flow_sigmas, from_eps_x0, vp_levels
 from .base import DiffusionModel
 
 
@@ -27,18 +29,24 @@ class GaussianModel(DiffusionModel):
     family = "gaussian"
 
     def __init__(self, mu: torch.Tensor, U: torch.Tensor, lam: torch.Tensor, P: torch.Tensor, w: torch.Tensor,
-                 x_shape: tuple[int, ...], alphas_cumprod: torch.Tensor, name: str = "gaussian",
-                 prediction_type: str = "epsilon"):
+                 x_shape: tuple[int, ...], alphas_cumprod: torch.Tensor | None = None, name: str = "gaussian",
+                 prediction_type: str = "epsilon", flow: bool = False):
         self.mu, self.U, self.lam, self.P, self.w = mu, U, lam, P, w   # [D], [D, D], [D], [m, D], [D]
         self.x_shape = tuple(x_shape)
-        self.abar = alphas_cumprod.to(torch.float64)          # the closed forms below are written in abar
-        self.alphas, self.sigmas = vp_levels(self.abar)
+        self.flow = flow
+        if flow:
+            self.sigmas = flow_sigmas({"num_train_timesteps": 1000, "shift": 1.0})
+            self.alphas = 1 - self.sigmas
+            self.prediction_type = check_prediction_type(prediction_type if prediction_type != "epsilon" else "flow",
+                                                         flow=True)
+        else:
+            self.alphas, self.sigmas = vp_levels(alphas_cumprod.to(torch.float64))
+            self.prediction_type = check_prediction_type(prediction_type)
         self.name = self.model_hash = name
-        self.prediction_type = check_prediction_type(prediction_type)
 
     @classmethod
     def random(cls, x_shape=(1, 4, 4), h_dim: int | None = None, lam=None, w=None, seed: int = 0,
-               prediction_type: str = "epsilon") -> "GaussianModel":
+               prediction_type: str = "epsilon", flow: bool = False) -> "GaussianModel":
         """A random instance: random orthonormal U and P, lam spread over two decades unless given."""
         g = torch.Generator().manual_seed(seed)
         D = int(torch.tensor(x_shape).prod())
@@ -48,18 +56,18 @@ class GaussianModel(DiffusionModel):
         lam = torch.as_tensor(lam, dtype=torch.float64) if lam is not None else torch.logspace(1, -1, D, dtype=torch.float64)
         w = torch.as_tensor(w, dtype=torch.float64) if w is not None else torch.ones(D, dtype=torch.float64)
         mu = torch.randn(D, generator=g, dtype=torch.float64) * 0.1
-        return cls(mu, U, lam, P, w, tuple(x_shape), ddpm_linear_alphas_cumprod(), prediction_type=prediction_type)
+        return cls(mu, U, lam, P, w, tuple(x_shape), ddpm_linear_alphas_cumprod(), prediction_type=prediction_type,
+                   flow=flow)
 
     def gains(self, timestep: int) -> torch.Tensor:
-        """g_i(t) = sqrt(abar) lam_i / (abar lam_i + 1 - abar), [D]."""
-        ab = self.abar[timestep]
-        return ab.sqrt() * self.lam / (ab * self.lam + 1 - ab)
+        """g_i(t) = a lam_i / (a^2 lam_i + s^2), [D] (VP: sqrt(abar) lam_i / (abar lam_i + 1 - abar))."""
+        a, s = self.alphas[timestep], self.sigmas[timestep]
+        return a * self.lam / (a ** 2 * self.lam + s ** 2)
 
     def denoiser(self, x: torch.Tensor, timestep: int) -> torch.Tensor:
         """D(x_t) for x of shape x_shape."""
-        ab = self.abar[timestep]
         xf = x.reshape(-1).to(torch.float64)
-        c = self.U.T @ (xf - ab.sqrt() * self.mu)
+        c = self.U.T @ (xf - self.alphas[timestep] * self.mu)
         return (self.mu + self.U @ (self.gains(timestep) * c)).reshape(self.x_shape)
 
     def network(self, x, t, cond=None):
@@ -73,7 +81,7 @@ class GaussianModel(DiffusionModel):
 
     def feature_function(self, timestep, cond, layer):
         """h = P diag(w) U^T (D(x_t) - mu), float32, for x [B, *x_shape]."""
-        a = float(self.abar[timestep].sqrt())
+        a = float(self.alphas[timestep])
         A = ((self.P * (self.w * self.gains(timestep))) @ self.U.T).float()  # J = P diag(w g) U^T, [m, D]
         mu = self.mu.float()
         return lambda x: (x.reshape(x.shape[0], -1) - a * mu) @ A.T

@@ -157,6 +157,15 @@ class TransformerModel(DiffusionModel):
         """The candidate layers for h: the patch embedding, then every transformer block, in forward order."""
         return ["pos_embed"] + [f"transformer_blocks.{i}" for i in range(len(self.transformer.transformer_blocks))]
 
+    def feature_select(self, output) -> torch.Tensor:
+        return self._image_tokens(output)
+
+    def _probe(self) -> None:
+        cond = self.encode_prompt("") if self.conditional else None
+        self._call(torch.zeros(1, *self.x_shape, device=self.device, dtype=self.dtype),
+                   torch.zeros(1, dtype=torch.long, device=self.device),
+                   cond.batch(1, self.dtype) if cond is not None else {})
+
     def _image_tokens(self, output) -> torch.Tensor:
         """A block's image tokens [B, N, D]: the output itself, or, for a joint-attention block that returns
         (text tokens, image tokens), the element with the image's N tokens (the last when both have N)."""
@@ -172,10 +181,7 @@ class TransformerModel(DiffusionModel):
         if cond is None and self.kind == "dit":
             cond = self.encode_prompt("")
         kw = cond.batch(1, torch.float32) if cond is not None else {}
-        probe = (lambda: self._call(torch.zeros(1, *self.x_shape, device=self.device, dtype=self.dtype),
-                                    torch.zeros(1, dtype=torch.long, device=self.device),
-                                    cond.batch(1, self.dtype) if cond is not None else {}))
-        params = self.float32_params(self.transformer, layer, probe)
+        params = self.float32_params(self.transformer, layer, self._probe)
         candidates = self.layers()
 
         def run(x):
