@@ -69,6 +69,61 @@ def _basis_path(cache: Path, p: int, seed: int, ts: int) -> Path:
     return cache / f"p{p}" / f"s{seed}" / f"t{ts:04d}.safetensors"
 
 
+def _trajectory_path(cache: Path, p: int, seed: int) -> Path:
+    return cache / f"p{p}" / f"s{seed}" / "trajectory.safetensors"
+
+
+TRAJECTORY_FORMAT = "latentbasis.trajectory/1"
+
+
+def save_trajectory(traj, path: Path, model_hash: str) -> None:
+    """A kept trajectory (states and x0_hat at each, float32) as one safetensors file, written atomically."""
+    from safetensors.torch import save_file
+
+    from .atomic import atomic_path
+
+    meta = {"format": TRAJECTORY_FORMAT, "timesteps": json.dumps(list(traj.timesteps)), "prompt": traj.prompt or "",
+            "guidance": repr(float(traj.guidance)), "model_hash": model_hash}
+    tensors = {"xs": traj.xs.float().contiguous(), "x0_hats": traj.x0_hats.float().contiguous(),
+               "x0": traj.x0.float().contiguous()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def load_trajectory(path: Path, model):
+    """A trajectory file, checked (format, the model's weights, shapes, finite values)."""
+    from safetensors import safe_open
+
+    from .sampling import Trajectory
+    from .validate import finite_tensor
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            t = {n: fh.get_tensor(n) for n in ("xs", "x0_hats", "x0")}
+        steps = json.loads(meta.get("timesteps", "[]"))
+    except Exception as e:
+        raise LatentBasisError(f"{path} is not a readable trajectory file ({type(e).__name__}); remove the cache "
+                               "folder") from None
+    if meta.get("format") != TRAJECTORY_FORMAT or meta.get("model_hash") != model.model_hash:
+        raise LatentBasisError(f"{path} is not a trajectory of this model; remove the cache folder")
+    n = len(steps)
+    if (not all(isinstance(v, int) and 0 <= v < model.num_train_timesteps for v in steps)
+            or tuple(t["xs"].shape) != (n, *model.x_shape) or t["x0_hats"].shape != t["xs"].shape
+            or tuple(t["x0"].shape) != tuple(model.x_shape)):
+        raise LatentBasisError(f"{path} is inconsistent; remove the cache folder")
+    for name, v in t.items():
+        finite_tensor(v, f"{path}: {name}")
+    return Trajectory(steps, t["xs"], t["x0"], meta.get("prompt") or None, float(meta.get("guidance", 1.0)),
+                      t["x0_hats"])
+
+
+def load_trajectories(model, spec: GridSpec, cache: str | os.PathLike, p: int = 0) -> list:
+    """The kept trajectories of condition p, one per seed (in seed order)."""
+    return [load_trajectory(_trajectory_path(Path(cache), p, s), model) for s in spec.seeds]
+
+
 def _manifest(model, spec: GridSpec) -> dict:
     return {"format": "latentbasis.grid/1", "model": model.name, "model_hash": model.model_hash, **asdict(spec)}
 
@@ -126,14 +181,19 @@ def compute_grid(model, spec: GridSpec, cache: str | os.PathLike, *, rank: int =
     for p, seed in mine:
         prompt = spec.prompts[p]
         paths = [_basis_path(cache, p, seed, ts) for ts in spec.timesteps]
-        if all(path.exists() for path in paths):
+        tpath = _trajectory_path(cache, p, seed)
+        if all(path.exists() for path in paths) and tpath.exists():
             advance(len(paths))
             continue
-        if spec.prompt_points == "shared" and prompt is not None:
+        if tpath.exists():
+            traj = load_trajectory(tpath, model)
+        elif spec.prompt_points == "shared" and prompt is not None:
             traj = sample_trajectory(model, seed, num_steps=spec.num_steps, prompt=None, through=spec.timesteps)
         else:
             traj = sample_trajectory(model, seed, num_steps=spec.num_steps, prompt=prompt, guidance=spec.guidance,
                                      through=spec.timesteps)
+        if not tpath.exists():   # kept: the generation-geometry part of the report reads the states again
+            save_trajectory(traj, tpath, model.model_hash)
         prev = None
         for ts, path in zip(spec.timesteps, paths):
             if path.exists():
@@ -234,9 +294,15 @@ def low_frequency_fraction(v: torch.Tensor, cutoff: float = LOW_FREQUENCY_CUTOFF
 
 
 def data_pca(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Principal components of data [N, *x_shape]: (variances lam [D] descending, components [D, *x_shape])."""
+    """Principal components of data [N, *x_shape]: (variances lam [r] descending, components [r, *x_shape]),
+    r = min(N, D). From the eigendecomposition of the D x D covariance when N > D (8x faster than the SVD of the
+    data for `shapes`: 9 s against 77 s on one core), else from the SVD."""
     X = images.reshape(len(images), -1).double()
     X = X - X.mean(0)
+    if len(X) > X.shape[1]:
+        lam, V = torch.linalg.eigh(X.T @ X / (len(X) - 1))
+        lam, V = lam.flip(0).clamp(min=0), V.flip(1)
+        return lam, V.T.reshape(len(lam), *images.shape[1:])
     _, S, Vh = torch.linalg.svd(X, full_matrices=False)
     lam = S ** 2 / (len(X) - 1)
     return lam, Vh.reshape(len(Vh), *images.shape[1:])
@@ -470,21 +536,35 @@ def findings(n: dict) -> list[dict]:
     return res
 
 
-def training_data(model) -> torch.Tensor | None:
-    """The images a bundled model was trained on ([N, *x_shape] in [-1, 1]), from its training_log.json, or None
-    (a user's checkpoint, or a latent model: the data PCA overlay then is left out)."""
-    if model.x_is_latent or not getattr(model, "path", None):
+def _training_config(model) -> dict | None:
+    """The training config of a model latentbasis trained (its training_log.json), or None."""
+    if not getattr(model, "path", None):
         return None
     log = Path(model.path) / "training_log.json"
     if not log.exists():
         return None
     try:
         cfg = json.loads(log.read_text())["config"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return cfg if isinstance(cfg, dict) else None
+
+
+def dataset_of(model) -> str | None:
+    """The name of the bundled dataset a model was trained on (digits, shapes, ...), or None."""
+    from .train import PRESETS
+
+    cfg = _training_config(model)
+    return cfg.get("dataset") if cfg and cfg.get("dataset") in PRESETS else None
+
+
+def training_data(model) -> torch.Tensor | None:
+    """The images a bundled model was trained on ([N, *x_shape] in [-1, 1]), from its training_log.json, or None
+    (a user's checkpoint, or a latent model: the data PCA overlay then is left out)."""
+    if model.x_is_latent or dataset_of(model) is None:
         return None
     from .train import PRESETS, load_dataset
 
-    if cfg.get("dataset") not in PRESETS:
-        return None
+    cfg = _training_config(model)
     settings = {"dataset": cfg["dataset"], "seed": int(cfg.get("seed", 0)), "resolution": model.x_shape[-1]}
     return load_dataset(replace(PRESETS[cfg["dataset"]], **settings))[0]

@@ -16,12 +16,19 @@ def atomic_path(path: str | os.PathLike):
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())   # some writers (safetensors) create 0600 files: every output alike
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
     for stale in path.parent.glob(f".{glob_escape(path.name)}.*.tmp{glob_escape(path.suffix)}"):
         stale.unlink(missing_ok=True)   # left by a writer that was killed before it could clean up
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def glob_escape(text: str) -> str:

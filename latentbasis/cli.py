@@ -19,6 +19,7 @@ EXAMPLES = {
     "app": "latentbasis app --model digits            # prints its address, http://127.0.0.1:PORT/",
     "info": "latentbasis info basis.safetensors",
     "layers": "latentbasis layers --model digits-flow",
+    "compare": "latentbasis compare --model digits --model shapes --out compare/",
     "train": "latentbasis train --dataset digits --out my-digits/",
 }
 
@@ -348,9 +349,27 @@ def _cmd_report(a) -> None:
         return
     from .report import verdict
 
-    for f in numbers["findings"]:
+    for f in numbers["findings"] + numbers.get("geometry_findings", []):
         print(f"{verdict(f)}: {f['claim']}  [{f['evidence']}]")
     print(f"wrote {Path(a.out) / 'report.html'}")
+
+
+def _cmd_compare(a) -> None:
+    from . import validate as v
+    from .report import ReportSettings, run_compare, verdict
+
+    if not a.model or len(a.model) < 2:
+        raise LatentBasisError("give at least two models: --model A --model B")
+    _check_common(a)
+    v.count(a.samples, "--samples", v.MAX_SAMPLES, lo=4)
+    v.count(a.timesteps, "--timesteps", v.MAX_TIMESTEPS, lo=2)
+    v.check_output_folder(a.out, "--out")
+    models = [_load(a, name) for name in a.model]
+    settings = ReportSettings(samples=a.samples, timesteps=a.timesteps, k=a.k, num_steps=a.steps, geometry=False)
+    r = run_compare(models, a.out, settings, progress=not a.quiet)
+    for f in r["findings"]:
+        print(f"{verdict(f)}: {f['claim']}  [{f['evidence']}]")
+    print(f"wrote {Path(a.out) / 'compare.html'}")
 
 
 def editor_path() -> Path | None:
@@ -542,6 +561,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_options(r)
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(run=_cmd_report)
+
+    c = _sub(sub, "compare", "the same tangent-space measurements for several models, side by side",
+             "Run the report grid on several models (the first: the simpler data) and compare how consistent their "
+             "samples' tangent spaces are, each normalised by its own random baseline, with intervals and the "
+             "confounds (resolution, channels, architecture) on the page.")
+    c.add_argument("--model", action="append", default=None, help="a model (repeat: at least two; the first is "
+                                                                     "the simpler data)")
+    c.add_argument("--samples", type=int, default=8, help="samples per model (at least 4)")
+    c.add_argument("--timesteps", type=int, default=10, help="timesteps from 1.0 T to 0.1 T")
+    c.add_argument("--k", type=int, default=8, help="number of directions")
+    c.add_argument("--steps", type=int, default=100, help="DDIM steps of the trajectories")
+    c.add_argument("--out", required=True, help="folder for compare.html and each model's report")
+    _add_runtime_options(c)
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    c.set_defaults(run=_cmd_compare)
 
     t = _sub(sub, "train", "train a bundled model (seeded, resumable from OUT/checkpoint.pt)",
              "Train one of the bundled models from scratch (seeded and resumable: OUT/checkpoint.pt).")

@@ -221,3 +221,21 @@ def shapes_quality(model, n: int = 256, num_steps: int = 50, batch: int = 128, r
             "pixel_r2_mean": float(pix_r2.mean()), "pixel_r2_median": float(np.median(pix_r2)),
             "kind_probability": float(read["kind_probability"].mean()),
             "kinds": np.bincount(read["kind"], minlength=3).tolist(), "images": xs, "read": read}
+
+
+def quality_judge(model):
+    """A score of generated images [n, *x] for a bundled model's data (None for any other model): the digits
+    classifier's mean top-class probability (digits, digits-text, digits-flow), or the fraction of samples the
+    shapes factor reader recovers (shapes). Used by the report's teleportation measurement."""
+    from .analysis import dataset_of
+
+    dataset = dataset_of(model)
+    if dataset in ("digits", "digits-text", "digits-flow"):
+        from .data import downsample_to_digits
+
+        clf, _, _ = digits_classifier(model.x_shape[-1])
+        return lambda xs: float(clf.predict_proba(downsample_to_digits(xs.float())).max(axis=1).mean())
+    if dataset == "shapes":
+        reader = shapes_reader(resolution=model.x_shape[-1])
+        return lambda xs: float(recovery(reader, xs.float())[2].mean())
+    return None

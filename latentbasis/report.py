@@ -11,6 +11,7 @@ import html
 import io
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,8 @@ class ReportSettings:
     num_steps: int = 100
     algorithm: str = "krylov"
     prompt_points: str = "own"  # text models: "own" (each prompt's trajectory) or "shared" (one x_t for all)
+    geometry: bool = True       # the generation-geometry part (latentbasis.geometry), from the kept trajectories
+    judge_samples: int = 64     # images per teleportation fraction (bundled models' quality judges)
 
 
 def default_prompts(model) -> tuple[list[str], list[str] | None]:
@@ -91,6 +94,7 @@ def run_report(model, out: str | os.PathLike, settings: ReportSettings, *, progr
                     k=settings.k, prompts=prompts, guidance=settings.guidance if model.conditional else 1.0,
                     num_steps=settings.num_steps, algorithm=settings.algorithm,
                     prompt_points=settings.prompt_points)
+    t0 = time.perf_counter()
     with distributed() as (rank, world):
         if rank == 0:
             check_cache(model, spec, out / "cache")
@@ -99,14 +103,35 @@ def run_report(model, out: str | os.PathLike, settings: ReportSettings, *, progr
         barrier()
         if rank != 0:
             return None
+    seconds_grid = time.perf_counter() - t0
     bases = load_grid(model, spec, out / "cache")
+    data = training_data(model) if (pca is None or settings.geometry) else None
     if pca is None:
-        data = training_data(model)
         pca = data_pca(data) if data is not None else None
     numbers = measure(model, spec, bases, pca=pca, prompt_groups=groups)
     numbers["seconds_per_basis"] = float(np.mean([b.seconds for b in bases.values()]))
+    numbers["seconds_grid"] = seconds_grid
+    if settings.geometry:
+        numbers.update(geometry_part(model, spec, bases, out / "cache", data, settings.judge_samples, pca))
     write_report(numbers, out, bases=bases, pca=pca, alphas_cumprod=model.alphas_cumprod)
     return numbers
+
+
+def geometry_part(model, spec, bases, cache: Path, data, judge_samples: int, pca=None) -> dict:
+    """{"geometry", "geometry_findings", "seconds_geometry"} from the grid's kept trajectories of the first
+    condition (latentbasis.geometry), with the latent basis v1 of each sample as the perturbation's basis
+    direction."""
+    from .analysis import load_trajectories
+    from .evaluate import quality_judge
+    from .geometry import geometry_findings, measure_geometry
+
+    t0 = time.perf_counter()
+    trajs = load_trajectories(model, spec, cache, 0)
+    directions = {i: {ts: bases[0, seed, ts].latent[0] for ts in spec.timesteps} for i, seed in enumerate(spec.seeds)}
+    g = measure_geometry(model, trajs, data=data, pca=pca, judge=quality_judge(model), directions=directions,
+                         impact_timesteps=spec.timesteps, k=spec.k, judge_samples=judge_samples,
+                         prompt=trajs[0].prompt, guidance=trajs[0].guidance)
+    return {"geometry": g, "geometry_findings": geometry_findings(g), "seconds_geometry": time.perf_counter() - t0}
 
 
 # ---------------------------------------------------------------- rendering
@@ -253,6 +278,76 @@ def _plots(n: dict, out: Path, bases, pca, alphas_cumprod) -> dict[str, bytes]:
     return figs
 
 
+def _geometry_plot(g: dict, out: Path) -> bytes:
+    """Six panels: linearity and convergence, perturbation impact, commit times, chromatography, the Gaussian
+    closed form (and the mean-shift denoiser), teleportation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tf = np.array(g["t_fractions"])
+    fig, ax = plt.subplots(2, 3, figsize=(14, 7.5))
+    a = ax[0, 0]
+    a.plot(tf, g["chord_deviation"]["mean"], "o-", ms=3, label="distance from the chord / its length")
+    a.plot(tf, g["convergence"]["sampling_mean"], "s-", ms=3, label="x_t to the image (normalised)")
+    a.plot(tf, g["convergence"]["denoising_mean"], "^-", ms=3, label="x0_hat(t) to the image (normalised)")
+    a.set(xlabel="t (fraction of T)", title="Linearity and convergence")
+    a.invert_xaxis()
+    a.legend(fontsize=7)
+    a = ax[0, 1]
+    p = g["perturbation"]
+    T1 = g["timesteps"][0] / tf[0] if tf[0] else 1.0   # T - 1
+    pt = np.array(p["timesteps"]) / T1
+    a.plot(pt, p["random_mean"], "o-", ms=3, label="random direction")
+    if p.get("basis_mean"):
+        a.plot(pt, p["basis_mean"], "s-", ms=3, label="latent basis v1")
+    if p.get("gaussian_random"):
+        a.plot(pt, p["gaussian_random"], "k--", lw=1, label="Gaussian theory (random)")
+    a.set(xlabel="t (fraction of T)", ylabel="change of x_0 per unit", title="Perturbation impact", yscale="log")
+    a.invert_xaxis()
+    a.legend(fontsize=7)
+    a = ax[0, 2]
+    if "commit" in g:
+        c = g["commit"]
+        a.plot(c["data_variances"], c["measured_median"], "o", label="measured (median over samples)")
+        a.plot(c["data_variances"], c["predicted"], "k--", label="Gaussian: sigma^2 / alpha^2 = lam")
+        a.set(xscale="log", xlabel="data variance lam_i", ylabel="commit timestep", title="Commit times")
+        a.legend(fontsize=7)
+    else:
+        b = g["bands"]
+        a.bar([f"{lo:g}-{hi:g}" for lo, hi in b["bands"]], b["commit_timestep_median"])
+        a.set(xlabel="frequency band (cycles/px)", ylabel="commit timestep", title="Commit times of frequency bands")
+    a = ax[1, 0]
+    c = g["chromatography"]
+    a.plot(c["m"], c["settle_timestep_median"], "o-", label="measured: pooled x0_hat settles")
+    a.plot(c["m"], [v if v is not None else np.nan for v in c["theory_half_signal"]], "k--",
+           label="schedule theory: half signal")
+    a.set(xscale="log", xlabel="pooling m (m x m)", ylabel="timestep", title="Resolution chromatography")
+    a.legend(fontsize=7)
+    a = ax[1, 1]
+    if "gaussian" in g:
+        a.plot(tf, g["gaussian"]["relative_distance_mean"], "o-", ms=3, label="real vs Gaussian closed form")
+    if "mean_shift" in g:
+        a.plot(tf, g["mean_shift"]["relative_distance_mean"], "s-", ms=3, label="x0_hat vs optimal (mean-shift)")
+    a.set(xlabel="t (fraction of T)", ylabel="relative distance", title="Against the closed forms")
+    a.invert_xaxis()
+    if "gaussian" in g or "mean_shift" in g:
+        a.legend(fontsize=7)
+    else:
+        a.text(0.5, 0.5, "no training data known:\nno closed-form comparison", ha="center")
+    a = ax[1, 2]
+    if "teleport" in g:
+        rows = g["teleport"]
+        a.plot([r["fraction"] for r in rows], [r["score"] for r in rows], "o-")
+        a.set(xlabel="fraction of steps teleported", ylabel="quality judge", title="Gaussian teleportation")
+    else:
+        a.axis("off")
+        a.text(0.5, 0.5, "no quality judge for this model", ha="center")
+    fig.tight_layout()
+    return _save_fig(fig, out / "geometry.png")
+
+
 def _tables(n: dict, out: Path) -> None:
     tf, ts = n["t_fractions"], n["timesteps"]
     k = n["k"]
@@ -273,6 +368,25 @@ def _tables(n: dict, out: Path) -> None:
         _csv(out / "prompt_distance.csv", cols,
              [[ts[i], tf[i], pd["mean"][i]] + ([pd["same_group_mean"][i], pd["different_group_mean"][i]]
                                                if "same_group_mean" in pd else []) for i in range(len(ts))])
+    if "geometry" in n:
+        g = n["geometry"]
+        cols = {"chord_deviation_mean": g["chord_deviation"]["mean"],
+                "sampling_distance_mean": g["convergence"]["sampling_mean"],
+                "denoising_distance_mean": g["convergence"]["denoising_mean"]}
+        if "gaussian" in g:
+            cols["gaussian_relative_distance"] = g["gaussian"]["relative_distance_mean"]
+        if "mean_shift" in g:
+            cols["mean_shift_relative_distance"] = g["mean_shift"]["relative_distance_mean"]
+        steps = g["timesteps"]
+        _csv(out / "geometry.csv", ["timestep", "t", *cols],
+             [[s_, t_, *[c[i] for c in cols.values()]] for i, (s_, t_) in enumerate(zip(steps, g["t_fractions"]))])
+        p = g["perturbation"]
+        _csv(out / "perturbation.csv", ["timestep", "random", "basis_v1", "gaussian_random"],
+             [[t_, p["random_mean"][i], (p.get("basis_mean") or [None] * len(p["timesteps"]))[i],
+               (p.get("gaussian_random") or [None] * len(p["timesteps"]))[i]] for i, t_ in enumerate(p["timesteps"])])
+        if "teleport" in g:
+            _csv(out / "teleport.csv", ["fraction", "quality", "seconds"],
+                 [[r["fraction"], r["score"], r["seconds"]] for r in g["teleport"]])
     if "gaussian" in n:
         g = n["gaussian"]
         _csv(out / "gaussian.csv", ["timestep", "t", "latent_to_data_pcs", "spectrum_shape_error", "spectrum_error"]
@@ -281,11 +395,36 @@ def _tables(n: dict, out: Path) -> None:
                *g["gains"][i]] for i in range(len(ts))])
 
 
+def _findings_rows(findings: list[dict]) -> str:
+    e = html.escape
+    return "".join(
+        f"<tr><td>{e(f['claim'])}</td><td class={ {True: 'yes', False: 'no', None: 'mixed'}[f['holds']]}>"
+        f"{verdict(f)}</td><td>{e(f['evidence'])}</td></tr>" for f in findings)
+
+
+def _geometry_html(n: dict, img) -> str:
+    g = n["geometry"]
+    tele = ""
+    if "teleport" in g:
+        tele = ("<table><tr><th>steps teleported</th><th>quality judge</th><th>seconds</th></tr>"
+                + "".join(f"<tr><td>{100 * r['fraction']:.0f} %</td><td>{r['score']:.3f}</td><td>{r['seconds']:.1f}"
+                          "</td></tr>" for r in g["teleport"]) + "</table>")
+    cost = (f"<p>This part took {n.get('seconds_geometry', float('nan')):.1f} s, reusing the kept trajectories of the "
+            f"grid, which took {n.get('seconds_grid', float('nan')):.1f} s.</p>")
+    return (f"<h2>Generation geometry</h2><p>Claims of Wang &amp; Vastola (2023/24), the coarse-to-fine "
+            f"(chromatography) paper and Chen et al. (2023), measured on the kept trajectories of the first condition; "
+            f"each verdict comes from a rule fixed in latentbasis/geometry.py before any result was seen.</p>"
+            f"<table><tr><th>claim</th><th>here</th><th>evidence</th></tr>{_findings_rows(n['geometry_findings'])}"
+            f"</table>{img('geometry')}{tele}{cost}")
+
+
 def write_report(n: dict, out: str | os.PathLike, *, bases, pca, alphas_cumprod) -> Path:
     """report.html (plots embedded: readable offline), numbers.json, CSV tables and PNG plots in `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     figs = _plots(n, out, bases, pca, alphas_cumprod)
+    if "geometry" in n:
+        figs["geometry"] = _geometry_plot(n["geometry"], out)
     _tables(n, out)
     write_text_atomic(out / "numbers.json", json.dumps(n, indent=1))
     e = html.escape
@@ -294,9 +433,7 @@ def write_report(n: dict, out: str | os.PathLike, *, bases, pca, alphas_cumprod)
         return (f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(figs[name]).decode()}">'
                 if name in figs else "")
 
-    rows = "".join(
-        f"<tr><td>{e(f['claim'])}</td><td class={ {True: 'yes', False: 'no', None: 'mixed'}[f['holds']]}>"
-        f"{verdict(f)}</td><td>{e(f['evidence'])}</td></tr>" for f in n["findings"])
+    rows = _findings_rows(n["findings"])
     sd, fq = n["sample_distance"], n["frequency"]
     per_t = "".join(
         f"<tr><td>{ts}</td><td>{t:.2f}</td><td>{sd['tangent_mean'][i]:.3f} ± {sd['tangent_std'][i]:.3f}</td>"
@@ -339,9 +476,130 @@ in h and {rb['latent']['geodesic_mean']:.3f} ± {rb['latent']['geodesic_std']:.3
 <p>Resolution chromatography (theory.md): first timestep where m x m pooled x_t is less than half signal: {chrom}.
 {'' if 'gaussian' in n else 'No data PCA: the training data of this model is not known to latentbasis.'}</p>
 <h2>Directions</h2>{img('directions')}
+{_geometry_html(n, img) if 'geometry' in n else ''}
 <p>Numbers: numbers.json, spectrum.csv, per_timestep.csv, timestep_distance.csv{', prompt_distance.csv' if 'prompt_distance' in n else ''}{', gaussian.csv' if 'gaussian' in n else ''}.
 Bases: cache/ (latentbasis basis files).</p>
 </body></html>
 """
     write_text_atomic(out / "report.html", page)
     return out / "report.html"
+
+
+# ---------------------------------------------------------------- several models side by side
+
+def run_compare(models: list, out: str | os.PathLike, settings: ReportSettings, *, progress: bool = True) -> dict:
+    """The same grid for several models (each in out/<n>-<name>/, resumable), their tangent-space distances between
+    samples divided by each one's random-subspace baseline at every matched t, and the pullback paper's cross-model
+    claim decided on them: the first model (the simpler data) has more consistent tangent spaces than each other
+    model, i.e. the 95 % interval (resampling each model's samples) of the difference of normalised distances is
+    above 0 at every t (holds), below 0 at every t (does not hold), else mixed. Writes compare.html, compare.json,
+    compare.csv and compare.png."""
+    from .validate import check_output_folder
+
+    if len(models) < 2:
+        raise LatentBasisError("compare needs at least two models (--model A --model B)")
+    out = check_output_folder(out, "--out")
+    out.mkdir(parents=True, exist_ok=True)
+    one = dataclass_replace(settings, geometry=False)
+    per = []
+    for i, model in enumerate(models):
+        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(model.name).name)[:40]
+        n = run_report(model, out / f"{i}-{safe}", one, progress=progress)
+        base = n["random_baseline"]["tangent"]["geodesic_mean"]
+        mats = [np.asarray(m[0]) / base for m in n["sample_distance"]["tangent_matrices"]]   # first condition
+        per.append({"model": model.name, "t_fractions": n["t_fractions"], "baseline": base, "matrices": mats,
+                    "normalised": [float(d / base) for d in n["sample_distance"]["tangent_mean"]],
+                    "confounds": _confounds(model, n)})
+    rows, verdicts = [], []
+    for other in per[1:]:
+        diffs = []
+        for ti in range(len(per[0]["t_fractions"])):
+            a, b = per[0]["matrices"][ti], other["matrices"][ti]
+            d = other["normalised"][ti] - per[0]["normalised"][ti]
+            lo, hi = _difference_interval(a, b, seed=ti)
+            diffs.append((d, lo, hi))
+            rows.append([other["model"], per[0]["t_fractions"][ti], per[0]["normalised"][ti],
+                         other["normalised"][ti], d, lo, hi])
+        above = all(lo > 0 for _, lo, _ in diffs)
+        below = all(hi < 0 for _, _, hi in diffs)
+        holds = True if above else False if below else None
+        verdicts.append({"claim": f"{per[0]['model']} (simpler data) has more consistent tangent spaces than "
+                                  f"{other['model']} at every matched t (distances / random baseline)",
+                         "holds": holds, "judged": True, "verdict": verdict({"holds": holds}),
+                         "evidence": "; ".join(f"t = {t:.2f}: {d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for t, (d, lo, hi)
+                                               in zip(per[0]["t_fractions"], diffs))})
+    result = {"models": [p["model"] for p in per], "t_fractions": per[0]["t_fractions"],
+              "normalised": {p["model"]: p["normalised"] for p in per},
+              "baselines": {p["model"]: p["baseline"] for p in per},
+              "confounds": {p["model"]: p["confounds"] for p in per}, "findings": verdicts}
+    write_text_atomic(out / "compare.json", json.dumps(result, indent=1))
+    _csv(out / "compare.csv", ["model", "t", "first_normalised", "model_normalised", "difference", "low95", "high95"],
+         rows)
+    _compare_page(result, out)
+    return result
+
+
+def _difference_interval(a: np.ndarray, b: np.ndarray, seed: int = 0, draws: int = 2000) -> tuple[float, float]:
+    """95 % percentile interval of mean pair distance(b) - mean pair distance(a), the samples of each model resampled
+    independently (with replacement; pairs of one sample drawn twice left out)."""
+    from .analysis import _pair_mean
+
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(draws):
+        ia, ib = rng.integers(0, len(a), len(a)), rng.integers(0, len(b), len(b))
+        v = _pair_mean([b], ib) - _pair_mean([a], ia)
+        if v == v:
+            vals.append(v)
+    return float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))
+
+
+def dataclass_replace(obj, **kw):
+    import dataclasses
+
+    return dataclasses.replace(obj, **kw)
+
+
+def _confounds(model, n: dict) -> dict:
+    """What else differs between the models besides their data (written on the compare page)."""
+    return {"x": "x".join(map(str, model.x_shape)), "resolution": model.x_shape[-1], "channels": model.x_shape[0],
+            "architecture": type(model.denoiser).__name__, "family": model.family,
+            "schedule": "flow matching" if model.flow else "variance preserving", "h dimensions": n["tangent_dim"],
+            "x dimensions": n["latent_dim"], "random baseline": round(n["random_baseline"]["tangent"]["geodesic_mean"], 3)}
+
+
+def _compare_page(r: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    e = html.escape
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for m in r["models"]:
+        ax.plot(r["t_fractions"], r["normalised"][m], "o-", ms=3, label=m)
+    ax.axhline(1.0, color="grey", ls=":", label="random subspaces")
+    ax.set(xlabel="t (fraction of T)", ylabel="distance between samples / random baseline",
+           title="Tangent-space consistency across samples")
+    ax.invert_xaxis()
+    ax.legend(fontsize=7)
+    png = _save_fig(fig, out / "compare.png")
+    keys = list(next(iter(r["confounds"].values())))
+    conf = ("<tr><th>model</th>" + "".join(f"<th>{e(k)}</th>" for k in keys) + "</tr>" + "".join(
+        f"<tr><td>{e(m)}</td>" + "".join(f"<td>{e(str(r['confounds'][m][k]))}</td>" for k in keys) + "</tr>"
+        for m in r["models"]))
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>latentbasis compare</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}img{{max-width:100%}}
+table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;padding:3px 6px}}
+.yes{{color:#070;font-weight:bold}}.no{{color:#a00;font-weight:bold}}.mixed{{color:#a60;font-weight:bold}}</style></head><body>
+<h1>Models compared: {e(', '.join(r['models']))}</h1>
+<p>The same grid for each (samples x timesteps, k), each model's geodesic distances between its samples' tangent
+spaces divided by its own random-subspace baseline. The pullback paper's claim, "the simpler the dataset, the more
+consistent the tangent spaces", with the first model as the simpler data; intervals from resampling each model's
+samples (2,000 times).</p>
+<table><tr><th>claim</th><th>here</th><th>evidence: difference (other - first) [95 % interval]</th></tr>{_findings_rows(r['findings'])}</table>
+<img alt="compare" src="data:image/png;base64,{base64.b64encode(png).decode()}">
+<h2>What else differs (confounds)</h2><p>The models differ in more than their data; any of these can move the
+numbers, so the claim is read with them in view:</p><table>{conf}</table>
+<p>Numbers: compare.json, compare.csv; each model's own report in its folder here.</p></body></html>"""
+    write_text_atomic(out / "compare.html", page)

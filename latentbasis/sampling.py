@@ -51,12 +51,12 @@ def predict_eps(model, x: torch.Tensor, timestep: int, prompt: str | None = None
 
 
 def _step(model, x: torch.Tensor, a: int, to: tuple[torch.Tensor, torch.Tensor], prompt, guidance,
-          clip) -> torch.Tensor:
+          clip) -> tuple[torch.Tensor, torch.Tensor]:
     """One deterministic step of x (on the device) from timestep a to the level to = (alpha, sigma); x0_hat clamped
-    where asked (schedules: DDIM for a VP model, Euler for a flow model)."""
+    where asked (schedules: DDIM for a VP model, Euler for a flow model). Returns (the next x, x0_hat at x)."""
     eps, x0 = predict(model, x, a, prompt, guidance)
     eps, x0 = clip_x0(x.to(model.math_dtype), eps, x0, *model.level(a), clip)
-    return ddim_update(eps, x0, *to).float()
+    return ddim_update(eps, x0, *to).float(), x0.float()
 
 
 def initial_noise(model, seed: int) -> torch.Tensor:
@@ -75,15 +75,18 @@ def sample_to(model, seed: int = 0, *, t: float | None = None, timestep: int | N
 
 
 def ddim_walk(model, x: torch.Tensor, grid: list[int], prompt: str | None = None,
-              guidance: float = 1.0, progress=None) -> list[torch.Tensor]:
+              guidance: float = 1.0, progress=None, denoised: list | None = None) -> list[torch.Tensor]:
     """DDIM (eta = 0) from x [B, *x_shape] at grid[0] through every timestep of `grid` (descending);
     returns the states at each, [x at grid[0], ..., x at grid[-1]] (float32, on the CPU; the walk itself runs on
-    the model's device). progress: called with 1 after each network step (a progress bar's update)."""
+    the model's device). progress: called with 1 after each network step (a progress bar's update). denoised: a
+    list that receives x0_hat at each state but the last (float32, CPU), when given."""
     states = [x.float().cpu()]
     x = x.to(model.device, torch.float32)
     for a, b in zip(grid[:-1], grid[1:]):
-        x = _step(model, x, a, model.level(b), prompt, guidance, model.clip_sample)
+        x, x0 = _step(model, x, a, model.level(b), prompt, guidance, model.clip_sample)
         states.append(x.cpu())
+        if denoised is not None:
+            denoised.append(x0.cpu())
         if progress:
             progress(1)
     return states
@@ -99,6 +102,7 @@ class Trajectory:
     x0: torch.Tensor | None      # [*x_shape] the image the states lead to (None for an inversion: it depends on t)
     prompt: str | None = None
     guidance: float = 1.0
+    x0_hats: torch.Tensor | None = None   # [len(timesteps), *x_shape] x0_hat at each state (sampled trajectories)
 
     def index(self, timestep: int) -> int:
         if timestep not in self.timesteps:
@@ -122,19 +126,23 @@ def trajectory_grid(T: int, num_steps: int, through: int | Iterable[int] | None 
 def denoise(model, x: torch.Tensor, grid: list[int], prompt: str | None = None, guidance: float = 1.0,
             clip_denoised: bool = True, keep: bool = False, progress=None):
     """DDIM over `grid` (descending, ending at 0) from x [B, *x_shape] at grid[0], then the final step to x0:
-    x0 = (x_0 - sqrt(1 - abar_0) eps) / sqrt(abar_0). Returns x0 [B, ...] (and the kept states [len(grid), B, ...])."""
-    kept = ddim_walk(model, x, grid, prompt, guidance, progress)
+    x0 = (x_0 - sqrt(1 - abar_0) eps) / sqrt(abar_0). Returns x0 [B, ...] (with keep: also the states and x0_hat at
+    each, both [len(grid), B, ...])."""
+    hats: list = []
+    kept = ddim_walk(model, x, grid, prompt, guidance, progress, denoised=hats if keep else None)
     x0 = predict_x0(model, kept[-1], grid[-1], prompt, guidance)
     if progress:
         progress(1)
+    if keep:
+        hats.append(x0)
     x0 = x0.clamp(-1, 1) if clip_denoised else x0
-    return (x0, torch.stack(kept)) if keep else x0
+    return (x0, torch.stack(kept), torch.stack(hats)) if keep else x0
 
 
 def predict_x0(model, x: torch.Tensor, timestep: int, prompt: str | None = None, guidance: float = 1.0):
     """The denoised estimate x0_hat(x_t) of the network (clamped where the config asks): a DDIM step to abar = 1.
     [B, *x_shape] float32 on the CPU."""
-    return _step(model, x, timestep, _image_level(model), prompt, guidance, model.clip_sample).cpu()
+    return _step(model, x, timestep, _image_level(model), prompt, guidance, model.clip_sample)[0].cpu()
 
 
 def _image_level(model) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,8 +156,9 @@ def sample_trajectory(model, seed: int = 0, *, num_steps: int = 100, prompt: str
     """x_T ~ N(0, I) from the seed, DDIM (eta = 0) over trajectory_grid(T, num_steps, through), states kept
     (len(grid) network steps: progress(1) after each)."""
     grid = trajectory_grid(model.num_train_timesteps, num_steps, through)
-    x0, kept = denoise(model, initial_noise(model, seed)[None], grid, prompt, guidance, keep=True, progress=progress)
-    return Trajectory(grid, kept[:, 0], x0[0], prompt, guidance)
+    x0, kept, hats = denoise(model, initial_noise(model, seed)[None], grid, prompt, guidance, keep=True,
+                             progress=progress)
+    return Trajectory(grid, kept[:, 0], x0[0], prompt, guidance, hats[:, 0])
 
 
 @torch.no_grad()
@@ -171,7 +180,7 @@ def invert(model, x0: torch.Tensor, *, num_steps: int = 100, prompt: str | None 
     if progress:
         progress(1)
     for a, b in zip(up[:-1], up[1:]):
-        x = _step(model, x, a, model.level(b), prompt, 1.0, model.clip_sample)
+        x = _step(model, x, a, model.level(b), prompt, 1.0, model.clip_sample)[0]
         kept.append(x.cpu())
         if progress:
             progress(1)

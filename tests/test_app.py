@@ -256,3 +256,22 @@ def test_a_text_model_with_a_vae(tiny_sd_dir, tmp_path):
     assert "PSNR" in msg and s.image == str(img)
     with pytest.raises(E.AppError, match="not a text model"):
         E.new_sample(load_model("digits"), E.Session(), 0, 0.6, prompt="a cat")
+
+
+def test_a_class_conditional_flow_transformer(tiny_dit_dir, tmp_path):
+    """The app on a flow-matching DiT: a label instead of a prompt, guidance, directions from a transformer block,
+    edits, an uploaded image inverted by the Euler step."""
+    from PIL import Image
+
+    dit = load_model(str(tiny_dit_dir))
+    s = E.Session()
+    pic = E.new_sample(dit, s, 0, 0.7, prompt="2", guidance=2.0)
+    assert pic.shape[-1] == 3 and s.prompt == "2"
+    assert len(E.find_directions(dit, s, 0.7, 2, "guidance")) == 2 and s.basis.layer == dit.default_layer
+    assert not np.array_equal(E.apply_edit(dit, s, "guidance", [5, 0]), E.apply_edit(dit, s, "guidance", [-5, 0]))
+    with pytest.raises(E.AppError, match="out of range"):
+        E.new_sample(dit, E.Session(), 0, 0.6, prompt="9")
+    img = tmp_path / "g.png"
+    Image.fromarray((np.random.default_rng(0).random((12, 12)) * 255).astype(np.uint8)).save(img)
+    _, msg = E.upload_image(dit, s, str(img), 0.7, prompt="1")
+    assert "PSNR" in msg and s.prompt == "1"

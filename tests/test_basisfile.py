@@ -80,3 +80,22 @@ def test_failed_write_keeps_the_old_file(basis, tmp_path, monkeypatch):
         save_basis(basis, p)
     assert p.read_bytes() == before
     assert [f.name for f in tmp_path.iterdir()] == ["b.safetensors"]  # no temporary left behind
+
+
+def test_every_output_gets_the_same_permissions(tiny_unet_dir, tmp_path):
+    """Basis files (written by safetensors, which makes 0600 files), pictures and recipes all follow the umask."""
+    import os
+    import stat
+
+    from latentbasis.cli import main
+
+    out = tmp_path / "e.png"
+    assert main(["basis", "--model", str(tiny_unet_dir), "--k", "2", "--steps", "3", "--quiet",
+                 "--out", str(tmp_path / "b.safetensors")]) == 0
+    assert main(["edit", "--model", str(tiny_unet_dir), "--k", "1", "--steps", "3", "--n-iter", "1", "--quiet",
+                 "--strengths", "1", "--out", str(out)]) == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert set(modes) == {"b.safetensors", "b.png", "e.png", "e.json"}
+    assert set(modes.values()) == {0o666 & ~mask}, modes

@@ -14,9 +14,13 @@ SMALL = ["--samples", "2", "--timesteps", "3", "--k", "3", "--steps", "10", "--q
 
 
 def _numbers(folder):
-    n = json.loads((folder / "numbers.json").read_text())
-    n.pop("seconds_per_basis")
-    return n
+    """numbers.json without its timings (the only numbers that differ between runs)."""
+    def drop(v):
+        if isinstance(v, dict):
+            return {k: drop(x) for k, x in v.items() if not k.startswith("seconds")}
+        return [drop(x) for x in v] if isinstance(v, list) else v
+
+    return drop(json.loads((folder / "numbers.json").read_text()))
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +99,8 @@ def test_two_gloo_processes_give_the_single_process_numbers(report, tiny_unet_di
                         "-m", "latentbasis.cli", "report", "--model", str(tiny_unet_dir), *SMALL, "--out", str(out)],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    made = sorted(p.relative_to(out / "cache") for p in (out / "cache").rglob("*.safetensors"))
-    assert len(made) == 6
+    made = sorted(p.relative_to(out / "cache") for p in (out / "cache").rglob("t[0-9]*.safetensors"))
+    assert len(made) == 6 and len(list((out / "cache").rglob("trajectory.safetensors"))) == 2
     single, dist = _numbers(report), _numbers(out)
     assert single.keys() == dist.keys()
 
@@ -141,3 +145,30 @@ def test_a_trend_is_judged_only_with_enough_evidence():
     assert findings(numbers(8, 3, 0.1))[0]["verdict"] == "too few samples to judge"
     noisy = findings(numbers(4, 4, 30.0))[0]            # the end points differ, but the interval spans 0
     assert noisy["verdict"] == "mixed (no clear trend)" and "95 % interval" in noisy["evidence"]
+
+
+def test_the_report_has_a_generation_geometry_part(report):
+    n = _numbers(report)
+    g = n["geometry"]
+    assert len(g["top2_share"]) == 2 and 0 < g["top2_share"][0] <= 1
+    assert g["perturbation"]["timesteps"] == [999, 549, 100]       # the report's timesteps (not 0)
+    claims = [f["claim"] for f in n["geometry_findings"]]
+    assert any("low-dimensional" in c for c in claims) and any("quasi-linear" in c for c in claims)
+    assert all(f["verdict"] in ("holds", "does not hold", "mixed (no clear trend)") for f in n["geometry_findings"])
+    page = (report / "report.html").read_text()
+    assert "Generation geometry" in page and (report / "geometry.png").stat().st_size > 10000
+    assert (report / "geometry.csv").read_text().startswith("timestep,t,chord_deviation_mean")
+
+
+def test_compare_two_models(tiny_unet_dir, other_unet_dir, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--model", str(tiny_unet_dir), "--model", str(other_unet_dir), "--samples", "4",
+                 "--timesteps", "2", "--k", "2", "--steps", "6", "--quiet", "--out", str(out)]) == 0
+    r = json.loads((out / "compare.json").read_text())
+    assert len(r["models"]) == 2 and len(r["findings"]) == 1
+    f = r["findings"][0]
+    assert f["verdict"] in ("holds", "does not hold", "mixed (no clear trend)") and "95 %" not in f["evidence"]
+    assert "[" in f["evidence"] and "architecture" in (out / "compare.html").read_text()
+    assert (out / "compare.csv").read_text().count("\n") == 1 + 2
+    assert main(["compare", "--model", str(tiny_unet_dir), "--out", str(tmp_path / "c2")]) == 2
+    assert "at least two models" in capsys.readouterr().err
