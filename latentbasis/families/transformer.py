@@ -31,7 +31,11 @@ SD3_MAX_SEQUENCE = 256   # StableDiffusion3Pipeline's default max_sequence_lengt
 
 
 def is_flow_schedule(config: dict) -> bool:
-    return str(config.get("_class_name", "")).startswith("FlowMatch") or config.get("prediction_type") == "flow"
+    """A flow-matching scheduler config: a FlowMatch* class, or (a config without its class name) shift and no
+    betas."""
+    name = str(config.get("_class_name", ""))
+    return (name.startswith("FlowMatch") or config.get("prediction_type") == "flow"
+            or (not name and "shift" in config and "beta_start" not in config))
 
 
 class TransformerModel(DiffusionModel):

@@ -21,7 +21,7 @@ import warnings
 import torch
 
 from ..errors import LatentBasisError
-from ..features import forward_to, modules_run_before
+from ..features import forward_to
 from ..schedules import check_prediction_type, vp_alphas_cumprod, vp_levels
 from .base import Conditioning, DiffusionModel
 
