@@ -14,6 +14,7 @@ Hooks live only for one forward: sampling elsewhere runs the model untouched (bi
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 import torch
@@ -64,6 +65,21 @@ def get_layer(root: torch.nn.Module, layer: str, candidates: list[str] | None = 
         raise LatentBasisError(f"the network has no layer {layer!r}; layers: {listed}") from None
 
 
+OUTPUT = "output"   # the "layer" that is the network's whole output (for the x0_hat Jacobian)
+
+
+@contextlib.contextmanager
+def differentiable_attention(root: torch.nn.Module):
+    """Attention on the MATH backend, with contiguous outputs, while a forward of root runs (module docstring)."""
+    handles = [m.register_forward_hook(_contiguous_output) for m in _attention_modules(root)]
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def forward_to(root: torch.nn.Module, layer: str, run: Callable[[], Any], *,
                select: Callable[[Any], torch.Tensor] = _first_tensor,
                candidates: list[str] | None = None) -> torch.Tensor:
@@ -74,16 +90,14 @@ def forward_to(root: torch.nn.Module, layer: str, run: Callable[[], Any], *,
     def stop(mod, args, output):
         raise _Stop(select(output))
 
-    handles = [module.register_forward_hook(stop)]
-    handles += [m.register_forward_hook(_contiguous_output) for m in _attention_modules(root)]
+    handle = module.register_forward_hook(stop)
     try:
-        with sdpa_kernel(SDPBackend.MATH):
+        with differentiable_attention(root):
             run()
     except _Stop as s:
         return s.h
     finally:
-        for h in handles:
-            h.remove()
+        handle.remove()
     raise LatentBasisError(f"layer {layer!r} was never reached in the network's forward")
 
 

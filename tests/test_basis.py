@@ -32,9 +32,11 @@ def gaussian(request):
 
 
 @pytest.mark.parametrize("alg", ALGS)
-@pytest.mark.parametrize("timestep", [200, 500, 800, 950])
-def test_gaussian_closed_form(gaussian, alg, timestep):
-    """VP and flow matching alike: latent basis u_i, tangent basis P e_i, singular values w_i g_i(t)."""
+@pytest.mark.parametrize("which", range(4))
+def test_gaussian_closed_form(gaussian, alg, which):
+    """VP and flow matching alike: latent basis u_i, tangent basis P e_i, singular values w_i g_i(t). (The flow
+    Gaussian's top singular values lie within 2 % of each other below s = 0.4, so its timesteps start higher.)"""
+    timestep = ([500, 700, 850, 950] if gaussian.flow else [200, 500, 800, 950])[which]
     k = 4
     latent, tangent, s = gaussian.exact_basis(timestep, 64)
     b = latent_basis(gaussian, torch.randn(gaussian.x_shape), timestep=timestep, k=k, algorithm=alg, tol=1e-6, seed=1)

@@ -1,11 +1,13 @@
 """The bundled models load through the public loading path, offline, and sample recognisable output."""
 
+import torch
+
 from latentbasis import latent_basis, load_model, sample_to
 from latentbasis.loading import MODELS_DIR, bundled_models
 
 
 def test_bundled_models_are_present_and_small():
-    assert {"digits", "digits-text", "shapes"} <= set(bundled_models())
+    assert {"digits", "digits-text", "shapes", "digits-flow"} <= set(bundled_models())
     for name in bundled_models():
         weights = sum(f.stat().st_size for f in (MODELS_DIR / name).rglob("*.safetensors"))
         assert 0 < weights < 20e6, name
@@ -62,3 +64,28 @@ def test_shapes_is_rgb_and_its_samples_are_shapes_the_reader_recovers():
     assert q["held_out"]["kind_accuracy"] >= 0.95 and q["held_out"]["size_r2"] >= 0.95, q["held_out"]
     assert q["recovered"] >= 0.6, q["recovered"]
     assert min(q["kinds"]) >= 3, q["kinds"]                       # all three kinds are drawn
+
+
+def test_digits_flow_is_a_class_conditional_flow_transformer_that_follows_its_labels():
+    """The bundled flow-matching DiT: loaded like any transformer folder; a smaller version of its model card's
+    checks (unconditional samples are digits of several classes, guided samples show their label)."""
+    from latentbasis.evaluate import digits_quality, label_following
+
+    m = load_model("digits-flow")
+    assert m.family == "transformer" and m.flow and m.conditioning == "class" and m.num_classes == 10
+    q = digits_quality(m, n=32, num_steps=25)
+    assert q["ratio"] >= 0.75 and q["classes"] >= 7, q
+    p = label_following(m, per_label=2, guidance=3.0, num_steps=25)
+    assert p["accuracy"] >= 0.7, p
+
+
+def test_basis_and_edit_on_digits_flow():
+    from latentbasis.editing import edit_images, sweep_directions
+    from latentbasis.sampling import sample_trajectory
+
+    m = load_model("digits-flow")
+    tr = sample_trajectory(m, 0, num_steps=30, prompt="7", guidance=3.0, through=599)
+    b = latent_basis(m, tr.at(599), timestep=599, k=4, prompt="7")
+    assert float(b.residuals.max()) <= 1e-3 and b.layer == m.default_layer and b.tangent.shape[1:] == (64, 96)
+    out = edit_images(m, tr, 599, sweep_directions(b.latent, [0], [-4.0, 4.0]))
+    assert not torch.equal(out[0], out[1])

@@ -81,11 +81,50 @@ class DiffusionModel:
         gradients."""
         raise NotImplementedError
 
+    def _network_call(self, x, t, kw: dict, params: dict | None = None) -> torch.Tensor:
+        """The network's output for x [B, *x_shape], integer timesteps t [B], conditioning inputs kw (batched), with
+        the weights `params` (functional_call) when given (family)."""
+        raise NotImplementedError
+
+    def _default_condition(self) -> Conditioning | None:
+        """The conditioning the network needs when none is given (a class-conditional model's null label)."""
+        return None
+
     def feature_function(self, timestep: int, cond: Conditioning | None, layer: str):
         """The batched feature map at one timestep: a function x [B, *x_shape] (float32, on the device) ->
-        h [B, *h_shape] (float32), differentiable under torch.func (forward and reverse mode). Whatever it needs
-        beyond the model (float32 copies of half-precision weights) lives as long as the function."""
-        raise NotImplementedError
+        h [B, *h_shape] (float32), differentiable under torch.func (forward and reverse mode): the output of the
+        module `layer` (feature_select of it), or with layer = features.OUTPUT the network's whole output. Whatever
+        it needs beyond the model (float32 copies of half-precision weights) lives as long as the function."""
+        from ..features import OUTPUT, differentiable_attention, forward_to
+
+        cond = cond if cond is not None else self._default_condition()
+        kw = cond.batch(1, torch.float32) if cond is not None else {}
+        params = self.float32_params(self.denoiser, "" if layer == OUTPUT else layer, self._probe)
+        candidates = self.layers()
+
+        def run(x):
+            t = torch.full((x.shape[0],), int(timestep), dtype=torch.long, device=self.device)
+            c = {k: v.expand(x.shape[0], *v.shape[1:]) for k, v in kw.items()}
+            if layer == OUTPUT:
+                with differentiable_attention(self.denoiser):
+                    return self._network_call(x, t, c, params)
+            return forward_to(self.denoiser, layer, lambda: self._network_call(x, t, c, params),
+                              select=self.feature_select, candidates=candidates)
+
+        return run
+
+    def denoised_function(self, timestep: int, cond: Conditioning | None):
+        """x0_hat(x_t) at one timestep as a batched, differentiable function (float32): the network's output
+        converted from its prediction type (no clamping: the posterior mean whose Jacobian LOCO-Edit reads)."""
+        from ..features import OUTPUT
+
+        net = self.feature_function(timestep, cond, OUTPUT)
+        alpha, sigma = (float(v[int(timestep)]) for v in (self.alphas, self.sigmas))
+
+        def x0(x):
+            return to_eps_x0(net(x), x, torch.tensor(alpha), torch.tensor(sigma), self.prediction_type)[1]
+
+        return x0
 
     def feature_forward(self, x: torch.Tensor, timestep: int, cond: Conditioning | None, layer: str) -> torch.Tensor:
         """h for a batch x [B, *x_shape]: feature_function(timestep, cond, layer)(x)."""

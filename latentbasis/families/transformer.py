@@ -22,7 +22,6 @@ from __future__ import annotations
 import torch
 
 from ..errors import LatentBasisError
-from ..features import forward_to
 from ..schedules import check_prediction_type, flow_sigmas, vp_alphas_cumprod, vp_levels
 from .base import Conditioning, DiffusionModel
 
@@ -181,18 +180,8 @@ class TransformerModel(DiffusionModel):
             return image[-1]
         raise LatentBasisError("the layer's output holds no image tokens: pick another layer (latentbasis layers)")
 
-    def feature_function(self, timestep, cond, layer):
-        if cond is None and self.kind == "dit":
-            cond = self.encode_prompt("")
-        kw = cond.batch(1, torch.float32) if cond is not None else {}
-        params = self.float32_params(self.transformer, layer, self._probe)
-        candidates = self.layers()
+    def _network_call(self, x, t, kw, params=None):
+        return self._call(x, t, kw, params)
 
-        def run(x):
-            t = torch.full((x.shape[0],), int(timestep), dtype=torch.long, device=self.device)
-            c = {k: v.expand(x.shape[0], *v.shape[1:]) for k, v in kw.items()}
-            return forward_to(self.transformer, layer, lambda: self._call(x, t, c, params),
-                              select=self._image_tokens, candidates=candidates)
-
-        return run
-
+    def _default_condition(self):
+        return self.encode_prompt("") if self.kind == "dit" else None

@@ -21,7 +21,6 @@ import warnings
 import torch
 
 from ..errors import LatentBasisError
-from ..features import forward_to
 from ..schedules import check_prediction_type, vp_alphas_cumprod, vp_levels
 from .base import Conditioning, DiffusionModel
 
@@ -177,17 +176,8 @@ class UNetModel(DiffusionModel):
         return (["conv_in"] + [f"down_blocks.{i}" for i in range(len(u.down_blocks))] + ["mid_block"]
                 + [f"up_blocks.{i}" for i in range(len(u.up_blocks))])
 
-    def feature_function(self, timestep, cond, layer):
-        kw = cond.batch(1, torch.float32) if cond is not None else {}
-        params = self.float32_params(self.unet, layer, self._probe)
-        candidates = self.layers()
-
-        def run(x):
-            t = torch.full((x.shape[0],), int(timestep), dtype=torch.long, device=self.device)
-            c = {k: v.expand(x.shape[0], *v.shape[1:]) for k, v in kw.items()}
-            return forward_to(self.unet, layer, lambda: self._call(self.unet, x, t, c, params), candidates=candidates)
-
-        return run
+    def _network_call(self, x, t, kw, params=None):
+        return self._call(self.unet, x, t, kw, params)
 
     def _probe(self):
         """One forward at batch 1 in the sampling dtype (to find which modules run before a layer)."""
