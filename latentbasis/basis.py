@@ -59,6 +59,9 @@ class Basis:
     model: str = ""
     device: str = "cpu"             # where it was computed (always in float32) ...
     weights_dtype: str = "float32"  # ... through the network's weights as loaded (--dtype)
+    space: str = "h"                # "h": the pullback of the feature map h; "x0": the Jacobian of x0_hat ...
+    mask_sha256: str = ""           # ... restricted to a region (masks.mask_sha256; "" for the whole image)
+    null_rank: int = 0              # directions kept orthogonal to the top null_rank of the region's complement
     model_hash: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -177,10 +180,14 @@ class JacobianOperator:
                     torch.cuda.empty_cache()
 
     def jvp(self, V: torch.Tensor) -> torch.Tensor:
+        if V.shape[0] == 0:
+            return torch.zeros(0, self.m, device=self.device, dtype=self.rows_dtype)
         self.jvps += V.shape[0]
         return self._batched(self._push_one, V, self.x_shape, "Jacobian-vector products")
 
     def vjp(self, U: torch.Tensor) -> torch.Tensor:
+        if U.shape[0] == 0:
+            return torch.zeros(0, self.n, device=self.device, dtype=self.rows_dtype)
         self.vjps += U.shape[0]
         return self._batched(self._pull_one, U, self.h_shape, "vector-Jacobian products")
 
@@ -254,6 +261,8 @@ def _krylov(op: JacobianOperator, k: int, *, tol: float, gen: torch.Generator, i
             keep = max(max_dim - new.shape[0], k)
             K, Y, Q, Z = V[:keep], s[:keep, None] * Uh[:keep], Uh[:keep], JtU[:keep]
             new = orth_rows(new, against=K)
+            if new.shape[0] == 0:
+                break
         Ynew = op.jvp(new)
         Qnew = orth_rows(Ynew, against=Q)
         K, Y = torch.cat([K, new]), torch.cat([Y, Ynew])
@@ -335,8 +344,37 @@ def pullback_basis(f: FeatureMap, x: torch.Tensor, k: int, *, algorithm: str = "
                  seconds=time.perf_counter() - t0)
 
 
+SPACES = ("h", "x0")
+
+
+def region_maps(model, timestep: int, prompt: str | None, mask_x: torch.Tensor | None) -> tuple:
+    """(f, f_c): x_t [*x_shape] -> the entries of x0_hat(x_t) inside the region mask_x (bool [*x_shape]; the
+    whole x0_hat for None) and outside it (None without a mask). Indexed with fixed indices, so torch.func can
+    batch them."""
+    x0 = model.denoised_function(int(timestep), model.encode_prompt(prompt))
+
+    def pick(idx):
+        return lambda x: x0(x[None])[0].reshape(-1).index_select(0, idx)
+
+    if mask_x is None:
+        return (lambda x: x0(x[None])[0]), None
+    flat = mask_x.reshape(-1).to(model.device)
+    return pick(flat.nonzero()[:, 0]), pick((~flat).nonzero()[:, 0])
+
+
+def project_out(f: FeatureMap, x: torch.Tensor, V: torch.Tensor) -> FeatureMap:
+    """f composed with the projection onto the orthogonal complement of V's rows (orthonormal [r, D]) about x:
+    g(y) = f(x + P (y - x)), P = I - V^T V, so J_g = J_f P (LOCO-Edit's null-space projection)."""
+    def g(y):
+        d = (y - x).reshape(-1)
+        return f(x + (d - (d @ V.T) @ V).reshape(x.shape))
+
+    return g
+
+
 def latent_basis(model, x_t: torch.Tensor, *, t: float | None = None, timestep: int | None = None, k: int = 8,
-                 prompt: str | None = None, layer: str | None = None, **kwargs) -> Basis:
+                 prompt: str | None = None, layer: str | None = None, space: str = "h",
+                 mask: torch.Tensor | None = None, null_rank: int = 0, **kwargs) -> Basis:
     """The pullback basis of a model (any family, latentbasis.families) at x_t and a timestep.
 
     t: fraction of T in [0, 1] (or timestep: integer step). x_t: [*model.x_shape] or [1, *model.x_shape], on any
@@ -353,12 +391,46 @@ def latent_basis(model, x_t: torch.Tensor, *, t: float | None = None, timestep: 
     D = int(torch.tensor(model.x_shape).prod())
     if not 1 <= k <= D:
         raise LatentBasisError(f"k = {k} is out of range: x_t has {D} dimensions, so 1 <= k <= {D}")
-    layer = layer or model.default_layer
-    f = model.features(ts, prompt=prompt, layer=layer)
     kwargs.setdefault("max_memory", getattr(model, "max_memory", None))
     if kwargs.get("init") is not None:
         kwargs["init"] = kwargs["init"].to(model.device)
-    b = pullback_basis(f, x.to(model.device, torch.float32), k, **kwargs)
+    xd = x.to(model.device, torch.float32)
+    if space not in SPACES:
+        raise LatentBasisError(f"space {space!r} is not one of {', '.join(SPACES)}")
+    V_null = None
+    if space == "h":
+        if mask is not None or null_rank:
+            raise LatentBasisError("a mask and --null-rank need --space x0 (the Jacobian of x0_hat)")
+        layer = layer or model.default_layer
+        f = model.features(ts, prompt=prompt, layer=layer)
+    else:
+        from .masks import mask_in_x
+
+        layer = "x0_hat"
+        mask_x = mask_in_x(model, mask) if mask is not None else None
+        f, f_c = region_maps(model, ts, prompt, mask_x)
+        if null_rank:
+            if f_c is None:
+                raise LatentBasisError("--null-rank needs a mask: it keeps the edit off the rest of the image")
+            outside = int((~mask_x).sum())
+            if not 1 <= null_rank <= min(outside, D - k):
+                raise LatentBasisError(f"--null-rank {null_rank} is out of range: the rest of the image has {outside} "
+                                       f"numbers and x leaves {D - k} beside k = {k}, so 1 <= r <= "
+                                       f"{min(outside, D - k)}")
+            rest = pullback_basis(f_c, xd, null_rank, **{**kwargs, "init": None, "callback": None})
+            V_null = rest.latent.reshape(null_rank, -1).to(model.device)
+            f = project_out(f, xd, V_null)
+    b = pullback_basis(f, xd, k, **kwargs)
+    if V_null is not None:   # exactly orthogonal to the complement's top directions (rounding only)
+        L = b.latent.reshape(k, -1).double()
+        Vn = V_null.cpu().double()
+        L = L - (L @ Vn.T) @ Vn
+        b.latent = (L / L.norm(dim=1, keepdim=True)).float().reshape(b.latent.shape)
+    if space == "x0":
+        from .masks import mask_sha256
+
+        b.space, b.null_rank = "x0", int(null_rank)
+        b.mask_sha256 = mask_sha256(mask) if mask is not None else ""
     b.timestep, b.t_fraction, b.prompt, b.layer = ts, frac, prompt, layer
     b.model, b.model_hash, b.device = model.name, model.model_hash, str(model.device)
     b.weights_dtype = str(getattr(model, "dtype", torch.float32)).removeprefix("torch.")

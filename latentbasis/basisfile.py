@@ -36,7 +36,8 @@ def basis_metadata(b: Basis) -> dict[str, str]:
         "prompt": b.prompt or "", "k": str(b.k), "algorithm": b.algorithm, "jvps": str(b.jvps),
         "vjps": str(b.vjps), "residuals": json.dumps([float(r) for r in b.residuals]), "seed": str(b.seed),
         "version": _version(), "iterations": str(b.iterations), "seconds": f"{b.seconds:.3f}",
-        "device": b.device, "weights_dtype": b.weights_dtype,
+        "device": b.device, "weights_dtype": b.weights_dtype, "space": b.space, "mask_sha256": b.mask_sha256,
+        "null_rank": str(b.null_rank),
     }
 
 
@@ -158,7 +159,11 @@ def load_basis(path: str | os.PathLike, model=None) -> Basis:
               model_hash=optional_string(meta.get("model_hash", ""), f"{path}: model_hash", 64) or "",
               device=optional_string(meta.get("device", "cpu"), f"{path}: device", 40) or "cpu",
               weights_dtype=optional_string(meta.get("weights_dtype", "float32"), f"{path}: weights_dtype", 20)
-              or "float32")
+              or "float32", space=meta.get("space", "h"),
+              mask_sha256=optional_string(meta.get("mask_sha256", ""), f"{path}: mask_sha256", 64) or "",
+              null_rank=num("null_rank", integer=True, lo=0, hi=10**9, default=0))
+    if b.space not in ("h", "x0"):
+        raise LatentBasisError(f"{path} has a corrupt header: space {b.space[:20]!r} is not h or x0")
     if model is not None:
         if b.model_hash != model.model_hash:
             raise LatentBasisError(

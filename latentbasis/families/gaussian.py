@@ -86,6 +86,13 @@ class GaussianModel(DiffusionModel):
         mu = self.mu.float()
         return lambda x: (x.reshape(x.shape[0], -1) - a * mu) @ A.T
 
+    def denoised_function(self, timestep, cond):
+        """x0_hat = D(x_t) = mu + U diag(g) U^T (x_t - a mu) for x [B, *x_shape], float32 (Jacobian U diag(g) U^T)."""
+        a = float(self.alphas[timestep])
+        M = ((self.U * self.gains(timestep)) @ self.U.T).float()
+        mu = self.mu.float()
+        return lambda x: (mu + (x.reshape(x.shape[0], -1) - a * mu) @ M.T).reshape(x.shape)
+
     def layers(self) -> list[str]:
         return ["h"]
 

@@ -1,0 +1,75 @@
+"""Regions of interest: a mask on the image, and the same region in x (for latent models, at the latent's size).
+
+A mask is given as a box "x0,y0,x1,y1" in pixels of the image the model makes (x to the right, y down; x1, y1
+exclusive) or as a grey PNG of the image's size (non-zero: inside). In x it is boolean [C, h, w]: every channel of a
+pixel, for latent models the latent pixels at least half covered by the region (area-averaged down).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import LatentBasisError
+
+
+def parse_mask(spec: str | os.PathLike | np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
+    """A boolean mask [size, size] on the image from a box "x0,y0,x1,y1", a PNG path, or an array."""
+    if isinstance(spec, (np.ndarray, torch.Tensor)):
+        m = torch.as_tensor(np.asarray(spec)).bool()
+        if tuple(m.shape) != (size, size):
+            raise LatentBasisError(f"the mask is {tuple(m.shape)}, the image is {size}x{size}")
+        return _non_empty(m)
+    text = str(spec)
+    box = re.fullmatch(r"\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*", text)
+    if box:
+        x0, y0, x1, y1 = (int(v) for v in box.groups())
+        if not (0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size):
+            raise LatentBasisError(f"the mask box {x0},{y0},{x1},{y1} is not inside the {size}x{size} image "
+                                   "(x0,y0,x1,y1 with 0 <= x0 < x1 <= size, the same for y)")
+        m = torch.zeros(size, size, dtype=torch.bool)
+        m[y0:y1, x0:x1] = True
+        return m
+    p = Path(text)
+    if not p.is_file():
+        raise LatentBasisError(f"--mask {text!r} is neither a box x0,y0,x1,y1 nor an existing PNG file")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(p) as im:
+            if im.size != (size, size):
+                raise LatentBasisError(f"the mask {p.name} is {im.size[0]}x{im.size[1]} pixels, the image is "
+                                       f"{size}x{size}")
+            a = np.asarray(im.convert("L"))
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise LatentBasisError(f"the mask {p.name} is not a readable image ({type(e).__name__})") from None
+    return _non_empty(torch.from_numpy(a > 0))
+
+
+def _non_empty(m: torch.Tensor) -> torch.Tensor:
+    if not bool(m.any()):
+        raise LatentBasisError("the mask is empty: it marks no pixel")
+    return m
+
+
+def mask_in_x(model, mask: torch.Tensor) -> torch.Tensor:
+    """The image mask [S, S] as a boolean mask of x [C, h, w] (area-averaged down to a latent's size, >= 1/2)."""
+    C, h, w = model.x_shape
+    m = mask.float()[None, None]
+    if m.shape[-1] != w:
+        m = torch.nn.functional.adaptive_avg_pool2d(m, (h, w))
+    inside = (m[0, 0] >= 0.5)
+    if not bool(inside.any()):
+        raise LatentBasisError("the mask is too small to cover one latent pixel: make it larger")
+    return inside[None].expand(C, h, w).clone()
+
+
+def mask_sha256(mask: torch.Tensor) -> str:
+    """sha256 of a mask's shape and bits (what a basis file records of its region)."""
+    h = hashlib.sha256(str(tuple(mask.shape)).encode())
+    h.update(mask.bool().contiguous().numpy().tobytes())
+    return h.hexdigest()
