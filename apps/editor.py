@@ -62,6 +62,7 @@ class Session:
     strengths: dict = field(default_factory=dict)
     method: str = "guidance"
     edited: torch.Tensor | None = None  # the current edited image, pixels [C, H, W]
+    region: dict = field(default_factory=dict)  # the basis' space, mask and null rank (transport needs the same)
     workdir: str = field(default_factory=lambda: _new_workdir())
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
@@ -252,7 +253,7 @@ def _inverted(model, path, prompt: str | None, ts: int, progress=None):
 def _reset(s: Session, **kw) -> None:
     for k, v in kw.items():
         setattr(s, k, v)
-    s.basis, s.basis_file, s.strengths = None, None, {}
+    s.basis, s.basis_file, s.strengths, s.region = None, None, {}, {}
 
 
 def _move_to_t(model, s: Session, t, progress=None) -> None:
@@ -272,10 +273,28 @@ def _move_to_t(model, s: Session, t, progress=None) -> None:
     s.timestep, s.t_fraction = ts, frac
 
 
-def find_directions(model, s: Session, t, k, method: str, progress=None) -> list[tuple[np.ndarray, str]]:
+def region_mask(model, painted) -> torch.Tensor | None:
+    """The region painted over the shown image (an ImageEditor value: its first layer's painted pixels) as a mask
+    of the model's images [S, S] (a pixel is in when at least half of it is painted); None when nothing is."""
+    if not painted:
+        return None
+    layers = painted.get("layers") if isinstance(painted, dict) else None
+    if not layers:
+        return None
+    a = np.asarray(layers[0])
+    if a.ndim != 3 or a.shape[-1] < 4 or not (a[..., 3] > 0).any():
+        return None
+    S = model.pixel_size()[1]
+    m = torch.from_numpy((a[..., 3] > 0).astype(np.float32))[None, None]
+    return torch.nn.functional.adaptive_avg_pool2d(m, (S, S))[0, 0] >= 0.5
+
+
+def find_directions(model, s: Session, t, k, method: str, progress=None, space: str = "h", mask=None,
+                    null_rank=0) -> list[tuple[np.ndarray, str]]:
     """The top-k latent basis at x_t; returns the gallery: per direction (picture | -preview | +preview, caption).
-    progress(fraction, desc): the basis by its residual (it falls from ~1 to the tolerance 1e-3), then the previews
-    by their real DDIM steps."""
+    space "x0" takes the Jacobian of x0_hat, of the region `mask` (an image mask [S, S]) when given, optionally kept
+    off the rest's top null_rank directions (LOCO-Edit). progress(fraction, desc): the basis by its residual (it
+    falls from ~1 to the tolerance 1e-3), then the previews by their real DDIM steps."""
     try:
         k = int(k)
     except (TypeError, ValueError):
@@ -291,13 +310,57 @@ def find_directions(model, s: Session, t, k, method: str, progress=None) -> list
         frac = min(1.0, max(0.0, np.log10(r) / -3.0)) if np.isfinite(r) and r > 0 else 0.0
         progress(frac, desc=f"basis: iteration {info['iteration']}, residual {r:.1e} (stops at 1e-3)")
 
+    if space not in ("h", "x0"):
+        raise AppError(f"unknown space {space!r}")
+    if mask is not None and not bool(torch.as_tensor(mask).any()):
+        raise AppError("the painted region is empty: paint over the image, or clear it")
+    try:
+        null_rank = int(null_rank or 0)
+    except (TypeError, ValueError):
+        raise AppError(f"the null rank must be a whole number, got {null_rank!r}") from None
+    region = dict(space=space, mask=mask if space == "x0" else None, null_rank=null_rank if space == "x0" else 0)
+    if region["null_rank"] and region["mask"] is None:
+        raise AppError("a null rank needs a painted region: it keeps the edit off the rest of the image")
     try:
         basis = latent_basis(model, x_t, timestep=s.timestep, k=k, prompt=s.prompt,
-                             callback=report if progress is not None else None)
+                             callback=report if progress is not None else None, **region)
     except LatentBasisError as e:
         raise AppError(str(e)) from None
-    s.basis, s.basis_file, s.strengths = basis, None, {}
+    s.basis, s.basis_file, s.strengths, s.region = basis, None, {}, region
     return _gallery(model, s, progress)
+
+
+def apply_to_others(model, s: Session, method: str, strengths: list[float], n: int = 3,
+                    progress=None) -> list[tuple[np.ndarray, str]]:
+    """The current edit carried to the next n seeds: each one's own basis (same space and region) with the edit's
+    directions transported onto it; pictures (unedited | edited) captioned with how much of each direction the
+    seed's tangent span keeps."""
+    from latentbasis.editing import transported_basis
+
+    w = _weights(s, strengths)
+    if not w:
+        raise AppError("move a slider first: there is no edit to carry")
+    method = _checked_method(method)
+    start = (s.seed if s.seed is not None else 0) + 1
+    out = []
+    for j, seed in enumerate(range(start, start + n)):
+        if progress is not None:
+            progress(j / n, desc=f"seed {seed}")
+        traj = sample_trajectory(model, seed, num_steps=APP_STEPS, prompt=s.prompt, guidance=s.guidance,
+                                 through=s.timestep)
+        region = getattr(s, "region", {}) or {}
+        try:
+            moved = transported_basis(model, s.basis, traj.at(s.timestep), s.timestep, prompt=s.prompt,
+                                      mask=region.get("mask"), null_rank=region.get("null_rank", 0))
+        except LatentBasisError as e:
+            raise AppError(str(e)) from None
+        d = combine(moved.latent, w)[None]
+        img = x_to_image(model, edit_images(model, traj, s.timestep, d, EditSettings(method=method)))[0]
+        kept = moved.extra.get("kept") or [1.0] * moved.k
+        cap = f"seed {seed}: kept " + ", ".join(f"v{i + 1} {100 * kept[i]:.0f} %" for i in sorted(w))
+        out.append((_strip([display(x_to_image(model, traj.x0[None])[0], DISPLAY // 2),
+                            display(img, DISPLAY // 2)]), cap))
+    return out
 
 
 def _checked_method(method: str) -> str:
@@ -394,11 +457,28 @@ def recipe_of(model, s: Session) -> EditRecipe:
         basis_sha256=sha256_file(s.basis_file) if s.basis_file else None, algorithm=b.algorithm, basis_seed=b.seed,
         tol=1e-3, method=s.method, directions=None, strengths=[],
         combination={str(i): float(v) for i, v in sorted(s.strengths.items())} or {"0": 0.0},
-        dtype=str(model.dtype).removeprefix("torch."), device=str(model.device))
+        dtype=str(model.dtype).removeprefix("torch."), device=str(model.device),
+        space=b.space, mask=_mask_file(s), null_rank=b.null_rank)
 
 
-def export(model, s: Session) -> tuple[str, str, str]:
-    """(basis .safetensors, edited image .png, recipe .json): files in this session's folder, for download."""
+def _mask_file(s: Session) -> str | None:
+    """The session's painted region as a PNG in its folder (what a recipe records), or None."""
+    mask = (s.region or {}).get("mask")
+    if mask is None:
+        return None
+    from PIL import Image
+
+    from latentbasis.atomic import atomic_path
+
+    path = Path(s.workdir) / "mask.png"
+    with atomic_path(path) as tmp:
+        Image.fromarray((mask.numpy() * 255).astype(np.uint8)).save(tmp, format="PNG")
+    return str(path)
+
+
+def export(model, s: Session) -> tuple[str, ...]:
+    """(basis .safetensors, edited image .png, recipe .json[, the region's mask .png]): files in this session's
+    folder, for download."""
     from PIL import Image
 
     from latentbasis.atomic import atomic_path, write_text_atomic
@@ -415,7 +495,9 @@ def export(model, s: Session) -> tuple[str, str, str]:
         Image.fromarray(arr).save(tmp, format="PNG")
     recipe = d / "recipe.json"
     write_text_atomic(recipe, recipe_of(model, s).to_json())
-    return str(basis_path), str(png), str(recipe)
+    mask = d / "mask.png"
+    return (str(basis_path), str(png), str(recipe)) + ((str(mask),) if (s.region or {}).get("mask") is not None
+                                                        else ())
 
 
 def small_report(model, s: Session, samples, timesteps, k, progress=None) -> tuple[list[tuple[str, str]], str, str]:
@@ -551,6 +633,9 @@ def build_app(model):
                     t = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="timestep t (fraction of T)", elem_id="t")
                     k = gr.Slider(1, MAX_K, value=6, step=1, label="k (number of directions)", elem_id="k")
                     method = gr.Radio(["guidance", "direct"], value="guidance", label="edit method")
+                    space = gr.Radio([("h: pullback of h (the paper)", "h"),
+                                      ("x0: Jacobian of x0_hat, of the painted region (LOCO-Edit)", "x0")],
+                                     value="h", label="directions of", elem_id="space")
                     find_btn = gr.Button("Find directions", variant="primary", elem_id="find")
                 with gr.Column(scale=2):
                     with gr.Row():
@@ -560,6 +645,14 @@ def build_app(model):
                                           height=200)
                     sliders = [gr.Slider(-10, 10, value=0, step=0.5, label=f"v{i + 1}", visible=False,
                                          elem_id=f"v{i + 1}") for i in range(MAX_K)]
+            with gr.Accordion("Region: paint where the edit should act (with x0 directions)", open=False,
+                              elem_id="region-box"):
+                with gr.Row():
+                    region = gr.ImageEditor(label="paint over the image", type="numpy", elem_id="region",
+                                            sources=(), layers=False, height=240, transforms=(),
+                                            brush=gr.Brush(colors=["#ff0000"], default_size=24, color_mode="fixed"))
+                    null_rank = gr.Slider(0, 32, value=8, step=1, elem_id="null-rank",
+                                          label="keep off the rest: null rank r (0: none)")
             gr.HTML(legend(model))
             gallery = gr.Gallery(label="directions: v_i | -6 | +6", columns=3, format="png", elem_id="gallery",
                                  object_fit="contain", height="auto", allow_preview=False)
@@ -568,6 +661,10 @@ def build_app(model):
                 imported = gr.File(label="import a basis file (.safetensors)", elem_id="import",
                                    file_types=[".safetensors"])
             files = gr.File(label="exports", file_count="multiple", interactive=False, elem_id="exports")
+            others_btn = gr.Button("Apply to other samples", elem_id="others-btn")
+            others = gr.Gallery(label="the same edit carried to the next seeds: unedited | edited", columns=3,
+                                format="png", elem_id="others", object_fit="contain", height="auto",
+                                allow_preview=False)
         with gr.Tab("Similarity report"):
             with gr.Row():
                 r_samples = gr.Slider(2, 16, value=4, step=1, label="samples")
@@ -584,22 +681,31 @@ def build_app(model):
                               label=f"v{i + 1}" + (f"  (s = {float(basis.singular_values[i]):.3g})" if i < n else ""))
                     for i in range(MAX_K)]
 
-        outs_src = [state, source, edited, gallery, status, *sliders]
+        outs_src = [state, source, edited, gallery, status, region, *sliders]
         outs_find = [state, gallery, edited, status, *sliders]
 
         def on_sample(s, seed_v, t_v, prompt_v, guidance_v, progress=None):
             pic = new_sample(model, s, seed_v, t_v, prompt_v, guidance_v, progress)
-            return s, pic, pic, [], f"Seed {s.seed} at t = {s.t_fraction:.2f}.", *slider_updates(0)
+            return s, pic, pic, [], f"Seed {s.seed} at t = {s.t_fraction:.2f}.", pic, *slider_updates(0)
 
         def on_upload(s, path, t_v, prompt_v, progress=None):
             pic, msg = upload_image(model, s, path, t_v, prompt_v, progress)
-            return s, pic, pic, [], public(msg), *slider_updates(0)
+            return s, pic, pic, [], public(msg), pic, *slider_updates(0)
 
-        def on_find(s, t_v, k_v, m, progress=None):
-            g = find_directions(model, s, t_v, k_v, m, progress)
-            return (s, g, display(s.edited), f"{s.basis.k} directions at t = {s.t_fraction:.2f} "
+        def on_find(s, t_v, k_v, m, space_v, painted, r_v, progress=None):
+            mask = region_mask(model, painted) if space_v == "x0" else None
+            g = find_directions(model, s, t_v, k_v, m, progress, space=space_v, mask=mask,
+                                null_rank=r_v if mask is not None else 0)
+            where = (f"of the painted region ({int(mask.sum())} pixels, null rank {s.region['null_rank']})"
+                     if mask is not None else "of x0_hat" if space_v == "x0" else "of h")
+            return (s, g, display(s.edited), f"{s.basis.k} directions {where} at t = {s.t_fraction:.2f} "
                     f"({s.basis.jvps + s.basis.vjps} Jacobian products, {s.basis.seconds:.2f} s).",
                     *slider_updates(s.basis.k, s.basis))
+
+        def on_others(s, m, *vals, progress=None):
+            pics = apply_to_others(model, s, m, list(vals), progress=progress)
+            return s, pics, "The edit carried to the next seeds (each caption: how much of each direction the " \
+                "seed's tangent span keeps)."
 
         def on_slide(s, m, *vals, progress=None):
             t0 = time.perf_counter()
@@ -626,7 +732,8 @@ def build_app(model):
 
         wire(sample_btn.click, on_sample, [state, seed, t, prompt, guidance], outs_src)
         wire(upload.upload, on_upload, [state, upload, t, prompt], outs_src)
-        wire(find_btn.click, on_find, [state, t, k, method], outs_find)
+        wire(find_btn.click, on_find, [state, t, k, method, space, region, null_rank], outs_find)
+        wire(others_btn.click, on_others, [state, method, *sliders], [state, others, status])
         for sl in sliders:
             wire(sl.release, on_slide, [state, method, *sliders], [state, edited, status], stream=True,
                  show_progress="hidden")

@@ -97,7 +97,7 @@ def _check_tensors(tensors: dict, meta: dict, path: Path) -> int:
         norms = rows.reshape(k, -1).norm(dim=1)
         if bool(((norms - 1).abs() > 1e-3).any()):
             raise bad(f"the rows of {name} are not unit vectors")
-    if bool((sv < 0).any()) or bool((sv[1:] > sv[:-1] * (1 + 1e-5) + 1e-12).any()):
+    if bool((sv < 0).any()) or bool((sv[1:] > sv[:-1] * (1 + 1e-5) + 1e-6).any()):
         raise bad("singular values must be non-negative and descending")
     return k
 
@@ -140,7 +140,7 @@ def load_basis(path: str | os.PathLike, model=None) -> Basis:
             for r in residuals):
         raise LatentBasisError(f"{path} has a corrupt header: residuals must be a list of {k} finite numbers >= 0")
     algorithm = meta.get("algorithm", "")
-    if algorithm not in ALGORITHMS:
+    if algorithm not in (*ALGORITHMS, "global"):
         raise LatentBasisError(f"{path} has a corrupt header: algorithm {algorithm[:40]!r} is not one of "
                                f"{', '.join(ALGORITHMS)}")
     num = lambda key, **kw: _header_number(meta, key, path, **kw)  # noqa: E731

@@ -19,6 +19,7 @@ EXAMPLES = {
     "app": "latentbasis app --model digits            # prints its address, http://127.0.0.1:PORT/",
     "info": "latentbasis info basis.safetensors",
     "layers": "latentbasis layers --model digits-flow",
+    "global": "latentbasis global --model shapes --samples 16 --t 0.8 --k 4 --out global.safetensors",
     "compare": "latentbasis compare --model digits --model shapes --out compare/",
     "train": "latentbasis train --dataset digits --out my-digits/",
 }
@@ -104,6 +105,20 @@ def _condition(a, model) -> None:
                                f"(0..{model.num_classes - 1}), not a prompt")
 
 
+def _region(a, model):
+    """The --mask of a region basis (--space x0) on the model's images, or None."""
+    from . import validate as v
+
+    v.integer(a.null_rank, "--null-rank", 0, v.MAX_X_ELEMENTS)
+    if a.mask is None:
+        return None
+    from .masks import parse_mask
+
+    if a.space != "x0":
+        raise LatentBasisError("--mask needs --space x0 (the Jacobian of x0_hat over the region)")
+    return parse_mask(a.mask, model.pixel_size()[1])
+
+
 def _image_x(model, path: str, ts: int, steps: int, prompt, stages: Stages):
     """A real image DDIM-inverted to timestep ts: (the image as the model reads it, x_t). Notes on stdout."""
     from .images import image_to_x, pixel_size, read_image
@@ -145,6 +160,7 @@ def _cmd_basis(a) -> None:
         from .basisfile import load_basis
 
         init = load_basis(a.init, model=model).latent
+    mask = _region(a, model)
     with Stages(a.quiet) as stages:
         if a.image:  # a real image: DDIM-inverted up to t
             shown, x_t = _image_x(model, a.image, ts, a.steps, a.prompt, stages)
@@ -160,7 +176,8 @@ def _cmd_basis(a) -> None:
                 stages.bar.set_postfix(jvps=info["jvps"], vjps=info["vjps"], residual=f"{info['residual']:.1e}")
 
         b = latent_basis(model, x_t, timestep=ts, k=a.k, prompt=a.prompt, layer=a.layer, algorithm=a.algorithm,
-                         seed=a.seed, tol=a.tol, init=init, callback=progress)
+                         seed=a.seed, tol=a.tol, init=init, callback=progress, space=a.space, mask=mask,
+                         null_rank=a.null_rank)
         b.t_fraction = frac
         if png is not None:
             from .viz import render_basis
@@ -227,10 +244,13 @@ def _cmd_edit(a) -> None:
         _condition(a, model)
         ts, frac = resolve_timestep(model.num_train_timesteps, fraction=None if a.timestep is not None else a.t,
                                     timestep=a.timestep)
+        if a.mask is not None:
+            _region(a, model)
         r = EditRecipe(model=model.name, seed=None if a.image else a.seed, image=a.image, prompt=a.prompt,
                        guidance=a.guidance, num_steps=a.steps, timestep=ts, t_fraction=frac, k=a.k,
                        basis_file=a.basis, basis_seed=a.seed, method=a.method, n_iter=a.n_iter, scale=a.scale,
-                       keep_norm=a.keep_norm, directions=a.directions, strengths=a.strengths)
+                       keep_norm=a.keep_norm, directions=a.directions, strengths=a.strengths, space=a.space,
+                       mask=a.mask, null_rank=a.null_rank, transport_rank=a.transport_rank)
         r.validate()
     with Stages(a.quiet) as stages:
         res = run_recipe(r, model, progress=stages)
@@ -251,6 +271,11 @@ def _cmd_edit(a) -> None:
         wrote.append(str(recipe_path))
     if res.reconstruction_psnr is not None:
         print(f"inversion: reconstruction PSNR {res.reconstruction_psnr:.2f} dB ({r.num_steps} steps)")
+    if res.kept is not None:
+        print("transported into a tangent span of rank "
+              f"{res.basis.extra.get('transport_rank')}: kept " + ", ".join(
+                  f"v{i + 1} {100 * k:.0f} %" for i, k in enumerate(res.kept))
+              + " of each direction (a low share: the direction means little here)")
     shape = ("1 combined edit" if r.combination is not None
              else f"{len(r.directions)} directions x {len(r.strengths)} strengths")
     print(f"wrote {' and '.join(wrote)} ({shape})")
@@ -267,6 +292,41 @@ def _cmd_info(a) -> None:
     for key in sorted(meta):
         print(f"{key}: {meta[key]}")
     print(f"latent: {tuple(b.latent.shape)}  tangent: {tuple(b.tangent.shape)}  point: {tuple(b.point.shape)}")
+
+
+def _cmd_global(a) -> None:
+    from . import validate as v
+    from .basis import latent_basis
+    from .basisfile import save_basis
+    from .editing import global_directions
+    from .loading import resolve_timestep
+    from .sampling import sample_to, trajectory_grid
+
+    _check_common(a)
+    v.count(a.samples, "--samples", v.MAX_SAMPLES, lo=2)
+    v.check_outputs({"--out": a.out}, {})
+    model = _load(a, a.model)
+    _condition(a, model)
+    ts, frac = resolve_timestep(model.num_train_timesteps, fraction=a.t)
+    mask = _region(a, model)
+    bases = []
+    with Stages(a.quiet) as stages:
+        n = len([g for g in trajectory_grid(model.num_train_timesteps, a.steps, ts) if g >= ts]) - 1
+        step = stages(f"{a.samples} samples", a.samples)
+        for seed in range(a.samples):
+            x_t = sample_to(model, seed, timestep=ts, num_steps=a.steps, prompt=a.prompt, guidance=a.guidance)
+            bases.append(latent_basis(model, x_t, timestep=ts, k=a.k, prompt=a.prompt, layer=a.layer, seed=seed,
+                                      space=a.space, mask=mask, null_rank=a.null_rank))
+            if step:
+                step(1)
+    g = global_directions(bases, a.k)
+    g.t_fraction = frac
+    save_basis(g, a.out)
+    print(f"model {model.name}, timestep {ts} ({frac:.3f} T), {a.samples} samples (seeds 0..{a.samples - 1}), "
+          f"{n} DDIM steps to t each")
+    print("shared: " + ", ".join(f"g{i + 1} {float(s):.2f}" for i, s in enumerate(g.singular_values))
+          + " (the mean share of the samples' tangent spans each global direction lies in; 1: all of it)")
+    print(f"wrote {a.out}: apply it with latentbasis edit --basis {a.out} (transported to each image)")
 
 
 def _cmd_layers(a) -> None:
@@ -443,6 +503,17 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
                         "memory, 75%% of the available memory on the CPU); lower it after an out-of-memory error")
 
 
+def _add_region_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--space", choices=("h", "x0"), default="h",
+                   help="h: the pullback of the feature map h (the paper); x0: the Jacobian of x0_hat (LOCO-Edit), "
+                        "which --mask can restrict to a region")
+    p.add_argument("--mask", default=None, help="the region, with --space x0: a box x0,y0,x1,y1 in pixels of the "
+                                                "image, or a grey PNG of its size (non-zero inside)")
+    p.add_argument("--null-rank", type=int, default=0,
+                   help="keep the directions orthogonal to the top r directions of the rest of the image (needs "
+                        "--mask), so an edit leaves the rest alone")
+
+
 def _model_option(p: argparse.ArgumentParser) -> None:
     from .loading import bundled_models
 
@@ -485,6 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tol", type=float, default=1e-3, help="krylov: stop at residual ||J^T u - s v|| / s <= tol")
     b.add_argument("--layer", default=None, help="module whose output is h (None: the family's, mid_block for U-Nets)")
     b.add_argument("--init", default=None, help="warm start from a basis file of the same model (e.g. a nearby t)")
+    _add_region_options(b)
     b.add_argument("--out", default="basis.safetensors", help="basis file to write")
     b.add_argument("--png", default=None, help="picture of the directions (None: OUT with .png; '' for none)")
     _add_runtime_options(b)
@@ -510,6 +582,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--scale", type=float, default=None, help="guidance scale (None: 0.1 pixel, 1 latent models)")
     e.add_argument("--keep-norm", action="store_true", help="direct: rescale to keep ||x_t||")
     e.add_argument("--basis", default=None, help="use the directions of a basis file (transported if needed)")
+    e.add_argument("--transport-rank", type=int, default=None,
+                   help="transport into a local basis of this rank (the published code uses 50; None: the file's k)")
+    _add_region_options(e)
     e.add_argument("--prompt", default=None, help="prompt, for text-conditioned models")
     e.add_argument("--label", type=int, default=None, help="class label, for class-conditional models (digits-flow)")
     e.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance of the sampler")
@@ -519,6 +594,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_options(e)
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(run=_cmd_edit)
+
+    gl = _sub(sub, "global", "directions shared by many samples at one t, saved as a basis file",
+              "Compute the bases of --samples samples at t and keep the directions they share (the top eigenvectors "
+              "of the mean projector of their tangent spaces); latentbasis edit --basis applies them to any image "
+              "by transport and says how much of each it keeps.")
+    _model_option(gl)
+    gl.add_argument("--samples", type=int, default=16, help="samples (seeds 0..N-1)")
+    gl.add_argument("--t", type=float, default=0.8, help="timestep as a fraction of T")
+    gl.add_argument("--k", type=int, default=4, help="directions per sample, and global directions kept")
+    gl.add_argument("--prompt", default=None, help="prompt, for text-conditioned models")
+    gl.add_argument("--label", type=int, default=None, help="class label, for class-conditional models")
+    gl.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance while sampling")
+    gl.add_argument("--steps", type=int, default=100, help="DDIM steps of a full trajectory")
+    gl.add_argument("--layer", default=None, help="module whose output is h (None: the family's)")
+    _add_region_options(gl)
+    gl.add_argument("--out", default="global.safetensors", help="the file of global directions")
+    _add_runtime_options(gl)
+    gl.add_argument("--quiet", action="store_true", help="no progress bars")
+    gl.set_defaults(run=_cmd_global)
 
     ly = _sub(sub, "layers", "list the layers h can be taken at, with their shapes and the default",
               "List the candidate layers for the feature map h (the U-Net's stages, or a transformer's blocks) with "

@@ -131,16 +131,62 @@ def transport(u0: torch.Tensor, latent1: torch.Tensor, tangent1: torch.Tensor) -
     return (v / norm).float().reshape(latent1.shape[1:])
 
 
-def transported_basis(model, given, x_t: torch.Tensor, timestep: int, prompt: str | None = None, **basis_kw):
-    """A basis from elsewhere (another sample, timestep or a file) made usable at (x_t, timestep): itself when it
-    was computed at this very point, else the local basis with each given direction transported onto it
-    (transport of given.tangent[i]); singular values and tangent vectors are the local ones."""
+def kept_fraction(u0: torch.Tensor, tangent1: torch.Tensor) -> float:
+    """||U1 u0|| / ||u0||: how much of a tangent vector the target's tangent span holds (1: all of it; near 0: the
+    transported direction means little there)."""
+    U1 = tangent1.reshape(tangent1.shape[0], -1).double()
+    u = u0.reshape(-1).double()
+    return float((U1 @ u).norm() / u.norm().clamp(min=1e-300))
+
+
+def transported_basis(model, given, x_t: torch.Tensor, timestep: int, prompt: str | None = None,
+                      rank: int | None = None, **basis_kw):
+    """A basis from elsewhere (another sample, timestep, a file, or global directions) made usable at
+    (x_t, timestep): itself when it was computed at this very point, else the local basis, of rank max(k, rank)
+    (the published code transports into rank 50), with each given direction transported onto it (transport of
+    given.tangent[i]). Singular values and tangent vectors are the local ones' top k; extra["kept"] lists each
+    direction's kept fraction (kept_fraction). The local basis is computed in the given basis' space (h, or x0_hat
+    with the same mask and null rank: pass mask= and null_rank= in basis_kw)."""
     import dataclasses
 
     from .basis import latent_basis
 
     if torch.equal(given.point, x_t) and given.timestep == timestep:
         return given
-    local = latent_basis(model, x_t, timestep=timestep, k=given.k, prompt=prompt, **basis_kw)
-    moved = torch.stack([transport(given.tangent[i], local.latent, local.tangent) for i in range(given.k)])
-    return dataclasses.replace(local, latent=moved)
+    k = given.k
+    r = max(k, int(rank or k))
+    local = latent_basis(model, x_t, timestep=timestep, k=r, prompt=prompt, space=given.space, **basis_kw)
+    moved = torch.stack([transport(given.tangent[i], local.latent, local.tangent) for i in range(k)])
+    kept = [kept_fraction(given.tangent[i], local.tangent) for i in range(k)]
+    return dataclasses.replace(local, latent=moved, tangent=local.tangent[:k], singular_values=local.singular_values[:k],
+                               residuals=local.residuals[:k], extra={**local.extra, "kept": kept,
+                                                                     "transport_rank": r})
+
+
+def global_directions(bases: list, k: int):
+    """The directions many samples' bases share, at one timestep: the top-k eigenvectors of the mean projector of
+    their tangent spaces, (1/n) sum_i U_i^T U_i (for transport), and of their latent spaces (for a direct look), from
+    the SVD of the stacked rows. The singular values are the eigenvalues, in [0, 1]: the share of the samples'
+    spans each global direction lies in (1: in every sample's span). Returned as a Basis (algorithm "global",
+    point: the samples' mean x_t), applied to any image by transported_basis."""
+    import dataclasses
+
+    if not bases:
+        raise LatentBasisError("global directions need at least one basis")
+    n = len(bases)
+    first = bases[0]
+    for b in bases[1:]:
+        if b.tangent.shape[1:] != first.tangent.shape[1:] or b.timestep != first.timestep or b.space != first.space:
+            raise LatentBasisError("global directions need bases of one model, timestep and space")
+    U = torch.cat([b.tangent.reshape(b.k, -1).double() for b in bases])
+    V = torch.cat([b.latent.reshape(b.k, -1).double() for b in bases])
+    k = min(k, U.shape[0], U.shape[1])
+    _, su, Uh = torch.linalg.svd(U, full_matrices=False)
+    _, _, Vh = torch.linalg.svd(V, full_matrices=False)
+    share = (su[:k] ** 2 / n).float()
+    return dataclasses.replace(
+        first, latent=Vh[:k].float().reshape(k, *first.latent.shape[1:]),
+        tangent=Uh[:k].float().reshape(k, *first.tangent.shape[1:]), singular_values=share,
+        point=torch.stack([b.point for b in bases]).mean(0), residuals=torch.zeros(k), algorithm="global",
+        iterations=n, jvps=sum(b.jvps for b in bases), vjps=sum(b.vjps for b in bases), seed=0,
+        seconds=sum(b.seconds for b in bases), extra={"samples": n})

@@ -42,7 +42,7 @@ def digits_quality(model, n: int = 256, num_steps: int = 50, seed0: int = 0, bat
     pred = proba.argmax(axis=1)
     conf = float(proba.max(axis=1).mean())
     return {"samples": n, "confidence": conf, "real_confidence": real_conf, "real_accuracy": real_acc,
-            "ratio": conf / real_conf,
+            "ratio": conf / real_conf, "sampler": "Euler (unconditional: the null label)" if model.flow else "DDIM",
             "classes": int(len(np.unique(pred))), "histogram": np.bincount(pred, minlength=10).tolist(),
             "images": xs}
 

@@ -43,6 +43,11 @@ class EditRecipe:
     strengths: list[float] = field(default_factory=lambda: [-6.0, -3.0, 0.0, 3.0, 6.0])
     # one combined edit instead of a sweep: {"direction index": strength}, d = sum_i strength_i v_i (the app's sliders)
     combination: dict[str, float] | None = None
+    space: str = "h"                     # "h" (the pullback of h) or "x0" (the Jacobian of x0_hat) ...
+    mask: str | None = None              # ... of a region: a box "x0,y0,x1,y1" or a PNG file
+    mask_sha256: str | None = None
+    null_rank: int = 0                   # keep the directions off the rest's top null_rank directions
+    transport_rank: int | None = None    # transport into a local basis of this rank (None: the given k)
     dtype: str = "float32"               # the network's forward while sampling and editing (bases are float32)
     device: str = ""                     # where it ran (informative: a replay runs where it is asked to)
     format: str = FORMAT
@@ -122,6 +127,12 @@ class EditRecipe:
             if not isinstance(self.strengths, list):
                 raise LatentBasisError("strengths must be a list")
         v.choice(self.dtype, "dtype", DTYPE_NAMES)
+        v.choice(self.space, "space", ("h", "x0"))
+        v.optional_string(self.mask, "mask", 4096)
+        v.optional_string(self.mask_sha256, "mask_sha256", 64)
+        v.integer(self.null_rank, "null_rank", 0, v.MAX_X_ELEMENTS)
+        if self.transport_rank is not None:
+            v.count(self.transport_rank, "transport_rank", v.MAX_K)
         if self.format != FORMAT:
             raise LatentBasisError(f"format {str(self.format)[:40]!r}, expected {FORMAT!r}")
         return self
@@ -135,6 +146,7 @@ class EditResult:
     recipe: EditRecipe
     reconstruction_psnr: float | None = None   # real images: PSNR of the unedited reconstruction (dB)
     notes: list[str] = field(default_factory=list)   # what was converted on the way in (an RGB photo made grey, ...)
+    kept: list[float] | None = None   # transported directions: the share of each the target's tangent span keeps
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -197,6 +209,22 @@ def run_recipe(r: EditRecipe, model=None, progress=None) -> EditResult:
     if bad:
         raise LatentBasisError(f"direction {bad[0]} is out of range: the basis has k = {r.k} "
                                f"(indices 0..{r.k - 1})")
+    if given is not None:   # the local basis it is transported onto is of its own kind
+        r.space, r.null_rank = given.space, given.null_rank
+        if given.mask_sha256 and not r.mask:
+            raise LatentBasisError(f"{r.basis_file} is a basis of a region: give the region here too (--mask; a "
+                                   "region of the same number of pixels)")
+    mask = None
+    if r.mask:
+        from .masks import mask_sha256, parse_mask
+
+        mask = parse_mask(r.mask, pixel_size(model)[1])
+        digest = mask_sha256(mask)
+        if r.mask_sha256 and r.mask_sha256 != digest:
+            raise LatentBasisError(f"the mask {r.mask} is not the one the recipe was made with")
+        r.mask_sha256 = digest
+        if r.space != "x0":
+            raise LatentBasisError("a mask needs space x0 (the Jacobian of x0_hat over the region)")
     ts_max = model.num_train_timesteps - 1
     if r.timestep > ts_max:
         raise LatentBasisError(f"timestep {r.timestep} is outside the schedule [0, {ts_max}]")
@@ -217,12 +245,12 @@ def run_recipe(r: EditRecipe, model=None, progress=None) -> EditResult:
                                  through=r.timestep, progress=stage("trajectory", n))
     x_t = traj.at(r.timestep)
     step = stage("basis", None)
-    basis_kw = dict(algorithm=r.algorithm, seed=r.basis_seed, tol=r.tol,
+    basis_kw = dict(algorithm=r.algorithm, seed=r.basis_seed, tol=r.tol, mask=mask, null_rank=r.null_rank,
                     callback=(lambda info: step(1)) if step else None)
     if given is not None:
-        basis = transported_basis(model, given, x_t, r.timestep, prompt=r.prompt, **basis_kw)
+        basis = transported_basis(model, given, x_t, r.timestep, prompt=r.prompt, rank=r.transport_rank, **basis_kw)
     else:
-        basis = latent_basis(model, x_t, timestep=r.timestep, k=r.k, prompt=r.prompt, **basis_kw)
+        basis = latent_basis(model, x_t, timestep=r.timestep, k=r.k, prompt=r.prompt, space=r.space, **basis_kw)
     settings = EditSettings(r.method, r.n_iter, r.step, r.scale, r.keep_norm)
     if r.combination is not None:
         d = combine(basis.latent, {int(i): float(w) for i, w in r.combination.items()})[None]
@@ -234,5 +262,6 @@ def run_recipe(r: EditRecipe, model=None, progress=None) -> EditResult:
                                            progress=stage("edits", edit_steps(traj, r.timestep, settings))))
     r.model, r.model_hash, r.version = model.name, model.model_hash, __version__
     r.dtype, r.device = dtype_name(model.dtype), str(model.device)
-    return EditResult(images.reshape(rows, cols, *images.shape[1:]), basis, traj, r, recon, notes)
+    return EditResult(images.reshape(rows, cols, *images.shape[1:]), basis, traj, r, recon, notes,
+                      basis.extra.get("kept"))
 

@@ -417,7 +417,8 @@ def write_model_card(out: Path, cfg: TrainConfig, log: dict, step: int, quality:
 
 
 def quality_markdown(q: dict) -> str:
-    return (f"{q['samples']} DDIM samples (50 steps, seeds 0..{q['samples'] - 1}), area-averaged to 8x8 and "
+    sampler = q.get("sampler", "DDIM")
+    return (f"{q['samples']} {sampler} samples (50 steps, seeds 0..{q['samples'] - 1}), area-averaged to 8x8 and "
             f"classified by an SVC (Platt-scaled) trained on 80 % of the real digits: mean top-class probability "
             f"{q['confidence']:.3f}, against {q['real_confidence']:.3f} on the held-out real digits through the same "
             f"resize (ratio {q['ratio']:.3f}; target >= 0.90). Classes among the samples: {q['classes']} of 10 "

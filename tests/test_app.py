@@ -130,7 +130,7 @@ def test_launched_app_over_loopback(model, tmp_path):
         c = Client(url, verbose=False)
         out = c.predict(0, 0.6, "", 3.0, api_name="/on_sample")     # source, edited, gallery, status, sliders
         assert Path(out[0]).is_file() and "Seed 0" in out[3]
-        found = c.predict(0.6, 3, "guidance", api_name="/on_find")    # gallery, edited, status, sliders
+        found = c.predict(0.6, 3, "guidance", "h", None, 0, api_name="/on_find")   # gallery, edited, status, ...
         assert len(found[0]) == 3 and "3 directions" in found[2]
         a = c.predict("guidance", 5, *sliders, api_name="/on_slide")  # the last of its two updates: the full image
         b = c.predict("guidance", -5, *sliders, api_name="/on_slide")
@@ -141,7 +141,7 @@ def test_launched_app_over_loopback(model, tmp_path):
         bad.write_text("no")
         res = c.predict(handle_file(str(bad)), 0.6, "", api_name="/on_upload")
         assert "Error" in res[3] and "not a readable image" in res[3] and str(tmp_path) not in res[3]
-        again = c.predict(0.6, 2, "guidance", api_name="/on_find")   # still running, the session intact
+        again = c.predict(0.6, 2, "guidance", "h", None, 0, api_name="/on_find")   # still running, intact
         assert len(again[0]) == 2 and "Error" not in again[2]
         other = Client(url, verbose=False)                            # another session: its own state
         other.predict(5, 0.6, "", 3.0, api_name="/on_sample")
@@ -275,3 +275,32 @@ def test_a_class_conditional_flow_transformer(tiny_dit_dir, tmp_path):
     Image.fromarray((np.random.default_rng(0).random((12, 12)) * 255).astype(np.uint8)).save(img)
     _, msg = E.upload_image(dit, s, str(img), 0.7, prompt="1")
     assert "PSNR" in msg and s.prompt == "1"
+
+
+def test_a_region_painted_in_the_app(model, tmp_path):
+    """Directions of a painted region (x0 space, null rank): the edit changes the image inside the region far more
+    than outside it; the recipe records the mask and replays; the edit carries to other seeds."""
+    s = E.Session()
+    E.new_sample(model, s, 1, 0.6)
+    layer = np.zeros((E.DISPLAY, E.DISPLAY, 4), np.uint8)
+    f = E.DISPLAY // 8
+    layer[0: 4 * f, 0: 4 * f, 3] = 255                           # the top-left quarter, painted
+    mask = E.region_mask(model, {"layers": [layer]})
+    assert mask.shape == (8, 8) and int(mask.sum()) == 16
+    E.find_directions(model, s, 0.6, 2, "direct", space="x0", mask=mask, null_rank=6)
+    assert s.basis.space == "x0" and s.basis.null_rank == 6
+    before = s.edited.clone()
+    E.apply_edit(model, s, "direct", [8, 0])
+    change = (s.edited - before) ** 2
+    inside = float(change[:, mask].sum() / change.sum())
+    assert inside > 0.5
+    files = E.export(model, s)
+    assert Path(files[-1]).name == "mask.png"
+    r = EditRecipe.from_file(files[2])
+    assert r.space == "x0" and r.null_rank == 6 and r.mask and r.mask_sha256 is None
+    res = run_recipe(r, model)
+    assert torch.equal(res.images[0, 0], s.edited)
+    others = E.apply_to_others(model, s, "direct", [8, 0], n=2)
+    assert len(others) == 2 and all("kept v1" in cap for _, cap in others)
+    with pytest.raises(E.AppError, match="needs a painted region"):
+        E.find_directions(model, s, 0.6, 2, "direct", space="x0", mask=None, null_rank=3)
