@@ -32,6 +32,10 @@ from v_i+1).
 Two more tables split the same pairs into thirds: by how far apart the two samples' shapes are (distance between
 the centres read unedited, in widths: does a direction transfer when the shapes sit in the same place?) and by the
 singular-value gap s_i / s_i+1 on A (does a direction transfer when it is well separated from the next one?).
+
+benchmarks/edit_regions.py extends this reading to four kinds of directions side by side on the same samples
+(h-space, x0-space, a masked x0 region with the null-space projection, and global directions): locality, success
+and transfer, each with counts and 95 % intervals.
 """
 from __future__ import annotations
 

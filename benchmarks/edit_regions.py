@@ -1,0 +1,191 @@
+"""Edits that stay where you point and carry to other images: four kinds of directions side by side on `shapes`.
+
+    python benchmarks/edit_regions.py [--samples 16] [--first-seed 200] [--t 0.8] [--k 4] [--strength 1]
+                                      [--null-rank 8] [--global-samples 16]
+
+On the same samples of the bundled `shapes` model (those the factor reader recovers unedited, from --first-seed
+on), at t, with the published x-space guidance edit at +-strength for every kind:
+- h:       the pullback basis of h (the paper's; moved to another sample by parallel transport in h);
+- x0:      the Jacobian of x0_hat over the whole image (LOCO-Edit's object; transported the same way, in x0);
+- region:  the Jacobian of x0_hat over a box around the sample's shape (the box the reader's centre and size give,
+           1.6 half-sizes each way), kept orthogonal to the top --null-rank directions of the rest of the image
+           (LOCO-Edit's null-space projection). Another sample's box has another shape, so a region direction is
+           carried by applying it as it is (LOCO-Edit's transfer), not by transport;
+- global:  the top directions shared by --global-samples other samples' h bases (the mean projector of their
+           tangent spaces, seeds from 1000 on), transported to each sample.
+Per kind it prints, with counts and 95 % intervals (resampling the samples):
+- locality: the share of an edit's squared pixel change (in x_0) inside the shape's box, for the direction that
+  moves position or size (median over samples; target for the region kind: >= 95 %);
+- success: how often that direction moves position (x, y as one factor) or size by a clear margin;
+- transfer: over ordered pairs (A, B), A != B, does that direction of A, carried to B, move the same factor the same
+  way there? One-sided, as the check asks: f(+s) - f(0) on A and on B, position compared as a vector (within 90
+  degrees), size by sign. Target >= 90 % for the best kind.
+"The direction that moves position or size" is, per sample, the first of the top k whose largest factor change
+(over its margin) is position or size; samples with none are counted as failures of success and left out of
+transfer as sources.
+
+Declared before it was run on fresh samples (2026-11-30): the reading above, strength 1, t = 0.8 T, k = 4, null rank
+8, and seeds from 200 on (no earlier benchmark used them).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+import torch
+
+from latentbasis import latent_basis, load_model
+from latentbasis.editing import EditSettings, edit_images, global_directions, transported_basis
+from latentbasis.evaluate import read_shapes, recovery, shapes_reader
+from latentbasis.loading import resolve_timestep
+from latentbasis.sampling import sample_trajectory
+
+MARGIN = {"position": 0.05, "size": 0.05 / 4}
+KINDS = ("h", "x0", "region", "global")
+
+
+def read(reader, images):
+    r = read_shapes(reader, images)
+    return np.column_stack([r["x"], r["y"], r["size"]])
+
+
+def box_mask(f0: np.ndarray, R: int) -> torch.Tensor:
+    """The box around a shape read as (x, y, size) in fractions of the width: 1.6 half-sizes each way, in pixels."""
+    cx, cy, half = f0[0] * R, f0[1] * R, max(f0[2] * R * 1.6, 2.0)
+    x0, x1 = int(max(0, np.floor(cx - half))), int(min(R, np.ceil(cx + half)))
+    y0, y1 = int(max(0, np.floor(cy - half))), int(min(R, np.ceil(cy + half)))
+    m = torch.zeros(R, R, dtype=torch.bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def factor_of(plus: np.ndarray, minus: np.ndarray) -> tuple[str, float]:
+    """The coarse factor an edit moves most over its margin: ("position" or "size", that ratio)."""
+    span = np.abs(plus - minus)
+    pos, size = np.hypot(span[0], span[1]) / MARGIN["position"], span[2] / MARGIN["size"]
+    return ("position", pos) if pos >= size else ("size", size)
+
+
+def moved(factor: str, d: np.ndarray) -> np.ndarray:
+    return d[:2] if factor == "position" else d[2:3]
+
+
+def interval(hits: np.ndarray, groups: np.ndarray, n_boot: int = 2000) -> tuple[float, float]:
+    ids = np.unique(groups)
+    by = [hits[groups == g] for g in ids]
+    rng = np.random.default_rng(0)
+    boot = [np.concatenate([by[j] for j in rng.integers(len(ids), size=len(ids))]).mean() for _ in range(n_boot)]
+    return tuple(np.percentile(boot, [2.5, 97.5]))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="shapes")
+    ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--first-seed", type=int, default=200)
+    ap.add_argument("--t", type=float, default=0.8)
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--strength", type=float, default=1.0)
+    ap.add_argument("--null-rank", type=int, default=8)
+    ap.add_argument("--global-samples", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=50)
+    a = ap.parse_args()
+    model = load_model(a.model)
+    R = model.x_shape[-1]
+    reader = shapes_reader(resolution=R)
+    ts, _ = resolve_timestep(model.num_train_timesteps, fraction=a.t)
+    s = a.strength
+    guidance = EditSettings("guidance")
+    print(f"# edit_regions: {a.model}, t = {a.t} T (timestep {ts}), k = {a.k}, strength {s}, null rank "
+          f"{a.null_rank}; load average {os.getloadavg()[0]:.2f}")
+
+    gbases = [latent_basis(model, sample_trajectory(model, 1000 + i, num_steps=a.steps, through=ts).at(ts),
+                           timestep=ts, k=a.k) for i in range(a.global_samples)]
+    glob = global_directions(gbases, a.k)
+
+    samples, seed = [], a.first_seed
+    while len(samples) < a.samples and seed < a.first_seed + 8 * a.samples:
+        traj = sample_trajectory(model, seed, num_steps=a.steps, through=ts)
+        seed += 1
+        if not recovery(reader, traj.x0[None])[2][0]:
+            continue
+        f0 = read(reader, traj.x0[None])[0]
+        mask = box_mask(f0, R)
+        x_t = traj.at(ts)
+        bases = {"h": latent_basis(model, x_t, timestep=ts, k=a.k),
+                 "x0": latent_basis(model, x_t, timestep=ts, k=a.k, space="x0"),
+                 "region": latent_basis(model, x_t, timestep=ts, k=a.k, space="x0", mask=mask,
+                                        null_rank=a.null_rank)}
+        bases["global"] = transported_basis(model, glob, x_t, ts)
+        rec = {"seed": seed - 1, "traj": traj, "f0": f0, "mask": mask, "bases": bases, "pick": {}}
+        for kind, b in bases.items():
+            d = torch.cat([s * b.latent, -s * b.latent])                    # +s for each, then -s
+            imgs = edit_images(model, traj, ts, d, guidance)
+            f = read(reader, imgs)
+            plus, minus = f[: a.k] - f0, f[a.k:] - f0
+            pick = None
+            for i in range(a.k):
+                factor, ratio = factor_of(plus[i], minus[i])
+                whole = np.abs(np.r_[plus[i][:3], minus[i][:3]]).max()
+                if ratio >= 1 and whole > 0:
+                    pick = (i, factor, plus[i], minus[i])
+                    break
+            change = ((imgs[i if pick is None else pick[0]] - traj.x0) ** 2).sum(0)
+            inside = float(change[mask].sum() / change.sum().clamp(min=1e-12))
+            rec["pick"][kind] = (pick, inside)
+        samples.append(rec)
+        print(f"seed {rec['seed']}: picks " + ", ".join(
+            f"{kind} {'-' if p is None else f'v{p[0] + 1} {p[1]}'} (inside {inside:.0%})"
+            for kind, (p, inside) in rec["pick"].items()), flush=True)
+    n = len(samples)
+    print(f"\n{n} samples recovered unedited among seeds {a.first_seed}..{seed - 1}; global directions from seeds "
+          f"1000..{1000 + a.global_samples - 1}, shared {', '.join(f'{float(v):.2f}' for v in glob.singular_values)}\n")
+
+    rows = []
+    for kind in KINDS:
+        picks = [r["pick"][kind] for r in samples]
+        inside = np.array([p[1] for p in picks])
+        ok = np.array([p[0] is not None for p in picks])
+        hits, groups = [], []
+        for A, ra in enumerate(samples):
+            pa = ra["pick"][kind][0]
+            if pa is None:
+                continue
+            i, factor, plus_a, _ = pa
+            for B, rb in enumerate(samples):
+                if A == B:
+                    continue
+                if kind == "region":       # applied as it is (another region, another shape)
+                    v = ra["bases"]["region"].latent[i]
+                else:
+                    src = ra["bases"][kind] if kind != "global" else glob
+                    moved_b = transported_basis(model, _one(src, i), rb["traj"].at(ts), ts,
+                                                space=src.space) if kind != "global" else None
+                    v = moved_b.latent[0] if moved_b is not None else rb["bases"]["global"].latent[i]
+                imgs = edit_images(model, rb["traj"], ts, torch.stack([s * v]), guidance)
+                plus_b = read(reader, imgs)[0] - rb["f0"]
+                hits.append(float(np.dot(moved(factor, plus_a), moved(factor, plus_b))) > 0)
+                groups.append(A)
+        hits, groups = np.array(hits, bool), np.array(groups)
+        lo, hi = interval(hits, groups) if len(hits) else (float("nan"),) * 2
+        med = float(np.median(inside))
+        rows.append((kind, med, (inside >= 0.95).sum(), ok.sum(), hits.sum(), len(hits), lo, hi))
+    print("| directions | locality: median share inside the shape's box | samples >= 95 % inside | success: moves "
+          "position or size | transfer, one-sided: same factor, same way on B | 95 % interval |")
+    print("|---|---|---|---|---|---|")
+    for kind, med, n95, n_ok, h, m, lo, hi in rows:
+        tr = f"{h} / {m} = {h / m:.1%}" if m else "no source"
+        print(f"| {kind} | {med:.1%} | {n95} / {n} | {n_ok} / {n} = {n_ok / n:.0%} | {tr} | {lo:.0%}-{hi:.0%} |")
+
+
+def _one(b, i):
+    """Direction i of a basis as a basis of one direction (for transported_basis)."""
+    import dataclasses
+
+    return dataclasses.replace(b, latent=b.latent[i:i + 1], tangent=b.tangent[i:i + 1],
+                               singular_values=b.singular_values[i:i + 1], residuals=b.residuals[i:i + 1])
+
+
+if __name__ == "__main__":
+    main()
