@@ -645,7 +645,7 @@ def build_app(model):
                                           height=200)
                     sliders = [gr.Slider(-10, 10, value=0, step=0.5, label=f"v{i + 1}", visible=False,
                                          elem_id=f"v{i + 1}") for i in range(MAX_K)]
-            with gr.Accordion("Region: paint where the edit should act (with x0 directions)", open=False,
+            with gr.Accordion("Region: paint where the edit should act (with x0 directions)", open=True,
                               elem_id="region-box"):
                 with gr.Row():
                     region = gr.ImageEditor(label="paint over the image", type="numpy", elem_id="region",

@@ -125,3 +125,110 @@ def test_upload_find_slide_export_report_in_a_browser(browser, tmp_path):
         assert d.save_screenshot(str(report_shot)) and report_shot.stat().st_size > 10000
     finally:
         demo.close()
+
+
+def _image_at(url: str) -> np.ndarray:
+    """The picture a page shows (an <img> src served by the app, or a data: URL) as an array [H, W, C] in [0, 1]."""
+    import base64
+    import io
+    import urllib.request
+
+    from PIL import Image
+
+    if url.startswith("data:"):
+        raw = base64.b64decode(url.split(",", 1)[1])
+    else:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            raw = r.read()
+    return np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"), np.float64) / 255.0
+
+
+def test_paint_a_region_find_its_directions_and_slide_in_a_browser(browser, tmp_path):
+    """Paint over the shape of the `shapes` sample (found in the shown picture), find the x0 directions of that region
+    (null rank 8), move a slider: the shown image changes inside the painted region and hardly outside it (the region
+    is the mask the app used, read back from its exported mask.png); carry the edit to other seeds; screenshot."""
+    from PIL import Image
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    from latentbasis.cli import load_editor
+    from latentbasis.loading import load_model
+
+    editor = load_editor()
+    demo, url = editor.launch(load_model("shapes"), block=False)
+    d = browser
+    try:
+        d.get(url)
+
+        def edited_src():
+            return d.find_element(By.CSS_SELECTOR, "#edited img").get_attribute("src")
+
+        def status():
+            return d.find_element(By.ID, "status").text
+
+        _wait(edited_src, what="the sample on page load")
+        sample = _image_at(edited_src())
+        ys, xs = np.nonzero(np.abs(sample - np.median(sample, (0, 1))).sum(-1) > 0.15)   # the shape, on its ground
+        region = d.find_element(By.ID, "region")
+        d.execute_script("arguments[0].scrollIntoView({block: 'center'})", region)
+        canvas = _wait(lambda: region.find_elements(By.TAG_NAME, "canvas")[-1], what="the painting canvas")
+        zoom = _wait(lambda: [float(e.text.rstrip("%")) / 100 for e in region.find_elements(By.XPATH, ".//*")
+                              if e.text.endswith("%") and e.text.rstrip("%").isdigit()][0], what="the zoom")
+        region.find_element(By.CSS_SELECTOR, "button[aria-label=Brush]").click()
+        # paint over the shape (a margin of one brush width): rows of strokes, in the canvas' coordinates (the image
+        # sits in its middle at the zoom it shows)
+        H, W = sample.shape[:2]
+        left, right = (xs.min() - W / 2) * zoom, (xs.max() - W / 2) * zoom
+        chain = ActionChains(d).move_to_element_with_offset(canvas, int(left), int((ys.min() - H / 2) * zoom))
+        chain.click_and_hold()
+        for i, y in enumerate(np.arange(ys.min(), ys.max() + 1, 12)):
+            y = int((y - H / 2) * zoom)
+            chain.move_to_element_with_offset(canvas, int(left if i % 2 == 0 else right), y)
+            chain.move_to_element_with_offset(canvas, int(right if i % 2 == 0 else left), y)
+        chain.release().perform()
+        x0 = [e for e in d.find_elements(By.CSS_SELECTOR, "#space label") if "x0" in e.text][0]
+        x0.click()
+        find = d.find_element(By.ID, "find")
+        d.execute_script("arguments[0].scrollIntoView({block: 'center'})", find)
+        find.click()
+        _wait(lambda: "of the painted region" in status(), timeout=240, what="the region's directions")
+        assert "Error" not in status()
+        before = _image_at(edited_src())
+        rng = _wait(lambda: d.find_element(By.CSS_SELECTOR, "#v1 input[type=range]"), what="slider v1")
+        d.execute_script("arguments[0].scrollIntoView({block: 'center'})", rng)
+        ActionChains(d).click_and_hold(rng).move_by_offset(rng.size["width"] // 3, 0).release().perform()
+        _wait(lambda: "Edited" in status(), what="the full edit")
+        after = _image_at(edited_src())
+        assert after.shape == before.shape
+
+        button = d.find_element(By.ID, "export")
+        d.execute_script("arguments[0].scrollIntoView({block: 'center'})", button)
+        button.click()
+        link = _wait(lambda: [a.get_attribute("href") for a in d.find_elements(By.CSS_SELECTOR, "#exports a")
+                              if "mask.png" in (a.get_attribute("href") or "")][0], what="the exported mask")
+        mask = _image_at(link)[..., 0] > 0.5
+        assert 0 < mask.mean() < 0.5                           # the stroke, not nothing and not everything
+        H, W = after.shape[:2]
+        shown = np.asarray(Image.fromarray(mask).resize((W, H), Image.NEAREST))
+        change = ((after - before) ** 2).sum(-1)
+        inside = change[shown].sum() / change.sum()
+        per_pixel = change[shown].mean() / max(change[~shown].mean(), 1e-12)
+        assert change.sum() > 1.0, "the slider did not change the image"
+        assert inside > 0.8 and per_pixel > 10, (inside, per_pixel)
+
+        others = d.find_element(By.ID, "others-btn")
+        d.execute_script("arguments[0].scrollIntoView({block: 'center'})", others)
+        others.click()
+        _wait(lambda: len(d.find_elements(By.CSS_SELECTOR, "#others img")) >= 3, timeout=240,
+              what="the edit carried to other seeds")
+        shot = Path(os.environ.get("LATENTBASIS_SCREENSHOT_REGION") or tmp_path / "region.png")
+        d.execute_script("window.scrollTo(0, 0)")
+        size = d.get_window_size()
+        d.set_window_size(size["width"], min(4000, d.execute_script("return document.body.scrollHeight") + 150))
+        try:                                                   # the whole page in one picture
+            assert d.save_screenshot(str(shot)) and shot.stat().st_size > 10000
+        finally:
+            d.set_window_size(size["width"], size["height"])
+        print(f"painted {mask.sum()} pixels; {inside:.1%} of the change inside, {per_pixel:.0f}x per pixel")
+    finally:
+        demo.close()
