@@ -411,9 +411,11 @@ def measure(model, spec: GridSpec, bases: dict, pca: tuple[torch.Tensor, torch.T
             "latent_to_data_pcs_mean": [float(np.mean([float(geodesic_distance(bases[p, sd, ts].latent, top))
                                                        for p in range(P) for sd in seeds])) for ts in ts_list],
             # spectrum shape: each curve divided by its top value (the scale of h is arbitrary for a U-Net)
-            "spectrum_shape_error": [float(np.abs(np.array(sm) / sm[0] - gi / gi[0]).max())
+            # None where the Gaussian has no signal (alpha = 0: a flow model's t = T), so nothing to compare
+            "spectrum_shape_error": [float(np.abs(np.array(sm) / sm[0] - gi / gi[0]).max()) if gi[0] > 0 else None
                                      for sm, gi in zip(spec_mean, g)],
-            "spectrum_error": [float(np.abs(np.array(sm) - gi).max() / gi[0]) for sm, gi in zip(spec_mean, g)],
+            "spectrum_error": [float(np.abs(np.array(sm) - gi).max() / gi[0]) if gi[0] > 0 else None
+                               for sm, gi in zip(spec_mean, g)],
         }
 
     ab = model.alphas_cumprod

@@ -182,7 +182,8 @@ def _plots(n: dict, out: Path, bases, pca, alphas_cumprod) -> dict[str, bytes]:
         ax.plot(tf, S[:, i], "o-", ms=3, color=plt.cm.viridis(i / max(1, k - 1)), label=f"s{i + 1}" if i < 4 else None)
     if "gaussian" in n:
         G = np.array(n["gaussian"]["gains"])
-        scale = S[:, :1] / G[:, :1]
+        top = G[:, :1]
+        scale = np.divide(S[:, :1], top, out=np.full_like(top, np.nan), where=top > 0)   # no signal: not drawn
         for i in range(k):
             ax.plot(tf, G[:, i] * scale[:, 0], "--", lw=0.8, color=plt.cm.viridis(i / max(1, k - 1)))
         ax.plot([], [], "k--", lw=0.8, label="Gaussian g_i(t) (data PCA), scaled to s1")

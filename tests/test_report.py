@@ -172,3 +172,16 @@ def test_compare_two_models(tiny_unet_dir, other_unet_dir, tmp_path, capsys):
     assert (out / "compare.csv").read_text().count("\n") == 1 + 2
     assert main(["compare", "--model", str(tiny_unet_dir), "--out", str(tmp_path / "c2")]) == 2
     assert "at least two models" in capsys.readouterr().err
+
+
+def test_a_flow_model_report_has_no_gaussian_comparison_where_there_is_no_signal(tmp_path):
+    """The bundled flow transformer: at t = T a flow model's x_t holds no signal (alpha = 0), so the Gaussian overlay
+    has nothing to compare there: left empty, with no division by zero."""
+    import warnings
+
+    out = tmp_path / "r"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert main(["report", "--model", "digits-flow", *SMALL, "--out", str(out)]) == 0
+    rows = [r.split(",") for r in (out / "gaussian.csv").read_text().splitlines()]
+    assert rows[1][0] == "999" and rows[1][3] == "" and rows[2][3] != ""
