@@ -166,23 +166,42 @@ def perturbation_impact(model, traj, timesteps: list[int], directions: dict[int,
                         delta: float = 0.1, seed: int = 0, prompt=None, guidance: float = 1.0) -> dict:
     """Change of the final image per unit perturbation of x_t: ||x0(x_t + delta d) - x0(x_t)|| / delta for a random
     unit direction and, where given, a latent-basis direction (directions {timestep: unit vector}), by re-running
-    the trajectory's own steps from t. Returns {"random": [..], "basis": [..]} over timesteps."""
+    the trajectory's own steps from t. Returns {"random": [..], "basis": [..]} over timesteps (nan where no basis
+    direction is given)."""
+    return perturbation_impacts(model, [traj], timesteps, [directions], delta, [seed], prompt, guidance)[0]
+
+
+@torch.no_grad()
+def perturbation_impacts(model, trajectories: list, timesteps: list[int], directions: list[dict],
+                         delta: float = 0.1, seeds: list[int] | None = None, prompt=None,
+                         guidance: float = 1.0, max_batch: int = 24) -> list[dict]:
+    """perturbation_impact for several trajectories on one timestep grid at once: per timestep, batches of
+    3 rows per trajectory (x_t, x_t + delta r, x_t + delta v; at most max_batch rows a batch) re-run to x_0, so a
+    report's samples share the network calls. seeds[j] seeds trajectory j's random directions (drawn in timestep
+    order)."""
     from .sampling import denoise
 
-    g = torch.Generator().manual_seed(seed)
-    out = {"random": [], "basis": []}
+    grid = trajectories[0].timesteps
+    if any(list(tr.timesteps) != list(grid) for tr in trajectories):
+        raise ValueError("perturbation_impacts needs trajectories on one timestep grid")
+    seeds = list(range(len(trajectories))) if seeds is None else seeds
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    out = [{"random": [], "basis": []} for _ in trajectories]
     for ts in timesteps:
-        i = traj.index(ts)
-        x = traj.xs[i]
-        r = torch.randn(x.shape, generator=g)
-        rows = [torch.zeros_like(x), r / r.norm()]
-        if ts in directions:
-            rows.append(directions[ts] / directions[ts].norm())
-        batch = x[None] + delta * torch.stack(rows)
-        x0 = denoise(model, batch, traj.timesteps[i:], prompt, guidance, clip_denoised=False)
-        d = (x0[1:] - x0[:1]).flatten(1).norm(dim=1) / delta
-        out["random"].append(float(d[0]))
-        out["basis"].append(float(d[1]) if len(d) > 1 else float("nan"))
+        i = trajectories[0].index(ts)
+        rows = []
+        for tr, g, dirs in zip(trajectories, gens, directions):
+            x = tr.xs[i]
+            r = torch.randn(x.shape, generator=g)
+            v = dirs[ts] / dirs[ts].norm() if ts in dirs else torch.zeros_like(x)
+            rows += [x, x + delta * r / r.norm(), x + delta * v.to(x.dtype)]
+        n = max(1, max_batch // 3) * 3
+        x0 = torch.cat([denoise(model, torch.stack(rows[a:a + n]), grid[i:], prompt, guidance, clip_denoised=False)
+                        for a in range(0, len(rows), n)]).reshape(len(trajectories), 3, -1)
+        d = (x0[:, 1:] - x0[:, :1]).norm(dim=2) / delta
+        for j, dirs in enumerate(directions):
+            out[j]["random"].append(float(d[j, 0]))
+            out[j]["basis"].append(float(d[j, 1]) if ts in dirs else float("nan"))
     return out
 
 
@@ -271,8 +290,8 @@ def measure_geometry(model, trajectories: list, *, data: torch.Tensor | None = N
     out["bands"] = {"bands": [list(b) for b in BANDS], "commit_timestep_median": [float(np.median(b)) for b in band_t]}
     # perturbation impact (random directions; latent-basis v1 where given), at the report's timesteps
     its = [t for t in (impact_timesteps or steps[:-1]) if t != steps[-1]]
-    imp = [perturbation_impact(model, tr, its, (directions or {}).get(i, {}), seed=i, prompt=prompt,
-                               guidance=guidance) for i, tr in enumerate(trajectories)]
+    imp = perturbation_impacts(model, trajectories, its, [(directions or {}).get(i, {}) for i in
+                                                          range(len(trajectories))], prompt=prompt, guidance=guidance)
     out["perturbation"] = {"timesteps": its,
                            "random_mean": np.mean([p["random"] for p in imp], 0).tolist(),
                            "basis_mean": np.nanmean([p["basis"] for p in imp], 0).tolist() if directions else None}
