@@ -79,6 +79,18 @@ def test_digits_flow_is_a_class_conditional_flow_transformer_that_follows_its_la
     assert p["accuracy"] >= 0.7, p
 
 
+def test_digits_flow_basis_matches_the_dense_jacobian():
+    """The bundled flow transformer at its default layer, label 7: the basis against the SVD of the dense Jacobian
+    (256 x 6144)."""
+    from helpers import assert_matches_dense, dense_svd
+
+    m = load_model("digits-flow")
+    x = torch.randn(m.x_shape, generator=torch.Generator().manual_seed(3))
+    U, S, Vh = dense_svd(m.features(600, "7"), x)
+    b = latent_basis(m, x, timestep=600, k=4, prompt="7", tol=1e-5)
+    assert_matches_dense(b, U, S, Vh, 4)
+
+
 def test_basis_and_edit_on_digits_flow():
     from latentbasis.editing import edit_images, sweep_directions
     from latentbasis.sampling import sample_trajectory

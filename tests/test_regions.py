@@ -1,19 +1,14 @@
 """Bases of a region: the Jacobian of x0_hat restricted to a mask (LOCO-Edit's object), with the null-space
 projection that keeps an edit off the rest of the image; against dense Jacobians and the Gaussian's closed form."""
-import math
 
 import numpy as np
 import pytest
 import torch
+from helpers import separated
 from torch.func import jacrev
 
 from latentbasis import GaussianModel, LatentBasisError, latent_basis, load_model, principal_angles
 from latentbasis.masks import mask_in_x, mask_sha256, parse_mask
-
-
-def separated(S, k, rel=0.02):
-    return [i for i in range(k) if min(float(S[i] - S[i + 1]),
-                                       float(S[i - 1] - S[i]) if i else math.inf) > rel * float(S[i])]
 
 
 @pytest.mark.parametrize("flow", [False, True])
