@@ -80,8 +80,8 @@ def test_upload_find_slide_export_report_in_a_browser(browser, tmp_path):
         _wait(edited_src, what="the sample on page load")
         d.find_element(By.CSS_SELECTOR, "#upload input[type=file]").send_keys(str(photo))
         d.find_element(By.ID, "find").click()                 # while the upload is still being read
-        _wait(lambda: "converted to grey" in status() or "directions at" in status(), what="the upload")
-        _wait(lambda: "directions at" in status(), what="the directions after the upload")
+        _wait(lambda: "converted to grey" in status() or "directions of h at" in status(), what="the upload")
+        _wait(lambda: "directions of h at" in status(), what="the directions after the upload")
         assert "Error" not in status()
         gallery = _wait(lambda: [e for e in d.find_elements(By.CSS_SELECTOR, "#gallery img")] if len(
             d.find_elements(By.CSS_SELECTOR, "#gallery img")) >= 6 else None, what="six directions")

@@ -459,7 +459,9 @@ def _kill_at_random(args, cwd, delays):
 
 
 def test_killed_reports_resume_to_the_same_numbers(tmp_path, tiny_unet_dir):
+    from latentbasis.analysis import load_trajectory
     from latentbasis.basisfile import load_basis
+    from latentbasis.loading import load_model
 
     args = ["report", "--model", tiny_unet_dir, "--samples", "3", "--timesteps", "3", "--k", "2", "--steps", "8",
             "--quiet", "--device", "cpu"]
@@ -469,11 +471,17 @@ def test_killed_reports_resume_to_the_same_numbers(tmp_path, tiny_unet_dir):
     rng = np.random.default_rng(int(time.time()))
     done = _kill_at_random(args + ["--out", tmp_path / "killed"], tmp_path, rng.uniform(4.0, 8.0, 2))
     assert done.returncode == 0, done.stderr
-    for f in (tmp_path / "killed" / "cache").rglob("*.safetensors"):
-        load_basis(f)                                      # every file whole (each read is fully checked)
+    model = load_model(str(tiny_unet_dir), device="cpu")
+    files = list((tmp_path / "killed" / "cache").rglob("*.safetensors"))
+    assert sum(f.name == "trajectory.safetensors" for f in files) == 3 and len(files) == 3 + 3 * 3
+    for f in files:                                        # every file whole (each read is fully checked)
+        load_trajectory(f, model) if f.name == "trajectory.safetensors" else load_basis(f, model)
     assert not list((tmp_path / "killed").rglob(".*.tmp*"))   # completed writes clear what killed ones left
     a, b = (json.loads((tmp_path / d / "numbers.json").read_text()) for d in ("clean", "killed"))
-    a.pop("seconds_per_basis"), b.pop("seconds_per_basis")
+    timings = [key for key in a if key.startswith("seconds")]    # wall-clock fields, the only ones that vary
+    assert "seconds_per_basis" in timings
+    for key in timings:
+        a.pop(key), b.pop(key)
     assert a == b
 
 

@@ -121,13 +121,16 @@ def test_a_colour_image_for_a_grey_model_is_converted_with_a_note(tiny_unet_dir,
 
 
 def test_help_shows_defaults_models_and_an_example(capsys):
+    from latentbasis.loading import bundled_models
+
     for cmd in ("basis", "edit", "report", "app", "info", "train"):
         with pytest.raises(SystemExit):
             main([cmd, "--help"])
         text = capsys.readouterr().out
         assert "example:" in text and f"latentbasis {cmd}" in text
         if cmd in ("basis", "edit"):
-            assert "(default: 100)" in text and "digits, digits-text, shapes" in text
+            flat = " ".join(text.split())                      # argparse wraps long help lines
+            assert "(default: 100)" in flat and ", ".join(bundled_models()) in flat
     from latentbasis.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
@@ -201,6 +204,9 @@ def test_layers_lists_the_candidates_with_their_shapes_and_the_default(tiny_dit_
         if name == str(tiny_dit_dir):
             assert default[0][0] == "transformer_blocks.1" and rows[0][0] == "pos_embed"
             assert " ".join(default[0][1:4]) == "16 x 16"                      # 16 tokens of width 16
+        elif name == "digits-flow":                                            # 6 blocks: the middle one
+            assert default[0][0] == "transformer_blocks.3" and rows[0][0] == "pos_embed"
+            assert " ".join(default[0][1:4]) == "64 x 96"                      # 64 patches of width 96
         else:
             assert default[0][0] == "mid_block"
 

@@ -19,8 +19,9 @@ def subspaces_with_angles(n: int, angles: list[float], seed: int = 0):
 
 
 def test_identical_subspaces_are_at_distance_zero():
-    A = torch.randn(4, 1, 6, 6)
-    mixed = torch.randn(4, 4) @ A.reshape(4, -1)  # another basis of the same subspace
+    g = torch.Generator().manual_seed(0)            # float64: a float32 product moves the subspace by ~1e-6 itself
+    A = torch.randn(4, 1, 6, 6, generator=g, dtype=torch.float64)
+    mixed = torch.randn(4, 4, generator=g, dtype=torch.float64) @ A.reshape(4, -1)  # another basis of the same subspace
     assert float(geodesic_distance(A, mixed)) < 1e-6 and float(chordal_distance(A, mixed)) < 1e-6
 
 
