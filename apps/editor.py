@@ -502,11 +502,13 @@ def export(model, s: Session) -> tuple[str, ...]:
 
 def small_report(model, s: Session, samples, timesteps, k, progress=None) -> tuple[list[tuple[str, str]], str, str]:
     """A small similarity report of this model in the session folder: (plots with captions, findings, report.html).
+    The tangent-space part only (the generation-geometry part is the command line's `latentbasis report`).
     progress(fraction, desc): one step per basis of the grid."""
     from latentbasis.report import ReportSettings, run_report, verdict
 
     try:
-        settings = ReportSettings(samples=int(samples), timesteps=int(timesteps), k=int(k), num_steps=APP_STEPS)
+        settings = ReportSettings(samples=int(samples), timesteps=int(timesteps), k=int(k), num_steps=APP_STEPS,
+                                  geometry=False)
     except (TypeError, ValueError):
         raise AppError("samples, timesteps and k must be whole numbers") from None
     if not (2 <= settings.samples <= 16 and 2 <= settings.timesteps <= 12 and 1 <= settings.k <= MAX_K):

@@ -398,12 +398,13 @@ def _cmd_report(a) -> None:
     v.count(a.timesteps, "--timesteps", v.MAX_TIMESTEPS)
     v.number(a.t_max, "--t-max", lo=0, hi=1)
     v.number(a.t_min, "--t-min", lo=0, hi=1)
+    v.count(a.judge_samples, "--judge-samples", v.MAX_SAMPLES)
     v.check_output_folder(a.out, "--out")
     model = _load(a, a.model)
     _condition(a, model)
     settings = ReportSettings(samples=a.samples, timesteps=a.timesteps, k=a.k, t_max=a.t_max, t_min=a.t_min,
                               prompts=tuple(a.prompt or ()), guidance=a.guidance, num_steps=a.steps,
-                              prompt_points=a.prompt_points)
+                              prompt_points=a.prompt_points, judge_samples=a.judge_samples)
     numbers = run_report(model, a.out, settings, progress=not a.quiet)
     if numbers is None:  # not process 0 of a distributed run
         return
@@ -651,6 +652,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prompt-points", choices=("own", "shared"), default="own",
                    help="text models: x_t on each prompt's own trajectory, or one shared (unconditional) x_t")
     r.add_argument("--steps", type=int, default=100, help="DDIM steps of the trajectories")
+    r.add_argument("--judge-samples", type=int, default=64,
+                   help="images per skipped fraction in the teleportation table (bundled models' quality judges)")
     r.add_argument("--out", required=True, help="report folder (its cache/ makes a re-run resume)")
     _add_runtime_options(r)
     r.add_argument("--quiet", action="store_true", help="no progress bars")

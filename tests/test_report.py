@@ -10,7 +10,7 @@ import pytest
 from latentbasis.cli import main
 from latentbasis.report import prompt_group, verdict
 
-SMALL = ["--samples", "2", "--timesteps", "3", "--k", "3", "--steps", "10", "--quiet"]
+SMALL = ["--samples", "2", "--timesteps", "3", "--k", "3", "--steps", "10", "--judge-samples", "8", "--quiet"]
 
 
 def _numbers(folder):
