@@ -25,7 +25,10 @@ Per kind it prints, with counts and 95 % intervals (resampling the samples):
 transfer as sources.
 
 Declared before it was run on fresh samples (2026-11-30): the reading above, strength 1, t = 0.8 T, k = 4, null rank
-8, and seeds from 200 on (no earlier benchmark used them).
+8, and seeds from 200 on (no earlier benchmark used them). Its first run (2026-12-01) crashed in the transfer part
+before printing any transfer figure (a keyword passed twice; it would also have transported into a rank-1 basis);
+mended as the method says: h and x0 directions are transported into B's own basis of the same space, of rank k, or
+of --transport-rank r (the published code's 50; several ranks comma-separated), computed once per sample. Nothing else changed.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ import numpy as np
 import torch
 
 from latentbasis import latent_basis, load_model
-from latentbasis.editing import EditSettings, edit_images, global_directions, transported_basis
+from latentbasis.editing import EditSettings, edit_images, global_directions, transport, transported_basis
 from latentbasis.evaluate import read_shapes, recovery, shapes_reader
 from latentbasis.loading import resolve_timestep
 from latentbasis.sampling import sample_trajectory
@@ -90,7 +93,11 @@ def main():
     ap.add_argument("--null-rank", type=int, default=8)
     ap.add_argument("--global-samples", type=int, default=16)
     ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--transport-rank", default="4",
+                    help="ranks of the target basis h and x0 directions are transported into, comma-separated "
+                         "(the published code: 50)")
     a = ap.parse_args()
+    ranks = sorted({max(a.k, int(r)) for r in a.transport_rank.split(",")})
     model = load_model(a.model)
     R = model.x_shape[-1]
     reader = shapes_reader(resolution=R)
@@ -98,7 +105,7 @@ def main():
     s = a.strength
     guidance = EditSettings("guidance")
     print(f"# edit_regions: {a.model}, t = {a.t} T (timestep {ts}), k = {a.k}, strength {s}, null rank "
-          f"{a.null_rank}; load average {os.getloadavg()[0]:.2f}")
+          f"{a.null_rank}, transport ranks {ranks}; load average {os.getloadavg()[0]:.2f}")
 
     gbases = [latent_basis(model, sample_trajectory(model, 1000 + i, num_steps=a.steps, through=ts).at(ts),
                            timestep=ts, k=a.k) for i in range(a.global_samples)]
@@ -118,7 +125,10 @@ def main():
                  "region": latent_basis(model, x_t, timestep=ts, k=a.k, space="x0", mask=mask,
                                         null_rank=a.null_rank)}
         bases["global"] = transported_basis(model, glob, x_t, ts)
-        rec = {"seed": seed - 1, "traj": traj, "f0": f0, "mask": mask, "bases": bases, "pick": {}}
+        targets = {(kind, r): bases[kind] if r <= a.k else latent_basis(model, x_t, timestep=ts, k=r, space=kind)
+                   for kind in ("h", "x0") for r in ranks}
+        rec = {"seed": seed - 1, "traj": traj, "f0": f0, "mask": mask, "bases": bases, "targets": targets,
+               "pick": {}}
         for kind, b in bases.items():
             d = torch.cat([s * b.latent, -s * b.latent])                    # +s for each, then -s
             imgs = edit_images(model, traj, ts, d, guidance)
@@ -143,48 +153,43 @@ def main():
           f"1000..{1000 + a.global_samples - 1}, shared {', '.join(f'{float(v):.2f}' for v in glob.singular_values)}\n")
 
     rows = []
-    for kind in KINDS:
+    for kind, rank in [(kind, r) for kind in KINDS for r in (ranks if kind in ("h", "x0") else [None])]:
         picks = [r["pick"][kind] for r in samples]
         inside = np.array([p[1] for p in picks])
         ok = np.array([p[0] is not None for p in picks])
         hits, groups = [], []
-        for A, ra in enumerate(samples):
-            pa = ra["pick"][kind][0]
-            if pa is None:
-                continue
-            i, factor, plus_a, _ = pa
-            for B, rb in enumerate(samples):
-                if A == B:
+        for B, rb in enumerate(samples):            # every source A's direction carried to B, edited in one batch
+            sources, vs = [], []
+            for A, ra in enumerate(samples):
+                pa = ra["pick"][kind][0]
+                if A == B or pa is None:
                     continue
+                i = pa[0]
                 if kind == "region":       # applied as it is (another region, another shape)
-                    v = ra["bases"]["region"].latent[i]
-                else:
-                    src = ra["bases"][kind] if kind != "global" else glob
-                    moved_b = transported_basis(model, _one(src, i), rb["traj"].at(ts), ts,
-                                                space=src.space) if kind != "global" else None
-                    v = moved_b.latent[0] if moved_b is not None else rb["bases"]["global"].latent[i]
-                imgs = edit_images(model, rb["traj"], ts, torch.stack([s * v]), guidance)
-                plus_b = read(reader, imgs)[0] - rb["f0"]
+                    vs.append(ra["bases"]["region"].latent[i])
+                elif kind == "global":     # the same global direction, transported to B once
+                    vs.append(rb["bases"]["global"].latent[i])
+                else:                      # parallel transport into B's own basis of the same space
+                    target = rb["targets"][kind, rank]
+                    vs.append(transport(ra["bases"][kind].tangent[i], target.latent, target.tangent))
+                sources.append((A, pa))
+            if not vs:
+                continue
+            imgs = edit_images(model, rb["traj"], ts, s * torch.stack(vs), guidance)
+            f_b = read(reader, imgs) - rb["f0"]
+            for (A, (_, factor, plus_a, _)), plus_b in zip(sources, f_b):
                 hits.append(float(np.dot(moved(factor, plus_a), moved(factor, plus_b))) > 0)
                 groups.append(A)
         hits, groups = np.array(hits, bool), np.array(groups)
         lo, hi = interval(hits, groups) if len(hits) else (float("nan"),) * 2
         med = float(np.median(inside))
-        rows.append((kind, med, (inside >= 0.95).sum(), ok.sum(), hits.sum(), len(hits), lo, hi))
+        rows.append((kind if rank is None else f"{kind}, transported into rank {rank}", med, (inside >= 0.95).sum(), ok.sum(), hits.sum(), len(hits), lo, hi))
     print("| directions | locality: median share inside the shape's box | samples >= 95 % inside | success: moves "
           "position or size | transfer, one-sided: same factor, same way on B | 95 % interval |")
     print("|---|---|---|---|---|---|")
     for kind, med, n95, n_ok, h, m, lo, hi in rows:
         tr = f"{h} / {m} = {h / m:.1%}" if m else "no source"
         print(f"| {kind} | {med:.1%} | {n95} / {n} | {n_ok} / {n} = {n_ok / n:.0%} | {tr} | {lo:.0%}-{hi:.0%} |")
-
-
-def _one(b, i):
-    """Direction i of a basis as a basis of one direction (for transported_basis)."""
-    import dataclasses
-
-    return dataclasses.replace(b, latent=b.latent[i:i + 1], tangent=b.tangent[i:i + 1],
-                               singular_values=b.singular_values[i:i + 1], residuals=b.residuals[i:i + 1])
 
 
 if __name__ == "__main__":
