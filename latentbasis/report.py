@@ -411,7 +411,8 @@ def _geometry_html(n: dict, img) -> str:
                 + "".join(f"<tr><td>{100 * r['fraction']:.0f} %</td><td>{r['score']:.3f}</td><td>{r['seconds']:.1f}"
                           "</td></tr>" for r in g["teleport"]) + "</table>")
     cost = (f"<p>This part took {n.get('seconds_geometry', float('nan')):.1f} s, reusing the kept trajectories of the "
-            f"grid, which took {n.get('seconds_grid', float('nan')):.1f} s.</p>")
+            f"grid, which took {n.get('seconds_grid', float('nan')):.1f} s in this run (less when the cache held "
+            f"its bases).</p>")
     return (f"<h2>Generation geometry</h2><p>Claims of Wang &amp; Vastola (2023/24), the coarse-to-fine "
             f"(chromatography) paper and Chen et al. (2023), measured on the kept trajectories of the first condition; "
             f"each verdict comes from a rule fixed in latentbasis/geometry.py before any result was seen.</p>"
