@@ -28,7 +28,8 @@ Declared before it was run on fresh samples (2026-11-30): the reading above, str
 8, and seeds from 200 on (no earlier benchmark used them). Its first run (2026-12-01) crashed in the transfer part
 before printing any transfer figure (a keyword passed twice; it would also have transported into a rank-1 basis);
 mended as the method says: h and x0 directions are transported into B's own basis of the same space, of rank k, or
-of --transport-rank r (the published code's 50; several ranks comma-separated), computed once per sample. Nothing else changed.
+of --transport-rank r (the published code's 50; several ranks comma-separated), computed once per sample. Nothing
+else changed.
 """
 from __future__ import annotations
 
@@ -183,7 +184,8 @@ def main():
         hits, groups = np.array(hits, bool), np.array(groups)
         lo, hi = interval(hits, groups) if len(hits) else (float("nan"),) * 2
         med = float(np.median(inside))
-        rows.append((kind if rank is None else f"{kind}, transported into rank {rank}", med, (inside >= 0.95).sum(), ok.sum(), hits.sum(), len(hits), lo, hi))
+        name = kind if rank is None else f"{kind}, transported into rank {rank}"
+        rows.append((name, med, (inside >= 0.95).sum(), ok.sum(), hits.sum(), len(hits), lo, hi))
     print("| directions | locality: median share inside the shape's box | samples >= 95 % inside | success: moves "
           "position or size | transfer, one-sided: same factor, same way on B | 95 % interval |")
     print("|---|---|---|---|---|---|")
