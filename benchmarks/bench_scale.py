@@ -16,7 +16,9 @@ edit (16 iterations, DDIM from t on the app's 50-step grid).
     python benchmarks/bench_scale.py                     # all three, device auto (a GPU when there is one)
     python benchmarks/bench_scale.py --models sd15 --device cpu --time-limit 900
 
-Whatever does not fit the time limit (per model) or the memory budget is reported as not run, with the estimate.
+Whatever does not fit the time limit (per model) or the memory budget is reported as not run, with the estimate;
+each model runs in its own process, so one the system kills for memory (a CPU with too little of it) is reported
+as killed after the rows it printed, and the next model still runs.
 Peak memory: torch's allocator peak on a GPU; the process's resident-set peak on the CPU (Linux).
 """
 from __future__ import annotations
@@ -24,6 +26,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -132,6 +136,13 @@ def _vm_hwm() -> int:
     return 0
 
 
+def _total_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 def timed(device, fn, repeats=1):
     times, peak = [], 0
     for _ in range(repeats):
@@ -142,9 +153,17 @@ def timed(device, fn, repeats=1):
     return statistics.median(times), peak, out
 
 
+class Rows(list):
+    """Table rows, each printed as soon as it is added (a model killed for memory keeps what it measured)."""
+
+    def append(self, row):
+        print(row, flush=True)
+        super().append(row)
+
+
 def run_model(name: str, device, dtype, k: int, limit: float, seed: int = 0) -> list[str]:
     t_start = time.perf_counter()
-    rows = []
+    rows = Rows()
     t_build = time.perf_counter()
     model = build(name, device, dtype)
     params = sum(p.numel() for p in model.unet.parameters())
@@ -242,6 +261,7 @@ def main():
     ap.add_argument("--k", type=int, default=None, help="default 8 on a GPU, 4 on the CPU")
     ap.add_argument("--time-limit", type=float, default=None,
                     help="seconds per model (default 80 on a GPU, so all three fit in five minutes; 600 on the CPU)")
+    ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     device, dtype = resolve_device(a.device), resolve_dtype(a.dtype)
     gpu = device.type != "cpu"
@@ -249,18 +269,29 @@ def main():
     limit = a.time_limit or (80.0 if gpu else 600.0)
     what = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
-    print(f"# bench_scale: {what}; torch {torch.__version__}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
-          f"k = {k}; {limit:.0f} s per model\n")
-    print("| model | what | time | notes |\n|---|---|---|---|")
+    if not a.one:
+        print(f"# bench_scale: {what}; torch {torch.__version__}; load average {load[0]:.2f} {load[1]:.2f} "
+              f"{load[2]:.2f}; k = {k}; {limit:.0f} s per model\n", flush=True)
+        print("| model | what | time | notes |\n|---|---|---|---|", flush=True)
     for name in a.models.split(","):
-        try:
-            rows = run_model(name.strip(), device, dtype, k, limit)
-        except Exception as e:  # out of memory on a small machine: say so and go on
-            rows = [f"| {name} | - | failed | {type(e).__name__}: {str(e).splitlines()[0][:200]} |"]
-        for r in rows:
-            print(r, flush=True)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        name = name.strip()
+        if a.one:        # the child: one model, its rows printed as they come
+            try:
+                run_model(name, device, dtype, k, limit)
+            except Exception as e:  # out of memory on a small machine: say so
+                print(f"| {name} | - | failed | {type(e).__name__}: {str(e).splitlines()[0][:200]} |", flush=True)
+            continue
+        # each model in its own process: one the system kills for memory (the CPU's OOM killer) costs its own rows
+        # only, and the table says so
+        cmd = [sys.executable, __file__, "--one", "--models", name, "--device", a.device, "--dtype", a.dtype,
+               "--k", str(k), "--time-limit", str(limit)]
+        proc = subprocess.run(cmd)               # its rows go straight to this one's output
+        if proc.returncode < 0:
+            print(f"| {name} | - | killed by signal {-proc.returncode} | "
+                  f"{'out of memory (the system killed it)' if proc.returncode == -9 else 'stopped'} after the rows "
+                  f"above; the machine has {format_bytes(_total_memory())} |", flush=True)
+        elif proc.returncode != 0:
+            print(f"| {name} | - | failed | exit {proc.returncode} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -175,10 +175,11 @@ def perturbation_impact(model, traj, timesteps: list[int], directions: dict[int,
 def perturbation_impacts(model, trajectories: list, timesteps: list[int], directions: list[dict],
                          delta: float = 0.1, seeds: list[int] | None = None, prompt=None,
                          guidance: float = 1.0, max_batch: int = 24) -> list[dict]:
-    """perturbation_impact for several trajectories on one timestep grid at once: per timestep, batches of
-    3 rows per trajectory (x_t, x_t + delta r, x_t + delta v; at most max_batch rows a batch) re-run to x_0, so a
-    report's samples share the network calls. seeds[j] seeds trajectory j's random directions (drawn in timestep
-    order)."""
+    """perturbation_impact for several trajectories on one timestep grid at once: per timestep, the perturbed rows
+    (x_t + delta r, x_t + delta v; at most max_batch rows a batch) are re-run to x_0, so a report's samples share
+    the network calls. The unperturbed x0(x_t) is the trajectory's own final x0_hat (the same deterministic steps
+    from x_t: equal up to rounding), where it was kept; else x_t is re-run too. seeds[j] seeds trajectory j's
+    random directions (drawn in timestep order)."""
     from .sampling import denoise
 
     grid = trajectories[0].timesteps
@@ -186,6 +187,8 @@ def perturbation_impacts(model, trajectories: list, timesteps: list[int], direct
         raise ValueError("perturbation_impacts needs trajectories on one timestep grid")
     seeds = list(range(len(trajectories))) if seeds is None else seeds
     gens = [torch.Generator().manual_seed(s) for s in seeds]
+    kept = all(tr.x0_hats is not None and len(tr.x0_hats) == len(grid) for tr in trajectories)
+    per = 2 if kept else 3          # rows per trajectory: [x_t,] x_t + delta r, x_t + delta v
     out = [{"random": [], "basis": []} for _ in trajectories]
     for ts in timesteps:
         i = trajectories[0].index(ts)
@@ -193,15 +196,18 @@ def perturbation_impacts(model, trajectories: list, timesteps: list[int], direct
         for tr, g, dirs in zip(trajectories, gens, directions):
             x = tr.xs[i]
             r = torch.randn(x.shape, generator=g)
-            v = dirs[ts] / dirs[ts].norm() if ts in dirs else torch.zeros_like(x)
-            rows += [x, x + delta * r / r.norm(), x + delta * v.to(x.dtype)]
-        n = max(1, max_batch // 3) * 3
-        x0 = torch.cat([denoise(model, torch.stack(rows[a:a + n]), grid[i:], prompt, guidance, clip_denoised=False)
-                        for a in range(0, len(rows), n)]).reshape(len(trajectories), 3, -1)
-        d = (x0[:, 1:] - x0[:, :1]).norm(dim=2) / delta
-        for j, dirs in enumerate(directions):
-            out[j]["random"].append(float(d[j, 0]))
-            out[j]["basis"].append(float(d[j, 1]) if ts in dirs else float("nan"))
+            if not kept:
+                rows.append(x)
+            rows.append(x + delta * r / r.norm())
+            if ts in dirs:
+                rows.append(x + delta * (dirs[ts] / dirs[ts].norm()).to(x.dtype))
+        n = max(1, max_batch // per) * per
+        x0 = list(torch.cat([denoise(model, torch.stack(rows[a:a + n]), grid[i:], prompt, guidance,
+                                     clip_denoised=False) for a in range(0, len(rows), n)]).flatten(1))
+        for j, (tr, dirs) in enumerate(zip(trajectories, directions)):
+            base = tr.x0_hats[-1].flatten() if kept else x0.pop(0)
+            out[j]["random"].append(float((x0.pop(0) - base).norm() / delta))
+            out[j]["basis"].append(float((x0.pop(0) - base).norm() / delta) if ts in dirs else float("nan"))
     return out
 
 
