@@ -46,6 +46,21 @@ def test_perturbation_impact_is_the_flow_map_gain(gauss):
         np.testing.assert_allclose(imp, gain.numpy(), rtol=2e-2)
 
 
+def test_perturbation_impact_from_the_kept_x0_hat_equals_re_running_x_t(gauss):
+    """The unperturbed x0 is the trajectory's own final x0_hat where it was kept; without it (an inversion's
+    trajectory keeps none) x_t is re-run: the same gains, random and basis, up to rounding."""
+    import dataclasses
+
+    tr = sample_trajectory(gauss, seed=6, num_steps=200)
+    ts = [tr.timesteps[20], tr.timesteps[100], tr.timesteps[180]]
+    dirs = {t: gauss.U[:, 1].float() for t in ts[:2]}                       # no basis direction at the last one
+    kept = perturbation_impact(gauss, tr, ts, dirs, delta=0.1, seed=3)
+    rerun = perturbation_impact(gauss, dataclasses.replace(tr, x0_hats=None), ts, dirs, delta=0.1, seed=3)
+    np.testing.assert_allclose(kept["random"], rerun["random"], rtol=1e-5)
+    np.testing.assert_allclose(kept["basis"][:2], rerun["basis"][:2], rtol=1e-5)
+    assert np.isnan(kept["basis"][2]) and np.isnan(rerun["basis"][2]) and min(kept["random"]) > 0
+
+
 def test_a_two_component_gaussian_moves_in_a_plane():
     g = GaussianModel.random(x_shape=(2,), h_dim=2, lam=[4.0, 0.1], seed=0)
     g.mu.zero_()
