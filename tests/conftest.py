@@ -1,10 +1,28 @@
-"""Tiny models built here and saved in diffusers format, then loaded through the public loading path."""
+"""Tiny models built here and saved in diffusers format, then loaded through the public loading path.
+
+Tests marked `slow` (end to end: a real browser, processes killed while they write, an installed wheel, bad input
+in real processes) run in CI (CI is set there) and with LATENTBASIS_SLOW=1 or `-m slow`; a developer's default run
+skips them, saying so, to stay under ten minutes on two cores."""
 import json
+import os
 
 import pytest
 import torch
 
 from latentbasis.text import word_tokenizer
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end test, run in CI and with LATENTBASIS_SLOW=1 or -m slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("CI") or os.environ.get("LATENTBASIS_SLOW") or "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow end-to-end test: CI runs it; here LATENTBASIS_SLOW=1 or -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
 
 WORDS = ["a", "the", "digit", "number", "handwritten", "one", "two", "seven", "cat"]
 

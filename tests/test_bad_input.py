@@ -315,8 +315,9 @@ def run_cli(*args):
                           timeout=300)
 
 
-@pytest.mark.parametrize("name", ["t_nan", "init_nan", "model_index_names_os_system", "recipe_n_iter_1e12",
-                                  "out_is_init"])
+@pytest.mark.parametrize("name", ["t_nan", "model_index_names_os_system",
+                                  *(pytest.param(n, marks=pytest.mark.slow)
+                                    for n in ("init_nan", "recipe_n_iter_1e12", "out_is_init"))])
 def test_cli_bad_input_in_a_real_process(name, ws, tiny_unet_dir, other_unet_dir):
     case = {c[0]: c for c in cli_cases(tiny_unet_dir, other_unet_dir, ws)}[name]
     before = snapshot(ws)
@@ -458,6 +459,7 @@ def _kill_at_random(args, cwd, delays):
                           text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_killed_reports_resume_to_the_same_numbers(tmp_path, tiny_unet_dir):
     from latentbasis.analysis import load_trajectory
     from latentbasis.basisfile import load_basis
@@ -485,6 +487,7 @@ def test_killed_reports_resume_to_the_same_numbers(tmp_path, tiny_unet_dir):
     assert a == b
 
 
+@pytest.mark.slow
 def test_a_killed_basis_leaves_the_old_file_or_a_whole_new_one(tmp_path, tiny_unet_dir):
     from latentbasis.basisfile import load_basis
 

@@ -39,6 +39,7 @@ def _env(site: Path) -> dict:
     return env
 
 
+@pytest.mark.slow
 def test_the_wheel_carries_the_models_and_the_app_and_stays_small(installed):
     import zipfile
 
@@ -50,6 +51,7 @@ def test_the_wheel_carries_the_models_and_the_app_and_stays_small(installed):
     assert wheel.stat().st_size < 100 * 2**20
 
 
+@pytest.mark.slow
 def test_installed_package_runs_from_another_folder(installed):
     site, work, _ = installed
     code = ("import latentbasis as lb, latentbasis.loading as L; print(lb.__file__); print(L.MODELS_DIR); "
@@ -70,6 +72,7 @@ def test_installed_package_runs_from_another_folder(installed):
     assert r.returncode == 0 and (work / "e.json").is_file(), r.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_installed_app_answers_on_loopback(installed):
     pytest.importorskip("gradio")
     site, work, _ = installed
