@@ -153,69 +153,64 @@ def timed(device, fn, repeats=1):
     return statistics.median(times), peak, out
 
 
-class Rows(list):
-    """Table rows, each printed as soon as it is added (a model killed for memory keeps what it measured)."""
-
-    def append(self, row):
-        print(row, flush=True)
-        super().append(row)
+def emit(row: str):
+    """One table row, printed as soon as it is measured (a model killed for memory keeps what it measured)."""
+    print(row, flush=True)
 
 
-def run_model(name: str, device, dtype, k: int, limit: float, seed: int = 0) -> list[str]:
+def run_model(name: str, device, dtype, k: int, limit: float, seed: int = 0):
     t_start = time.perf_counter()
-    rows = Rows()
     t_build = time.perf_counter()
     model = build(name, device, dtype)
     params = sum(p.numel() for p in model.unet.parameters())
-    rows.append(f"| {name} | build (random init) | {time.perf_counter() - t_build:.1f} s | "
+    emit(f"| {name} | build (random init) | {time.perf_counter() - t_build:.1f} s | "
                 f"{params / 1e6:.0f}M parameters, x {model.x_shape} |")
     ts = 599
     x = torch.randn(model.x_shape, generator=torch.Generator().manual_seed(seed)).to(device)
     t = torch.full((1,), ts, dtype=torch.long, device=device)
     cond = model.encode_prompt("p") if model.conditional else None
     fwd, peak, _ = timed(device, lambda: model.network(x[None], t, cond), repeats=3)
-    rows.append(f"| {name} | forward, batch 1 ({dtype_name(dtype)}) | {fwd:.3f} s | peak {format_bytes(peak)} |")
+    emit(f"| {name} | forward, batch 1 ({dtype_name(dtype)}) | {fwd:.3f} s | peak {format_bytes(peak)} |")
     f = model.features(ts, "p" if model.conditional else None)
     per = saved_activation_bytes(f, x)
     budget = model.max_memory or default_memory_budget(device)
     if budget < 3 * per:
-        rows.append(f"| {name} | Jacobian products | not run | one needs about {format_bytes(3 * per)}, the budget "
+        emit(f"| {name} | Jacobian products | not run | one needs about {format_bytes(3 * per)}, the budget "
                     f"is {format_bytes(budget)} |")
-        return rows
+        return
     build_s, peak, op = timed(device, lambda: JacobianOperator(f, x, chunk_size=None))
-    rows.append(f"| {name} | operator build (records the pullback) | {build_s:.2f} s | peak {format_bytes(peak)}; "
+    emit(f"| {name} | operator build (records the pullback) | {build_s:.2f} s | peak {format_bytes(peak)}; "
                 f"{format_bytes(per)} saved per pass; chunk {op.chunk_size} |")
     g = torch.Generator().manual_seed(1)
     U1 = torch.randn(1, op.m, generator=g, dtype=torch.float64)
     V1 = torch.randn(1, op.n, generator=g, dtype=torch.float64)
     vjp_s, peak, _ = timed(device, lambda: op.vjp(U1))
-    rows.append(f"| {name} | one VJP | {vjp_s:.2f} s | peak {format_bytes(peak)} |")
+    emit(f"| {name} | one VJP | {vjp_s:.2f} s | peak {format_bytes(peak)} |")
     jvp_s, peak, _ = timed(device, lambda: op.jvp(V1))
-    rows.append(f"| {name} | one JVP (VJP of the pullback) | {jvp_s:.2f} s | peak {format_bytes(peak)} |")
+    emit(f"| {name} | one JVP (VJP of the pullback) | {jvp_s:.2f} s | peak {format_bytes(peak)} |")
     if time.perf_counter() - t_start + 4 * vjp_s < limit:
         b4 = min(4, op.chunk_size)
         U4 = torch.randn(b4, op.m, generator=g, dtype=torch.float64)
         bv_s, peak, _ = timed(device, lambda: op.vjp(U4))
-        rows.append(f"| {name} | {b4} VJPs in one batch | {bv_s:.2f} s | peak {format_bytes(peak)} |")
+        emit(f"| {name} | {b4} VJPs in one batch | {bv_s:.2f} s | peak {format_bytes(peak)} |")
     op = None  # free the recorded passes before the bases run
 
     # one basis by the default algorithm, then the published one, each stopped where the time limit is reached
     left = limit - (time.perf_counter() - t_start)
     row, ours = _basis_row(name, device, f, x, k, seed, left / 2, "latentbasis (krylov, tol 1e-3)", {})
-    rows.append(row)
+    emit(row)
     left = limit - (time.perf_counter() - t_start)
     row, pub = _basis_row(name, device, f, x, k, seed, left, "published subspace iteration (12-50 iterations)",
                           dict(algorithm="subspace", jvp_mode="forward", one_by_one=True, chunk_size=1))
     if ours is not None and pub is not None:
         ang = float(principal_angles(ours.latent, pub.latent).max().rad2deg())
         row = row[:-2] + f"; largest principal angle to latentbasis' subspace {ang:.2f} deg |"
-    rows.append(row)
+    emit(row)
     if limit - (time.perf_counter() - t_start) > 70 * fwd:
         v = ours.latent[0] if ours is not None else torch.nn.functional.normalize(x.cpu().flatten(), dim=0).reshape(x.shape)
-        rows.append(_edit_row(name, model, x, ts, v))
+        emit(_edit_row(name, model, x, ts, v))
     else:
-        rows.append(f"| {name} | one guidance edit | not run | about {66 * fwd:.0f} s (66 forward passes) |")
-    return rows
+        emit(f"| {name} | one guidance edit | not run | about {66 * fwd:.0f} s (66 forward passes) |")
 
 
 class _OutOfTime(Exception):

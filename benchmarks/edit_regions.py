@@ -122,7 +122,7 @@ def main():
         raise SystemExit(f"--kinds: choose among {', '.join(KINDS)}")
     how = {k: (guidance, s) for k in kinds}          # (edit settings, strength) per kind
     if "region" in how:
-        how["region"] = (EditSettings(a.region_edit), a.region_strength or s)
+        how["region"] = (EditSettings(a.region_edit), s if a.region_strength is None else a.region_strength)
     print(f"# edit_regions: {a.model}, t = {a.t} T (timestep {ts}), k = {a.k}, strength {s}, null rank "
           f"{a.null_rank}, transport ranks {ranks}, kinds {', '.join(kinds)}, region edit {a.region_edit} at "
           f"{how.get('region', (None, s))[1]}; load average {os.getloadavg()[0]:.2f}")

@@ -188,7 +188,6 @@ def perturbation_impacts(model, trajectories: list, timesteps: list[int], direct
     seeds = list(range(len(trajectories))) if seeds is None else seeds
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     kept = all(tr.x0_hats is not None and len(tr.x0_hats) == len(grid) for tr in trajectories)
-    per = 2 if kept else 3          # rows per trajectory: [x_t,] x_t + delta r, x_t + delta v
     out = [{"random": [], "basis": []} for _ in trajectories]
     for ts in timesteps:
         i = trajectories[0].index(ts)
@@ -201,13 +200,12 @@ def perturbation_impacts(model, trajectories: list, timesteps: list[int], direct
             rows.append(x + delta * r / r.norm())
             if ts in dirs:
                 rows.append(x + delta * (dirs[ts] / dirs[ts].norm()).to(x.dtype))
-        n = max(1, max_batch // per) * per
-        x0 = list(torch.cat([denoise(model, torch.stack(rows[a:a + n]), grid[i:], prompt, guidance,
-                                     clip_denoised=False) for a in range(0, len(rows), n)]).flatten(1))
-        for j, (tr, dirs) in enumerate(zip(trajectories, directions)):
-            base = tr.x0_hats[-1].flatten() if kept else x0.pop(0)
-            out[j]["random"].append(float((x0.pop(0) - base).norm() / delta))
-            out[j]["basis"].append(float((x0.pop(0) - base).norm() / delta) if ts in dirs else float("nan"))
+        x0 = iter(torch.cat([denoise(model, torch.stack(rows[a:a + max_batch]), grid[i:], prompt, guidance,
+                                     clip_denoised=False) for a in range(0, len(rows), max_batch)]).flatten(1))
+        for j, (tr, dirs) in enumerate(zip(trajectories, directions)):      # the rows in the order they were made
+            base = tr.x0_hats[-1].flatten() if kept else next(x0)
+            out[j]["random"].append(float((next(x0) - base).norm() / delta))
+            out[j]["basis"].append(float((next(x0) - base).norm() / delta) if ts in dirs else float("nan"))
     return out
 
 

@@ -11,6 +11,7 @@ import torch
 
 from latentbasis.text import word_tokenizer
 
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end test, run in CI and with LATENTBASIS_SLOW=1 or -m slow")
 
