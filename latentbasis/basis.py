@@ -62,6 +62,7 @@ class Basis:
     space: str = "h"                # "h": the pullback of the feature map h; "x0": the Jacobian of x0_hat ...
     mask_sha256: str = ""           # ... restricted to a region (masks.mask_sha256; "" for the whole image)
     null_rank: int = 0              # directions kept orthogonal to the top null_rank of the region's complement
+    mask: torch.Tensor | None = None  # the region itself (bool [S, S] on the image; None for the whole image)
     model_hash: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -431,6 +432,7 @@ def latent_basis(model, x_t: torch.Tensor, *, t: float | None = None, timestep: 
 
         b.space, b.null_rank = "x0", int(null_rank)
         b.mask_sha256 = mask_sha256(mask) if mask is not None else ""
+        b.mask = mask.bool().cpu().clone() if mask is not None else None
     b.timestep, b.t_fraction, b.prompt, b.layer = ts, frac, prompt, layer
     b.model, b.model_hash, b.device = model.name, model.model_hash, str(model.device)
     b.weights_dtype = str(getattr(model, "dtype", torch.float32)).removeprefix("torch.")

@@ -1,6 +1,7 @@
 """The basis file: one safetensors file, readable by any safetensors reader (format "latentbasis.basis/1").
 
-Tensors (float32):  latent [k, *x_shape], tangent [k, *h_shape], singular_values [k], point [*x_shape].
+Tensors (float32):  latent [k, *x_shape], tangent [k, *h_shape], singular_values [k], point [*x_shape], and for
+a basis of a region, mask [S, S] (1 inside, 0 outside, on the image; its sha256 in the header's mask_sha256).
 Header metadata (all strings; lists as JSON): format, model, model_hash, layer, timestep, t_fraction, prompt,
 k, algorithm, jvps, vjps, residuals, seed, version, device and weights_dtype (where it was computed, always in
 float32, through weights in that dtype), plus iterations and seconds (seconds is the one field that differs between
@@ -49,6 +50,8 @@ def save_basis(b: Basis, path: str | os.PathLike) -> Path:
     if not path.parent.is_dir():
         raise LatentBasisError(f"cannot write {path}: folder {path.parent} does not exist")
     tensors = {name: getattr(b, name).detach().to(torch.float32).contiguous() for name in TENSORS}
+    if b.mask is not None:
+        tensors["mask"] = b.mask.detach().to(torch.float32).contiguous()
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=basis_metadata(b))
     return path
@@ -102,6 +105,21 @@ def _check_tensors(tensors: dict, meta: dict, path: Path) -> int:
     return k
 
 
+def _checked_mask(mask: torch.Tensor, digest: str, path: Path) -> torch.Tensor:
+    """The file's region: a square of 0s and 1s, not empty, whose sha256 is the header's mask_sha256."""
+    from .masks import mask_sha256
+
+    if mask.dim() != 2 or mask.shape[0] != mask.shape[1] or mask.dtype != torch.float32 \
+            or not bool(((mask == 0) | (mask == 1)).all()) or not bool(mask.any()):
+        raise LatentBasisError(f"{path} is not a valid basis file: its mask must be a square of 0s and 1s, not "
+                               "empty")
+    m = mask.bool()
+    if mask_sha256(m) != digest:
+        raise LatentBasisError(f"{path} is not a valid basis file: its mask does not match the header's "
+                               "mask_sha256")
+    return m
+
+
 def load_basis(path: str | os.PathLike, model=None) -> Basis:
     """Read a basis file, every tensor and header field checked (one message for anything wrong); with `model`,
     also that it was computed with that model's weights (model_hash) and fits its x and schedule."""
@@ -124,6 +142,7 @@ def load_basis(path: str | os.PathLike, model=None) -> Basis:
             if missing:
                 raise ValueError(f"no tensor {missing[0]!r}")
             tensors = {name: fh.get_tensor(name) for name in TENSORS}
+            mask = fh.get_tensor("mask") if "mask" in fh.keys() else None
     except Exception as e:
         raise LatentBasisError(f"{path} is not a readable basis file (corrupt or not safetensors: "
                                f"{str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
@@ -164,6 +183,8 @@ def load_basis(path: str | os.PathLike, model=None) -> Basis:
               null_rank=num("null_rank", integer=True, lo=0, hi=10**9, default=0))
     if b.space not in ("h", "x0"):
         raise LatentBasisError(f"{path} has a corrupt header: space {b.space[:20]!r} is not h or x0")
+    if mask is not None:
+        b.mask = _checked_mask(mask, b.mask_sha256, path)
     if model is not None:
         if b.model_hash != model.model_hash:
             raise LatentBasisError(
