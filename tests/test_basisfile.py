@@ -99,3 +99,21 @@ def test_every_output_gets_the_same_permissions(tiny_unet_dir, tmp_path):
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
     assert set(modes) == {"b.safetensors", "b.png", "e.png", "e.json"}
     assert set(modes.values()) == {0o666 & ~mask}, modes
+
+
+def test_a_region_keeps_its_mask_and_a_changed_mask_is_refused(model, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from latentbasis.masks import parse_mask
+
+    mask = parse_mask("1,1,5,6", 8)
+    b = latent_basis(model, torch.randn(model.x_shape), timestep=400, k=2, space="x0", mask=mask)
+    path = save_basis(b, tmp_path / "r.safetensors")
+    assert torch.equal(load_basis(path).mask, mask)
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+    tensors = load_file(str(path))
+    tensors["mask"][0, 0] = 1.0                       # another region than the header's mask_sha256
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
+    with pytest.raises(LatentBasisError, match="does not match the header's mask_sha256"):
+        load_basis(tmp_path / "bad.safetensors")
