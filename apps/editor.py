@@ -333,8 +333,9 @@ def find_directions(model, s: Session, t, k, method: str, progress=None, space: 
 def apply_to_others(model, s: Session, method: str, strengths: list[float], n: int = 3,
                     progress=None) -> list[tuple[np.ndarray, str]]:
     """The current edit carried to the next n seeds: each one's own basis (same space and region) with the edit's
-    directions transported onto it; pictures (unedited | edited) captioned with how much of each direction the
-    seed's tangent span keeps."""
+    directions transported onto it; x0 directions of this image are first re-made on each seed as the same motion of
+    the region's content (transfer "motion"). Pictures (unedited | edited) captioned with how much of each direction
+    the seed's tangent span keeps (and, carried by motion, how much of it is a motion there)."""
     from latentbasis.editing import transported_basis
 
     w = _weights(s, strengths)
@@ -349,15 +350,21 @@ def apply_to_others(model, s: Session, method: str, strengths: list[float], n: i
         traj = sample_trajectory(model, seed, num_steps=APP_STEPS, prompt=s.prompt, guidance=s.guidance,
                                  through=s.timestep)
         region = getattr(s, "region", {}) or {}
+        motion = s.basis.space == "x0" and s.basis.algorithm != "global" and (
+            s.basis.mask is not None or not s.basis.mask_sha256)
         try:
             moved = transported_basis(model, s.basis, traj.at(s.timestep), s.timestep, prompt=s.prompt,
-                                      mask=region.get("mask"), null_rank=region.get("null_rank", 0))
+                                      mask=region.get("mask"), null_rank=region.get("null_rank", 0),
+                                      transfer="motion" if motion else "tangent")
         except LatentBasisError as e:
             raise AppError(str(e)) from None
         d = combine(moved.latent, w)[None]
         img = x_to_image(model, edit_images(model, traj, s.timestep, d, EditSettings(method=method)))[0]
         kept = moved.extra.get("kept") or [1.0] * moved.k
         cap = f"seed {seed}: kept " + ", ".join(f"v{i + 1} {100 * kept[i]:.0f} %" for i in sorted(w))
+        share = moved.extra.get("motion_share")
+        if share is not None:
+            cap += "; a motion " + ", ".join(f"v{i + 1} {100 * share[i]:.0f} %" for i in sorted(w))
         out.append((_strip([display(x_to_image(model, traj.x0[None])[0], DISPLAY // 2),
                             display(img, DISPLAY // 2)]), cap))
     return out
@@ -653,7 +660,7 @@ def build_app(model):
                     region = gr.ImageEditor(label="paint over the image", type="numpy", elem_id="region",
                                             sources=(), layers=False, height=240, transforms=(),
                                             brush=gr.Brush(colors=["#ff0000"], default_size=24, color_mode="fixed"))
-                    null_rank = gr.Slider(0, 32, value=8, step=1, elem_id="null-rank",
+                    null_rank = gr.Slider(0, 32, value=32, step=1, elem_id="null-rank",
                                           label="keep off the rest: null rank r (0: none)")
             gr.HTML(legend(model))
             gallery = gr.Gallery(label="directions: v_i | -6 | +6", columns=3, format="png", elem_id="gallery",
@@ -706,8 +713,9 @@ def build_app(model):
 
         def on_others(s, m, *vals, progress=None):
             pics = apply_to_others(model, s, m, list(vals), progress=progress)
-            return s, pics, "The edit carried to the next seeds (each caption: how much of each direction the " \
-                "seed's tangent span keeps)."
+            how = (" as the same motion of the region's content" if s.basis.space == "x0" else "")
+            return s, pics, f"The edit carried to the next seeds{how} (each caption: how much of each direction " \
+                "the seed's tangent span keeps)."
 
         def on_slide(s, m, *vals, progress=None):
             t0 = time.perf_counter()

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from latentbasis import latent_basis, load_model
-from latentbasis.editing import (EditSettings, edit_images, global_directions, motion_transport, transport,
+from latentbasis.editing import (EditSettings, edit_images, global_directions, motion_carried_row, transport,
                                  transported_basis)
 from latentbasis.evaluate import read_shapes, recovery, shapes_reader
 from latentbasis.loading import resolve_timestep
@@ -106,12 +106,10 @@ def carry_motion(model, ra, rb, i, ts) -> torch.Tensor:
     from latentbasis.masks import mask_in_x
 
     ba, bb = ra["bases"]["region"], rb["bases"]["region"]
-    reg_a, reg_b = mask_in_x(model, ra["mask"]), mask_in_x(model, rb["mask"])
-    u0 = torch.zeros(model.x_shape)
-    u0[reg_a] = ba.tangent[i]
     img = lambda r: r["traj"].x0_hats[r["traj"].index(ts)]  # noqa: E731  x0_hat at x_t, kept by the trajectory
-    u1, _ = motion_transport(u0, img(ra), reg_a, img(rb), reg_b)
-    return transport(u1[reg_b], bb.latent, bb.tangent)
+    row, _ = motion_carried_row(ba.tangent[i], img(ra), mask_in_x(model, ra["mask"]), img(rb),
+                                mask_in_x(model, rb["mask"]))
+    return transport(row, bb.latent, bb.tangent)
 
 
 def main():

@@ -114,7 +114,7 @@ def _region(a, model):
         return None
     from .masks import parse_mask
 
-    if a.space != "x0":
+    if a.space != "x0" and not getattr(a, "basis", None):   # with --basis, the file's space is used
         raise LatentBasisError("--mask needs --space x0 (the Jacobian of x0_hat over the region)")
     return parse_mask(a.mask, model.pixel_size()[1])
 
@@ -250,7 +250,8 @@ def _cmd_edit(a) -> None:
                        guidance=a.guidance, num_steps=a.steps, timestep=ts, t_fraction=frac, k=a.k,
                        basis_file=a.basis, basis_seed=a.seed, method=a.method, n_iter=a.n_iter, scale=a.scale,
                        keep_norm=a.keep_norm, directions=a.directions, strengths=a.strengths, space=a.space,
-                       mask=a.mask, null_rank=a.null_rank, transport_rank=a.transport_rank)
+                       mask=a.mask, null_rank=a.null_rank, transport_rank=a.transport_rank,
+                       transfer=a.transfer)
         r.validate()
     with Stages(a.quiet) as stages:
         res = run_recipe(r, model, progress=stages)
@@ -276,6 +277,11 @@ def _cmd_edit(a) -> None:
               f"{res.basis.extra.get('transport_rank')}: kept " + ", ".join(
                   f"v{i + 1} {100 * k:.0f} %" for i, k in enumerate(res.kept))
               + " of each direction (a low share: the direction means little here)")
+    if res.basis.extra.get("motion_share") is not None:
+        print("carried as motions of the region: " + ", ".join(
+            f"v{i + 1} {100 * m:.0f} %" for i, m in enumerate(res.basis.extra["motion_share"]))
+              + " of each direction is a motion or colour offset there (a low share: it is not, and its carry "
+                "means little)")
     shape = ("1 combined edit" if r.combination is not None
              else f"{len(r.directions)} directions x {len(r.strengths)} strengths")
     print(f"wrote {' and '.join(wrote)} ({shape})")
@@ -585,6 +591,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--basis", default=None, help="use the directions of a basis file (transported if needed)")
     e.add_argument("--transport-rank", type=int, default=None,
                    help="transport into a local basis of this rank (the published code uses 50; None: the file's k)")
+    e.add_argument("--transfer", choices=("tangent", "motion"), default="tangent",
+                   help="how --basis directions are carried here: as tangent vectors (the paper), or, for a region "
+                        "basis of another image (--space x0 --mask), as the same motion of this region's content "
+                        "(a shift, scaling, rotation or colour offset), then transported")
     _add_region_options(e)
     e.add_argument("--prompt", default=None, help="prompt, for text-conditioned models")
     e.add_argument("--label", type=int, default=None, help="class label, for class-conditional models (digits-flow)")

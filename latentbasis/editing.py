@@ -190,6 +190,20 @@ def motion_transport(u0: torch.Tensor, image0: torch.Tensor, region0: torch.Tens
     return u1.float(), share
 
 
+def motion_carried_row(row: torch.Tensor, image0: torch.Tensor, region0: torch.Tensor, image1: torch.Tensor,
+                       region1: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """One tangent row of an x0_hat basis, carried to another image as the same motion of its region's content.
+
+    row: the change of x0_hat inside region0 (its entries in region0's order, [n0]); region0, region1 bool
+    [C, h, w] (all True: the whole image). The row is placed in image0's shape, re-made on image1 by
+    motion_transport, and read back inside region1: the tangent vector of the target's region basis, ready for
+    transport. Returns (row1 [n1], share)."""
+    u0 = torch.zeros(region0.shape)
+    u0[region0] = row.reshape(-1).float()
+    u1, share = motion_transport(u0, image0, region0, image1, region1)
+    return u1[region1], share
+
+
 def _region_x(model, mask: torch.Tensor | None) -> torch.Tensor:
     from .masks import mask_in_x
 
@@ -239,13 +253,8 @@ def transported_basis(model, given, x_t: torch.Tensor, timestep: int, prompt: st
         region0, region1 = _region_x(model, given.mask), _region_x(model, basis_kw.get("mask"))
         image0 = _x0_hat(model, given.point, given.timestep, given.prompt)
         image1 = _x0_hat(model, x_t, timestep, prompt)
-        sources, shares = [], []
-        for i in range(k):
-            u0 = torch.zeros(model.x_shape)
-            u0[region0] = given.tangent[i].reshape(-1)
-            u1, share = motion_transport(u0, image0, region0, image1, region1)
-            sources.append(u1[region1] if basis_kw.get("mask") is not None else u1)
-            shares.append(share)
+        carried = [motion_carried_row(given.tangent[i], image0, region0, image1, region1) for i in range(k)]
+        sources, shares = [u for u, _ in carried], [share for _, share in carried]
     local = latent_basis(model, x_t, timestep=timestep, k=r, prompt=prompt, space=given.space, **basis_kw)
     moved = torch.stack([transport(u, local.latent, local.tangent) for u in sources])
     kept = [kept_fraction(u, local.tangent) for u in sources]

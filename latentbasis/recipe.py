@@ -48,6 +48,7 @@ class EditRecipe:
     mask_sha256: str | None = None
     null_rank: int = 0                   # keep the directions off the rest's top null_rank directions
     transport_rank: int | None = None    # transport into a local basis of this rank (None: the given k)
+    transfer: str = "tangent"            # carry a file's directions as tangent vectors, or as motions of the region
     dtype: str = "float32"               # the network's forward while sampling and editing (bases are float32)
     device: str = ""                     # where it ran (informative: a replay runs where it is asked to)
     format: str = FORMAT
@@ -83,7 +84,7 @@ class EditRecipe:
         from . import validate as v
         from .basis import ALGORITHMS
         from .devices import DTYPE_NAMES
-        from .editing import METHODS
+        from .editing import METHODS, TRANSFERS
 
         v.optional_string(self.model, "model", 4096)
         if not isinstance(self.model, str) or not self.model:
@@ -133,6 +134,9 @@ class EditRecipe:
         v.integer(self.null_rank, "null_rank", 0, v.MAX_X_ELEMENTS)
         if self.transport_rank is not None:
             v.count(self.transport_rank, "transport_rank", v.MAX_K)
+        v.choice(self.transfer, "transfer", TRANSFERS)
+        if self.transfer != "tangent" and not self.basis_file:
+            raise LatentBasisError(f"transfer {self.transfer!r} carries the directions of a basis file: give one")
         if self.format != FORMAT:
             raise LatentBasisError(f"format {str(self.format)[:40]!r}, expected {FORMAT!r}")
         return self
@@ -211,6 +215,9 @@ def run_recipe(r: EditRecipe, model=None, progress=None) -> EditResult:
                                f"(indices 0..{r.k - 1})")
     if given is not None:   # the local basis it is transported onto is of its own kind
         r.space, r.null_rank = given.space, given.null_rank
+        if r.transfer == "motion" and (given.space != "x0" or given.algorithm == "global"):
+            raise LatentBasisError(f"{r.basis_file} is not a basis of x0_hat of one image (space {given.space}, "
+                                   f"{given.algorithm}): motion transfer needs one (latentbasis basis --space x0)")
         if given.mask_sha256 and not r.mask:
             raise LatentBasisError(f"{r.basis_file} is a basis of a region: give the region here too (--mask; a "
                                    "region of the same number of pixels)")
@@ -248,7 +255,8 @@ def run_recipe(r: EditRecipe, model=None, progress=None) -> EditResult:
     basis_kw = dict(algorithm=r.algorithm, seed=r.basis_seed, tol=r.tol, mask=mask, null_rank=r.null_rank,
                     callback=(lambda info: step(1)) if step else None)
     if given is not None:
-        basis = transported_basis(model, given, x_t, r.timestep, prompt=r.prompt, rank=r.transport_rank, **basis_kw)
+        basis = transported_basis(model, given, x_t, r.timestep, prompt=r.prompt, rank=r.transport_rank,
+                                   transfer=r.transfer, **basis_kw)
     else:
         basis = latent_basis(model, x_t, timestep=r.timestep, k=r.k, prompt=r.prompt, space=r.space, **basis_kw)
     settings = EditSettings(r.method, r.n_iter, r.step, r.scale, r.keep_norm)

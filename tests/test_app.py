@@ -301,6 +301,6 @@ def test_a_region_painted_in_the_app(model, tmp_path):
     res = run_recipe(r, model)
     assert torch.equal(res.images[0, 0], s.edited)
     others = E.apply_to_others(model, s, "direct", [8, 0], n=2)
-    assert len(others) == 2 and all("kept v1" in cap for _, cap in others)
+    assert len(others) == 2 and all("kept v1" in cap and "; a motion v1 " in cap for _, cap in others)
     with pytest.raises(E.AppError, match="needs a painted region"):
         E.find_directions(model, s, 0.6, 2, "direct", space="x0", mask=None, null_rank=3)

@@ -245,3 +245,27 @@ def test_conditioning_bad_input(case, tiny_dit_dir, tiny_unet_dir, tmp_path, cap
     rc, err = run_main(args, capsys)
     assert rc == 2 and len(err) == 1 and says in err[0], err
     assert not out.exists()
+
+
+def test_region_basis_and_its_motion_transfer_from_the_cli(tiny_unet_dir, tmp_path, capsys):
+    """basis --space x0 --mask --null-rank writes a region basis; edit --basis ... --transfer motion carries it to
+    another sample's region and says how much of each direction is a motion there."""
+    from latentbasis.basisfile import load_basis
+
+    b = tmp_path / "region.safetensors"
+    assert main(["basis", "--model", str(tiny_unet_dir), "--seed", "2", "--t", "0.3", "--k", "2", "--steps", "10",
+                 "--space", "x0", "--mask", "0,0,6,6", "--null-rank", "3", "--out", str(b), "--png", "",
+                 "--quiet"]) == 0
+    got = load_basis(b)
+    assert got.space == "x0" and got.null_rank == 3 and int(got.mask.sum()) == 36
+    capsys.readouterr()
+    out = tmp_path / "carried.png"
+    assert main(["edit", "--model", str(tiny_unet_dir), "--seed", "3", "--t", "0.3", "--basis", str(b),
+                 "--mask", "2,2,8,8", "--transfer", "motion", "--method", "direct", "--strengths", "-1,1",
+                 "--steps", "10", "--quiet", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "carried as motions of the region: v1 " in said and "kept v1 " in said
+    import json
+
+    recipe = json.loads(out.with_suffix(".json").read_text())
+    assert recipe["transfer"] == "motion" and recipe["null_rank"] == 3 and recipe["space"] == "x0"
