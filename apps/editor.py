@@ -660,8 +660,13 @@ def build_app(model):
                     region = gr.ImageEditor(label="paint over the image", type="numpy", elem_id="region",
                                             sources=(), layers=False, height=240, transforms=(),
                                             brush=gr.Brush(colors=["#ff0000"], default_size=24, color_mode="fixed"))
-                    null_rank = gr.Slider(0, 32, value=32, step=1, elem_id="null-rank",
-                                          label="keep off the rest: null rank r (0: none)")
+                    with gr.Column():
+                        null_rank = gr.Slider(0, 32, value=32, step=1, elem_id="null-rank",
+                                              label="keep off the rest: null rank r (0: none)")
+                        gr.Markdown("Measured on `shapes` at t = 0.2 with the direct edit and r = 32: the change stays "
+                                    "inside the box (median 100 %) and, carried to another sample as the same "
+                                    "motion, moves the same factor the same way in 98 % of pairs "
+                                    "(docs/benchmarks.md).")
             gr.HTML(legend(model))
             gallery = gr.Gallery(label="directions: v_i | -6 | +6", columns=3, format="png", elem_id="gallery",
                                  object_fit="contain", height="auto", allow_preview=False)
