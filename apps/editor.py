@@ -28,7 +28,8 @@ import torch
 
 from latentbasis.basis import latent_basis
 from latentbasis.basisfile import load_basis, save_basis
-from latentbasis.editing import EditSettings, combine, edit_images, edit_steps, sweep_directions, transported_basis
+from latentbasis.editing import (EditSettings, combine, edit_images, edit_steps, motion_refusal, sweep_directions,
+                                 transported_basis)
 from latentbasis.errors import LatentBasisError
 from latentbasis.images import image_to_x, pixel_size, read_image, x_to_image
 from latentbasis.loading import resolve_timestep
@@ -336,7 +337,6 @@ def apply_to_others(model, s: Session, method: str, strengths: list[float], n: i
     directions transported onto it; x0 directions of this image are first re-made on each seed as the same motion of
     the region's content (transfer "motion"). Pictures (unedited | edited) captioned with how much of each direction
     the seed's tangent span keeps (and, carried by motion, how much of it is a motion there)."""
-    from latentbasis.editing import transported_basis
 
     w = _weights(s, strengths)
     if not w:
@@ -350,12 +350,10 @@ def apply_to_others(model, s: Session, method: str, strengths: list[float], n: i
         traj = sample_trajectory(model, seed, num_steps=APP_STEPS, prompt=s.prompt, guidance=s.guidance,
                                  through=s.timestep)
         region = getattr(s, "region", {}) or {}
-        motion = s.basis.space == "x0" and s.basis.algorithm != "global" and (
-            s.basis.mask is not None or not s.basis.mask_sha256)
         try:
             moved = transported_basis(model, s.basis, traj.at(s.timestep), s.timestep, prompt=s.prompt,
                                       mask=region.get("mask"), null_rank=region.get("null_rank", 0),
-                                      transfer="motion" if motion else "tangent")
+                                      transfer="tangent" if motion_refusal(s.basis) else "motion")
         except LatentBasisError as e:
             raise AppError(str(e)) from None
         d = combine(moved.latent, w)[None]
@@ -718,7 +716,7 @@ def build_app(model):
 
         def on_others(s, m, *vals, progress=None):
             pics = apply_to_others(model, s, m, list(vals), progress=progress)
-            how = (" as the same motion of the region's content" if s.basis.space == "x0" else "")
+            how = "" if motion_refusal(s.basis) else " as the same motion of the region's content"
             return s, pics, f"The edit carried to the next seeds{how} (each caption: how much of each direction " \
                 "the seed's tangent span keeps)."
 

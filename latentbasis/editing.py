@@ -219,6 +219,19 @@ def _x0_hat(model, x: torch.Tensor, timestep: int, prompt: str | None) -> torch.
 TRANSFERS = ("tangent", "motion")
 
 
+def motion_refusal(given) -> str | None:
+    """Why the directions of basis `given` cannot be carried by motion transfer, or None when they can: it must be
+    a basis of x0_hat of one image (not h, not global directions), and a basis of a region must hold its mask."""
+    if given.space != "x0" or given.algorithm == "global":
+        return (f"motion transfer needs a basis of x0_hat of one image; this one is of space {given.space} "
+                f"({given.algorithm}), and h bases and global directions are not motions of a region: motion "
+                "transfer needs one made with latentbasis basis --space x0")
+    if given.mask_sha256 and given.mask is None:
+        return ("this basis of a region does not hold its mask (a file from an older version): compute it again "
+                "to carry it by motion")
+    return None
+
+
 def transported_basis(model, given, x_t: torch.Tensor, timestep: int, prompt: str | None = None,
                       rank: int | None = None, transfer: str = "tangent", **basis_kw):
     """A basis from elsewhere (another sample, timestep, a file, or global directions) made usable at
@@ -244,12 +257,9 @@ def transported_basis(model, given, x_t: torch.Tensor, timestep: int, prompt: st
     r = max(k, int(rank or k))
     sources, shares = [given.tangent[i] for i in range(k)], None
     if transfer == "motion":
-        if given.space != "x0" or given.algorithm == "global":
-            raise LatentBasisError("motion transfer needs a basis of x0_hat of one image (--space x0, not h and not "
-                                   "global directions)")
-        if given.mask_sha256 and given.mask is None:
-            raise LatentBasisError("this basis of a region does not hold its mask (a file from an older version): "
-                                   "compute it again to carry it by motion")
+        why = motion_refusal(given)
+        if why:
+            raise LatentBasisError(why)
         region0, region1 = _region_x(model, given.mask), _region_x(model, basis_kw.get("mask"))
         image0 = _x0_hat(model, given.point, given.timestep, given.prompt)
         image1 = _x0_hat(model, x_t, timestep, prompt)

@@ -187,7 +187,8 @@ def run_recipe(r: EditRecipe, model=None, progress=None) -> EditResult:
     from .basis import latent_basis
     from .basisfile import load_basis
     from .devices import dtype_name
-    from .editing import EditSettings, combine, edit_images, edit_steps, sweep_directions, transported_basis
+    from .editing import (EditSettings, combine, edit_images, edit_steps, motion_refusal, sweep_directions,
+                          transported_basis)
     from .images import image_to_x, pixel_size, read_image, x_to_image
     from .loading import load_model
     from .sampling import denoise, invert, sample_trajectory, trajectory_grid
@@ -215,9 +216,9 @@ def run_recipe(r: EditRecipe, model=None, progress=None) -> EditResult:
                                f"(indices 0..{r.k - 1})")
     if given is not None:   # the local basis it is transported onto is of its own kind
         r.space, r.null_rank = given.space, given.null_rank
-        if r.transfer == "motion" and (given.space != "x0" or given.algorithm == "global"):
-            raise LatentBasisError(f"{r.basis_file} is not a basis of x0_hat of one image (space {given.space}, "
-                                   f"{given.algorithm}): motion transfer needs one (latentbasis basis --space x0)")
+        why = motion_refusal(given) if r.transfer == "motion" else None
+        if why:   # before any slow work
+            raise LatentBasisError(f"{r.basis_file}: {why}")
         if given.mask_sha256 and not r.mask:
             raise LatentBasisError(f"{r.basis_file} is a basis of a region: give the region here too (--mask; a "
                                    "region of the same number of pixels)")
