@@ -99,17 +99,22 @@ def interval(hits: np.ndarray, groups: np.ndarray, n_boot: int = 2000) -> tuple[
     return tuple(np.percentile(boot, [2.5, 97.5]))
 
 
-def carry_motion(model, ra, rb, i, ts) -> torch.Tensor:
+def carry_motion(model, ra, rb, i, ts, x0: str = "unclamped") -> torch.Tensor:
     """Region direction i of sample A carried to B by motion transport (editing.motion_transport: A's tangent vector
     read as a motion of its box's content, re-made of B's x0_hat in B's box), then transported into B's region basis
-    of rank k: the computation of transported_basis(..., transfer="motion"), with B's basis computed once, except
-    that the motion fields are made of the trajectory's kept x0_hat, clamped to [-1, 1] as the sampler does (the
-    library uses the unclamped x0_hat whose Jacobian the basis is). On seeds 400..405 at 0.2 T the two differ by at
-    most 0.12 in any entry (not at all on two of the six); the third reading below was measured this way."""
+    of rank k: the computation of transported_basis(..., transfer="motion"), with B's basis computed once. x0
+    "unclamped": the motion fields are made of the x0_hat whose Jacobian the basis is, as the library does;
+    "clamped": of the trajectory's kept x0_hat, clamped to [-1, 1] as the sampler does (how the third reading below
+    was first measured; on seeds 400..405 at 0.2 T the two differ by at most 0.12 in any entry)."""
+    from latentbasis.editing import _x0_hat
+
     from latentbasis.masks import mask_in_x
 
     ba, bb = ra["bases"]["region"], rb["bases"]["region"]
-    img = lambda r: r["traj"].x0_hats[r["traj"].index(ts)]  # noqa: E731  x0_hat at x_t, kept by the trajectory
+    if x0 == "clamped":
+        img = lambda r: r["traj"].x0_hats[r["traj"].index(ts)]  # noqa: E731  kept by the trajectory
+    else:
+        img = lambda r: _x0_hat(model, r["traj"].at(ts), ts, None)  # noqa: E731
     row, _ = motion_carried_row(ba.tangent[i], img(ra), mask_in_x(model, ra["mask"]), img(rb),
                                 mask_in_x(model, rb["mask"]))
     return transport(row, bb.latent, bb.tangent)
@@ -134,6 +139,9 @@ def main():
     ap.add_argument("--region-transfer", choices=("as-is", "motion"), default="as-is",
                     help="how a region direction of A is carried to B: applied as it is, or by motion transport "
                          "(the same motion of B's own region content, then transported into B's region basis)")
+    ap.add_argument("--motion-x0", choices=("unclamped", "clamped"), default="unclamped",
+                    help="the x0_hat motion transport reads: the one the basis differentiates (as the library), or "
+                         "the sampler's clamped one")
     ap.add_argument("--transport-rank", default="4",
                     help="ranks of the target basis h and x0 directions are transported into, comma-separated "
                          "(the published code: 50)")
@@ -153,7 +161,8 @@ def main():
         how["region"] = (EditSettings(a.region_edit), s if a.region_strength is None else a.region_strength)
     print(f"# edit_regions: {a.model}, t = {a.t} T (timestep {ts}), k = {a.k}, strength {s}, null rank "
           f"{a.null_rank}, transport ranks {ranks}, kinds {', '.join(kinds)}, region edit {a.region_edit} at "
-          f"{how.get('region', (None, s))[1]}, region transfer {a.region_transfer}; load average {os.getloadavg()[0]:.2f}")
+          f"{how.get('region', (None, s))[1]}, region transfer {a.region_transfer} ({a.motion_x0} x0_hat); "
+          f"load average {os.getloadavg()[0]:.2f}")
 
     if "global" in kinds:
         gbases = [latent_basis(model, sample_trajectory(model, 1000 + i, num_steps=a.steps, through=ts).at(ts),
@@ -218,7 +227,7 @@ def main():
                     continue
                 i = pa[0]
                 if kind == "region" and a.region_transfer == "motion":   # the same motion of B's own shape
-                    vs.append(carry_motion(model, ra, rb, i, ts))
+                    vs.append(carry_motion(model, ra, rb, i, ts, a.motion_x0))
                 elif kind == "region":     # applied as it is (another region, another shape)
                     vs.append(ra["bases"]["region"].latent[i])
                 elif kind == "global":     # the same global direction, transported to B once
