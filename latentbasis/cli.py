@@ -62,7 +62,7 @@ def _load(a, name: str, dtype: str | None = None):
     from .loading import load_model
 
     budget = parse_memory(a.max_memory) if getattr(a, "max_memory", None) else None
-    return load_model(name, device=getattr(a, "device", "auto"), dtype=dtype or getattr(a, "dtype", None) or "float32",
+    return load_model(name, device=getattr(a, "device", "auto"), dtype=dtype or getattr(a, "dtype", None),
                       max_memory=budget)
 
 
@@ -503,11 +503,13 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto",
                    help="cpu, cuda, cuda:N, mps, or auto (a GPU when there is one, else the CPU)")
     p.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
-                   help="precision of the network's forward for sampling and editing (None: float32, or a recipe's "
-                        "own); bases are always computed in float32")
+                   help="precision of the network's forward for sampling and editing (None: the precision its "
+                        "weights are stored in, float32 for float32 weights, or a recipe's own); bases are always "
+                        "computed in float32; float32 for half-precision weights is refused (it only upcasts them)")
     p.add_argument("--max-memory", default=None, metavar="SIZE",
-                   help="memory the Jacobian products may use at once, e.g. 8GB (None: 90%% of the GPU's free "
-                        "memory, 75%% of the available memory on the CPU); lower it after an out-of-memory error")
+                   help="the most memory the process may hold while the Jacobian products run, the model "
+                        "included, e.g. 8GB (None: what is in use plus 90%% of the GPU's free memory, or plus 75%% "
+                        "of the available memory on the CPU); lower it after an out-of-memory error")
 
 
 def _add_region_options(p: argparse.ArgumentParser) -> None:

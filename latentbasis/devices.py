@@ -1,15 +1,19 @@
 """Where the model runs and in what precision, and how much memory the Jacobian products may use.
 
-- device: "cpu", "cuda", "cuda:N", "mps", or "auto" (a CUDA GPU when there is one, else Apple's MPS, else the CPU).
+- device: "cpu", "cuda", "cuda:N", "mps", or "auto" (the environment's LATENTBASIS_DEVICE where it is set, else a
+  CUDA GPU when there is one, else Apple's MPS, else the CPU).
 - dtype: the precision of the network's forward for sampling, inversion and editing: float32 (default), float16,
   bfloat16. The feature map, the Jacobian operator and the basis algorithms are float32 whatever the dtype
   (half-precision JVPs are off by about 1 %), their small linear algebra float64.
-- memory budget (bytes): how much the batched JVPs / VJPs may take at once; it sets their chunk size. Default:
-  90 % of the GPU's free memory, or 75 % of the memory the system has available on the CPU.
+- memory budget (bytes): the most this process may hold while the Jacobian products run, the model's weights
+  included (the resident set on the CPU, torch's allocations on a GPU); it sets their chunk size, and a budget too
+  small for one product is refused before it runs. Default: what is in use plus 90 % of the GPU's free memory, or
+  plus 75 % of the memory the system has available on the CPU.
 Random draws never depend on the device: x_T comes from a CPU generator and is then moved.
 """
 from __future__ import annotations
 
+import os
 import re
 
 import torch
@@ -26,6 +30,8 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     if isinstance(name, torch.device):
         name = str(name)
     name = (name or "auto").strip().lower()
+    if name == "auto" and os.environ.get("LATENTBASIS_DEVICE", "").strip():
+        name = os.environ["LATENTBASIS_DEVICE"].strip().lower()   # e.g. the test suite on a GPU machine
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())
@@ -99,12 +105,57 @@ def format_bytes(n: float) -> str:
 
 
 def default_memory_budget(device: torch.device) -> int:
-    """90 % of a GPU's free memory; 75 % of the memory the system has available for the CPU (and MPS, which
-    shares it)."""
+    """What the process holds now plus 90 % of a GPU's free memory, or plus 75 % of the memory the system has
+    available for the CPU (and MPS, which shares it)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(0.9 * free)
-    return int(0.75 * _available_system_memory())
+        return memory_in_use(device) + int(0.9 * free)
+    return memory_in_use(device) + int(0.75 * _available_system_memory())
+
+
+def memory_in_use(device: torch.device) -> int:
+    """What this process holds now: the bytes torch has allocated on a GPU; the resident set (weights, the
+    interpreter, everything) on the CPU and MPS (Linux; 0 where unknown), after freed heap is handed back."""
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    _release_freed_heap()
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0
+
+
+def _release_freed_heap() -> None:
+    """Hand memory that was freed but is still held by the C allocator back to the system (glibc's malloc_trim),
+    so that the resident set counts what is in use, not what an earlier product left behind for reuse."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def total_memory(device: torch.device) -> int:
+    """All the memory of the device: the GPU's, or the machine's physical memory for the CPU (0 where unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def check_memory_budget(budget: int | None, device: torch.device) -> int | None:
+    """The budget itself, or one clear error when it is more than the device has (a budget the machine cannot give
+    would only end in the system killing the process)."""
+    total = total_memory(device)
+    if budget is not None and total and budget > total:
+        where = "this GPU" if device.type == "cuda" else "this machine"
+        raise LatentBasisError(f"--max-memory {format_bytes(budget)} is more than {where} has "
+                               f"({format_bytes(total)}): give at most that")
+    return budget
 
 
 def _available_system_memory() -> int:
@@ -116,8 +167,6 @@ def _available_system_memory() -> int:
     except OSError:
         pass
     try:
-        import os
-
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return 8 * 2**30

@@ -181,22 +181,59 @@ def read_folder(root: Path) -> tuple[dict, dict, dict]:
     raise LatentBasisError(f"{root} is not a diffusers model folder (no model_index.json or config.json)")
 
 
+def stored_dtype(folder: Path) -> torch.dtype | None:
+    """The floating-point type most of a folder's safetensors weights are stored in (from the files' headers, no
+    tensor read), or None when it has none."""
+    from collections import Counter
+
+    from safetensors import safe_open
+
+    names = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+    count: Counter = Counter()
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                for key in fh.keys():
+                    sl = fh.get_slice(key)
+                    if sl.get_dtype() in names:
+                        count[names[sl.get_dtype()]] += int(torch.Size(sl.get_shape()).numel())
+        except Exception as e:  # a corrupt file: from_pretrained says so with its own message
+            del e
+            continue
+    return count.most_common(1)[0][0] if count else None
+
+
 def load_model(name_or_path: str = DEFAULT_MODEL, *, device: str | torch.device | None = "auto",
-               dtype: str | torch.dtype = "float32", max_memory: int | None = None):
+               dtype: str | torch.dtype | None = None, max_memory: int | None = None):
     """Load a model by bundled name, local path or locally cached hub id, wrapped by its family's adapter.
 
     device: "auto" (a GPU when there is one, else the CPU), "cpu", "cuda", "cuda:N", "mps".
-    dtype: the sampling forward's precision (float32, float16, bfloat16); features and bases stay float32, the
-        VAE float32. max_memory: bytes the Jacobian products may use (None: the device's default).
+    dtype: the sampling forward's precision (float32, float16, bfloat16; None: the precision the denoiser's weights
+        are stored in). Half-precision weights are not run in float32: that only upcasts them, at twice the memory,
+        and is refused with one message. Features and bases stay float32, the VAE float32.
+    max_memory: bytes the process may hold while the Jacobian products run (None: the device's default); more than
+        the device has is refused.
     """
+    from .devices import check_memory_budget
     from .families import adapter_for
 
-    dev, dt = resolve_device(device), resolve_dtype(dtype)
+    dev = resolve_device(device)
+    check_memory_budget(max_memory, dev)
     root = resolve_model_path(name_or_path)
     parts, scheduler_config, pipeline_config = read_folder(root)
     denoiser = next((k for k in DENOISERS if k in parts), None)
     if denoiser is None:
         raise LatentBasisError(f"{root} has a model_index.json but no unet/ or transformer/ folder")
+    stored = stored_dtype(parts[denoiser][0])
+    if dtype is None:
+        dt = stored if stored in (torch.float16, torch.bfloat16) else torch.float32
+    else:
+        dt = resolve_dtype(dtype)
+        if dt == torch.float32 and stored in (torch.float16, torch.bfloat16):
+            raise LatentBasisError(f"{parts[denoiser][0]} holds {str(stored).removeprefix('torch.')} weights: "
+                                   "float32 sampling would only upcast them, at twice the memory: give --dtype "
+                                   f"{str(stored).removeprefix('torch.')}, or leave --dtype out (bases are float32 "
+                                   "either way)")
     adapter = adapter_for(parts[denoiser][2])
     loaded = {}
     for key, (folder, library, class_name) in parts.items():

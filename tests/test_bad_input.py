@@ -92,7 +92,7 @@ def ws(tmp_path_factory, tiny_unet_dir, other_unet_dir):
     bad = d / "bad_models"
     for name, index in {"evil_index": {"unet": ["os", "system"]}, "evil_config": None, "degenerate": None,
                         "sched_list": None, "corrupt_weights": None, "huge_x": None, "many_t": None,
-                        "flow_pred": None}.items():
+                        "flow_pred": None, "half_weights": None}.items():
         md = bad / name
         shutil.copytree(tiny_unet_dir, md)
         if name == "evil_index":
@@ -111,6 +111,11 @@ def ws(tmp_path_factory, tiny_unet_dir, other_unet_dir):
         elif name == "huge_x":
             cfg = json.loads((md / "config.json").read_text())
             (md / "config.json").write_text(json.dumps({**cfg, "sample_size": 10**6}))
+        elif name == "half_weights":           # a float16 checkpoint of the same model
+            from safetensors.torch import load_file, save_file
+
+            w16 = {k: v.half() for k, v in load_file(md / "diffusion_pytorch_model.safetensors").items()}
+            save_file(w16, str(md / "diffusion_pytorch_model.safetensors"))
         elif name in ("many_t", "flow_pred"):
             cfg = json.loads((md / "scheduler_config.json").read_text())
             cfg.update({"num_train_timesteps": 10**9} if name == "many_t" else {"prediction_type": "flow"})
@@ -209,6 +214,10 @@ def cli_cases(m, o, w):
         ("dtype_float8", B + ["--dtype", "float8"], "invalid choice"),
         ("max_memory_tiny", B + ["--max-memory", "1KB"], "--max-memory"),
         ("max_memory_words", B + ["--max-memory", "lots"], "memory size"),
+        ("max_memory_above_the_machine", B + ["--max-memory", "100TB"], "more than this machine has"),
+        ("max_memory_below_the_model", B + ["--max-memory", "64MB"], "too small for one"),
+        ("float32_of_half_weights", ["basis", "--model", bad / "half_weights", "--dtype", "float32", "--out",
+                                     w / "n.safetensors"], "holds float16 weights"),
         ("algorithm_unknown", B + ["--algorithm", "magic"], "invalid choice"),
         ("layer_unknown", B + ["--layer", "not_a_block"], "no layer 'not_a_block'; layers: conv_in"),
         ("strengths_nan", E + ["--strengths", "nan,1"], "finite"),

@@ -79,3 +79,31 @@ def test_hub_id_from_the_local_cache_only(tiny_unet_dir, tmp_path, monkeypatch):
     assert m.x_shape == (1, 8, 8) and m.model_hash == load_model(str(tiny_unet_dir)).model_hash
     with pytest.raises(LatentBasisError, match="not found"):
         load_model("someone/not-in-this-cache")
+
+
+def test_half_precision_weights_sample_in_their_own_precision(tiny_unet_dir, tmp_path):
+    """A float16 checkpoint loads in float16 when no dtype is asked, bases stay float32, and float32 sampling of
+    it (which would only upcast) is refused with one message that says what to give instead."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from latentbasis import latent_basis
+
+    d = tmp_path / "half"
+    shutil.copytree(tiny_unet_dir, d)
+    w = load_file(d / "diffusion_pytorch_model.safetensors")
+    save_file({k: v.half() for k, v in w.items()}, str(d / "diffusion_pytorch_model.safetensors"))
+    m = load_model(str(d), device="cpu")
+    assert m.dtype == torch.float16 and next(m.unet.parameters()).dtype == torch.float16
+    assert load_model(str(tiny_unet_dir), device="cpu").dtype == torch.float32
+    b = latent_basis(m, torch.randn(m.x_shape), timestep=500, k=2)
+    assert b.latent.dtype == torch.float32 and b.weights_dtype == "float16"
+    with pytest.raises(LatentBasisError, match="holds float16 weights.*give --dtype float16"):
+        load_model(str(d), device="cpu", dtype="float32")
+    assert load_model(str(d), device="cpu", dtype="bfloat16").dtype == torch.bfloat16
+
+
+def test_a_memory_budget_above_the_machine_is_refused(tiny_unet_dir):
+    with pytest.raises(LatentBasisError, match="more than this machine has"):
+        load_model(str(tiny_unet_dir), device="cpu", max_memory=2**60)
