@@ -80,6 +80,23 @@ def differentiable_attention(root: torch.nn.Module):
             h.remove()
 
 
+@contextlib.contextmanager
+def checkpointed(root: torch.nn.Module):
+    """While a reverse-mode pass through root runs under plain autograd (not torch.func): diffusers' gradient
+    checkpointing on (each block keeps its input only and recomputes the rest in the backward, where the model
+    supports it), with differentiable attention, also during the backward's recomputation (which must see the same
+    attention as the forward did)."""
+    flags = {m: m.gradient_checkpointing for m in root.modules() if hasattr(m, "gradient_checkpointing")}
+    if getattr(root, "_supports_gradient_checkpointing", False) and hasattr(root, "enable_gradient_checkpointing"):
+        root.enable_gradient_checkpointing()
+    try:
+        with differentiable_attention(root):
+            yield
+    finally:
+        for m, flag in flags.items():
+            m.gradient_checkpointing = flag
+
+
 def forward_to(root: torch.nn.Module, layer: str, run: Callable[[], Any], *,
                select: Callable[[Any], torch.Tensor] = _first_tensor,
                candidates: list[str] | None = None) -> torch.Tensor:

@@ -38,6 +38,7 @@ def predict(model, x: torch.Tensor, timestep: int, prompt: str | None = None,
     x = x.to(model.device, torch.float32)
     t = torch.full((x.shape[0],), int(timestep), dtype=torch.long, device=model.device)
     cond = model.encode_prompt(prompt)  # None for unconditional models, which refuse a prompt
+    model.require_weights("the network's whole forward (sampling, editing)")
     out = model.network(x, t, cond).to(model.math_dtype)
     if cond is not None and guidance != 1.0:
         out_u = model.network(x, t, model.encode_prompt("")).to(model.math_dtype)

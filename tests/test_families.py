@@ -182,3 +182,25 @@ def test_transformer_sampling_matches_diffusers(family, folders):
     # 1e-4 of the sample's scale: diffusers steps in float32, latentbasis in float64, and these random transformers
     # reach |x| ~ 6 after guidance
     assert float((ref - ours).abs().max()) < 1e-4 * max(1.0, float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd3"])
+def test_keeping_only_the_feature_weights_gives_the_same_basis(family, folders):
+    """keep_feature_weights frees what the feature map never runs (a U-Net's up blocks, the blocks after h) and the
+    basis stays the same; sampling, which needs the whole network, is refused with one message."""
+    from latentbasis import LatentBasisError
+    from latentbasis.sampling import sample_to
+
+    whole, kept = load_model(str(folders[family]), device="cpu"), load_model(str(folders[family]), device="cpu")
+    x = torch.randn(whole.x_shape, generator=torch.Generator().manual_seed(3))
+    before = sum(p.numel() for p in kept.denoiser.parameters() if p.device.type != "meta")
+    freed = kept.keep_feature_weights()
+    after = sum(p.numel() for p in kept.denoiser.parameters() if p.device.type != "meta")
+    assert freed > 0 and after < before
+    a = latent_basis(whole, x, timestep=500, k=3, prompt=_condition(family))
+    b = latent_basis(kept, x, timestep=500, k=3, prompt=_condition(family))
+    assert torch.allclose(a.latent, b.latent, atol=1e-5) and torch.allclose(a.singular_values, b.singular_values)
+    with pytest.raises(LatentBasisError, match="needs weights this model freed"):
+        sample_to(kept, seed=0, t=0.6, num_steps=3)
+    with pytest.raises(LatentBasisError, match="needs weights this model freed"):
+        latent_basis(kept, x, timestep=500, k=2, space="x0")

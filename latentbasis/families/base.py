@@ -97,6 +97,7 @@ class DiffusionModel:
         it needs beyond the model (float32 copies of half-precision weights) lives as long as the function."""
         from ..features import OUTPUT, differentiable_attention, forward_to
 
+        self.require_weights(f"the feature map at {layer!r}", layer)
         cond = cond if cond is not None else self._default_condition()
         kw = cond.batch(1, torch.float32) if cond is not None else {}
         params = self.float32_params(self.denoiser, "" if layer == OUTPUT else layer, self._probe)
@@ -205,6 +206,40 @@ class DiffusionModel:
                                                                                          requires_grad=False)
         return copies
 
+    # ------------------------------------------------------------------ a basis-only model
+    def keep_feature_weights(self, layer: str | None = None) -> int:
+        """Free the weights the feature map at `layer` (default: the family's) never uses: the parameters and
+        buffers of the modules that do not run before `layer` ends (a U-Net's up blocks and output convolution) go
+        to the 'meta' device, so the Jacobian products of a model too big for memory fit (SDXL on 24 GB: 10.3 GB of
+        float32 weights, 5.0 GB of them before mid_block). Sampling, editing, x0_hat and other layers need the
+        whole network and refuse afterwards, with one message. Returns the bytes freed."""
+        from ..features import modules_run_before
+
+        layer = layer or self.default_layer
+        used = modules_run_before(self.denoiser, layer, self._probe)
+        freed = 0
+        for mname, mod in self.denoiser.named_modules():
+            if mname in used:
+                continue
+            for pname, p in list(mod.named_parameters(recurse=False)) + list(mod.named_buffers(recurse=False)):
+                if p.device.type != "meta":
+                    freed += p.numel() * p.element_size()
+                    setattr(mod, pname, torch.nn.Parameter(p.to("meta"), requires_grad=False)
+                            if isinstance(p, torch.nn.Parameter) else p.to("meta"))
+        self.__dict__.setdefault("_layer_modules", {})[layer] = used
+        self.kept_layer = layer
+        if "_traced" in self.__dict__:   # traced copies of the network hold the freed weights
+            self._traced = {}
+        return freed
+
+    kept_layer: str | None = None      # set by keep_feature_weights: the only layer whose weights are all here
+
+    def require_weights(self, what: str, layer: str | None = None) -> None:
+        """One clear error when `what` (the whole network, or the feature map at `layer`) needs freed weights."""
+        if self.kept_layer is not None and layer != self.kept_layer:
+            raise LatentBasisError(f"{what} needs weights this model freed (keep_feature_weights kept only what the "
+                                   f"feature map at {self.kept_layer!r} uses): load the model again")
+
     # ------------------------------------------------------------------ shared
     @property
     def num_train_timesteps(self) -> int:
@@ -237,6 +272,7 @@ class DiffusionModel:
 
     def eps(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None) -> torch.Tensor:
         """eps_theta(x, t) whatever the prediction type (x [B, *x_shape] on the device, integer t [B]); float32."""
+        self.require_weights("the network's whole forward (sampling, editing)")
         out = self.network(x, t, cond)
         shape = (-1, *[1] * (x.dim() - 1))
         a = self.alphas.to(self.device, self.math_dtype)[t.long()].reshape(shape)
@@ -246,11 +282,14 @@ class DiffusionModel:
     def features(self, timestep: int, prompt: str | None = None, layer: str | None = None):
         """The feature map f_t: x_t [*x_shape] -> h [*h_shape], float32 on the model's device, at an integer
         timestep (and prompt, for text models: no classifier-free guidance inside J)."""
+        from ..features import checkpointed
+
         run = self.feature_function(int(timestep), self.encode_prompt(prompt), layer or self.default_layer)
 
         def f(x: torch.Tensor) -> torch.Tensor:
             return run(x[None])[0]
 
+        f.checkpointed = lambda: checkpointed(self.denoiser)   # for a JacobianOperator that records nothing
         return f
 
     def __repr__(self) -> str:
