@@ -33,7 +33,11 @@ ALGORITHMS = ("krylov", "subspace")
 
 
 def default_block(k: int) -> int:
-    """Block size of the krylov algorithm for k vectors (measured in benchmarks/bench_basis.py)."""
+    """Block size of the krylov algorithm for k vectors when several products run at once (measured in
+    benchmarks/bench_basis.py). Where they run one at a time (a chunk of 1: a big model on a CPU) a block costs
+    its size in sequential products and buys no batching, and a block of 1 (plain Golub-Kahan-Lanczos) needs the
+    fewest: on a random Stable-Diffusion-1.5 U-Net at 4x32x32, k = 4 to residual 1e-2 took 65 evaluations with
+    blocks of 1 and 92 with blocks of 2 (docs/benchmarks.md, Scale)."""
     return max(2, k // 4)
 
 
@@ -85,11 +89,25 @@ def saved_activation_bytes(f: FeatureMap, x: torch.Tensor) -> int:
         if not isinstance(base, torch.nn.Parameter):
             st = t.untyped_storage()
             seen[st.data_ptr()] = st.nbytes()
-        return t
+        return t.detach()    # held as a plain alias: t itself (a node's own output) would make a cycle that leaks
 
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         f(x.detach().clone().requires_grad_(True))
     return sum(seen.values())
+
+
+# Memory of the Jacobian products, in units of one pass's saved activations (saved_activation_bytes), measured
+# with the resident set of a 25M-parameter U-Net at 64x64 and of Stable Diffusion 1.5's (tests/test_basis.py checks
+# a budget is kept): recording the pullback (and, for reverse-mode JVPs, its own pullback) holds RECORDED[mode];
+# each product of a chunk PER_PRODUCT[mode] more at its peak. Rounded up from 2.7 / 1.2 and 0.9 / 1.4.
+RECORDED = {"reverse": 3.0, "forward": 1.5}
+PER_PRODUCT = {"reverse": 1.0, "forward": 1.5}
+# Where the budget cannot hold the recorded passes, nothing is recorded: each VJP runs the forward and backward
+# again (with the network's gradient checkpointing) and each JVP is forward-mode AD (slower: about 1.5 and 3.5
+# recorded VJPs at Stable Diffusion 1.5 size). A chunk of them then holds RECOMPUTED passes of activations, and
+# RECOMPUTED_PER_PRODUCT more per product (measured as above: 2.5 for one forward-mode JVP, 4.7 for four).
+RECOMPUTED = 2.0
+RECOMPUTED_PER_PRODUCT = 0.75
 
 
 def chunk_for_budget(per_item: int, fixed: int, budget: int) -> int:
@@ -100,7 +118,8 @@ def chunk_for_budget(per_item: int, fixed: int, budget: int) -> int:
     if budget < fixed + per_item:
         raise LatentBasisError(f"the memory budget {format_bytes(budget)} (--max-memory) is too small for one "
                                f"Jacobian-vector product of this model, which needs about "
-                               f"{format_bytes(fixed + per_item)}: raise --max-memory")
+                               f"{format_bytes(fixed + per_item)} (the model and what is in memory now included): "
+                               f"raise --max-memory")
     return max(1, int((budget - fixed) // max(per_item, 1)))
 
 
@@ -117,8 +136,11 @@ class JacobianOperator:
     Both are exact; tests check they agree.
 
     Memory: products run in chunks of `chunk_size` under vmap. chunk_size None: as many as `max_memory` bytes
-    allow (default: the device's, latentbasis.devices), from the activations one pass saves
-    (saved_activation_bytes): a recorded pass holds them once, each product in a chunk about as much again.
+    allow (the process's whole memory, the weights included: latentbasis.devices; default: the device's), from
+    what is in use now and the activations one pass saves (saved_activation_bytes), times RECORDED and
+    PER_PRODUCT. A budget too small for the recorded passes but large enough for one pass recomputes instead
+    (`recorded` False, RECOMPUTED: checkpointing at the scale of the whole feature map, so SDXL fits 24 GB); a
+    budget too small for that is refused before anything runs.
     Running out of memory halves the chunk and retries; at one product it is one clear error. On a CPU a chunk
     also stays under CPU_CHUNK_BYTES of saved activations: batching big passes there is slower per product
     (benchmarks/bench_scale.py, Stable Diffusion 1.5 size: 4 VJPs in one batch 28 s against 3 s for one).
@@ -127,8 +149,8 @@ class JacobianOperator:
     dtype = torch.float32
 
     def __init__(self, f: FeatureMap, x: torch.Tensor, chunk_size: int | None = 16, jvp_mode: str = "reverse",
-                 max_memory: int | None = None):
-        from .devices import default_memory_budget, is_out_of_memory, out_of_memory_error
+                 max_memory: int | None = None, record: bool | None = None):
+        from .devices import default_memory_budget, is_out_of_memory, memory_in_use, out_of_memory_error
 
         if jvp_mode not in JVP_MODES:
             raise LatentBasisError(f"unknown jvp_mode {jvp_mode!r}; choose one of {', '.join(JVP_MODES)}")
@@ -136,25 +158,41 @@ class JacobianOperator:
         self.device = self.x.device
         self.rows_dtype = torch.float32 if self.device.type == "mps" else torch.float64
         self.max_memory = max_memory
-        if chunk_size is None or max_memory is not None:
-            per_item = saved_activation_bytes(f, self.x)
-            recorded = 2 if jvp_mode == "reverse" else 1
+        self.recorded = record is not False
+        if record is False:
+            jvp_mode, chunk_size = "forward", chunk_size or 1
+        elif chunk_size is None or max_memory is not None:
+            saved = saved_activation_bytes(f, self.x)
+            in_use = memory_in_use(self.device)
             budget = max_memory if max_memory is not None else default_memory_budget(self.device)
             self.max_memory = budget
-            fit = chunk_for_budget(per_item, recorded * per_item, budget)
+            recorded = in_use + int(RECORDED[jvp_mode] * saved)
+            again = in_use + int(RECOMPUTED * saved)
+            if record is None and recorded + PER_PRODUCT[jvp_mode] * saved > budget >= again + \
+                    RECOMPUTED_PER_PRODUCT * saved:
+                self.recorded, jvp_mode = False, "forward"   # recompute: nothing recorded, forward-mode JVPs
+                fit = chunk_for_budget(int(RECOMPUTED_PER_PRODUCT * saved), again, budget)
+            else:
+                fit = chunk_for_budget(int(PER_PRODUCT[jvp_mode] * saved), recorded, budget)
             if self.device.type == "cpu":   # large batches of big passes run slower per item on a CPU
-                fit = min(fit, max(1, CPU_CHUNK_BYTES // max(per_item, 1)))
+                fit = min(fit, max(1, CPU_CHUNK_BYTES // max(saved, 1)))
             chunk_size = fit if chunk_size is None else min(chunk_size, fit)
         self.chunk_size = int(chunk_size)
+        self.jvp_mode = jvp_mode
         self._oom, self._oom_error = is_out_of_memory, out_of_memory_error
+        x0 = self.x
         try:
-            self.h, pullback = vjp(f, self.x)  # built once, reused by every VJP
-            self._pull_one = lambda u: pullback(u)[0]
+            if not self.recorded:
+                with torch.no_grad():
+                    self.h = f(x0)
+                self._pull_rows = self._recomputed_pullback(f, x0)
+            else:
+                self.h, pullback = vjp(f, x0)  # built once, reused by every VJP
+                self._pull_one = lambda u: pullback(u)[0]
             if jvp_mode == "reverse":
                 _, pushforward = vjp(self._pull_one, torch.zeros_like(self.h))
                 self._push_one = lambda v: pushforward(v)[0]
             else:
-                x0 = self.x
                 self._push_one = lambda v: jvp(f, (x0,), (v,))[1]
         except Exception as e:
             if is_out_of_memory(e):
@@ -164,12 +202,33 @@ class JacobianOperator:
         self.n, self.m = self.x.numel(), self.h.numel()
         self.jvps = self.vjps = 0
 
+    @staticmethod
+    def _recomputed_pullback(f: FeatureMap, x0: torch.Tensor):
+        """U [b, *h_shape] -> J^T U rows, each by a forward and a backward of plain autograd, in the feature map's
+        checkpointed context where it has one (f.checkpointed: each block keeps only its input)."""
+        import contextlib
+
+        context = getattr(f, "checkpointed", contextlib.nullcontext)
+
+        def pull(U):
+            out = []
+            for u in U:
+                x = x0.clone().requires_grad_(True)
+                with torch.enable_grad(), context():
+                    out.append(torch.autograd.grad(f(x), x, u)[0])
+            return torch.stack(out)
+
+        return pull
+
     def _batched(self, fn, rows: torch.Tensor, shape: tuple[int, ...], what: str) -> torch.Tensor:
         """fn over the rows (reshaped to `shape`) in chunks; on out-of-memory the chunk halves and it retries."""
         inp = rows.to(self.device, self.dtype).reshape(-1, *shape)
         while True:
             try:
-                out = vmap(fn, chunk_size=self.chunk_size)(inp)
+                if fn is None:     # nothing recorded: the VJPs recompute, one at a time
+                    out = torch.cat([self._pull_rows(c) for c in inp.split(self.chunk_size)])
+                else:
+                    out = vmap(fn, chunk_size=self.chunk_size)(inp)
                 return out.reshape(rows.shape[0], -1).to(self.rows_dtype)
             except Exception as e:
                 if not self._oom(e):
@@ -190,7 +249,8 @@ class JacobianOperator:
         if U.shape[0] == 0:
             return torch.zeros(0, self.n, device=self.device, dtype=self.rows_dtype)
         self.vjps += U.shape[0]
-        return self._batched(self._pull_one, U, self.h_shape, "vector-Jacobian products")
+        pull = self._pull_one if self.recorded else None
+        return self._batched(pull, U, self.h_shape, "vector-Jacobian products")
 
 
 def orth_rows(A: torch.Tensor, against: torch.Tensor | None = None, rtol: float = 1e-6) -> torch.Tensor:
@@ -249,7 +309,9 @@ def _krylov(op: JacobianOperator, k: int, *, tol: float, gen: torch.Generator, i
         res = _residuals(JtU, s, V)
         top = min(k, len(s))
         if callback:
-            callback({"iteration": it, "jvps": op.jvps, "vjps": op.vjps, "residual": float(res[:top].max())})
+            callback({"iteration": it, "jvps": op.jvps, "vjps": op.vjps, "residual": float(res[:top].max()),
+                      "residuals": res[:top].tolist(), "singular_values": s[:top].tolist(), "dim": K.shape[0],
+                      "chunk_size": op.chunk_size, "recorded": op.recorded})
         if (top == k and bool((res[:k] <= tol).all())) or K.shape[0] >= n or it >= max_iters:
             break
         # expand along the residuals of the first `block` unconverged Ritz vectors (converged ones are locked)
@@ -273,7 +335,12 @@ def _krylov(op: JacobianOperator, k: int, *, tol: float, gen: torch.Generator, i
 
 def _subspace(op: JacobianOperator, k: int, *, gen: torch.Generator, init: torch.Tensor | None,
               atol: float = 1e-4, min_iters: int = 12, max_iters: int = 50, one_by_one: bool = True,
-              callback=None) -> tuple:
+              tol: float | None = None, callback=None) -> tuple:
+    """The published iteration. Each iteration also knows, without extra evaluations, the residuals of the Ritz
+    pairs of its V: with G = Y Y^T = V J^T J V^T = W diag(s^2) W^T, the pairs v = W^T V have J^T J v = W^T Z and
+    r = ||J^T J v - s^2 v|| / s^2 (= ||J^T u - s v|| / s for u = J v / s). They go to the callback; tol (not in
+    the published code, which stops by allclose only) also stops once they are all <= tol, so that contenders can
+    be compared at equal accuracy."""
     V = torch.randn(k, op.n, generator=gen, dtype=torch.float64)  # CPU draws: the same on every device
     if init is not None:  # warm start, padded with random vectors up to k
         V[: init.shape[0]] = init[:k].reshape(min(k, init.shape[0]), -1).to(torch.float64)
@@ -283,11 +350,19 @@ def _subspace(op: JacobianOperator, k: int, *, gen: torch.Generator, init: torch
     for it in range(1, max_iters + 1):
         Y = op.jvp(V)
         Zr = torch.cat([op.vjp(y[None]) for y in Y]) if one_by_one else op.vjp(Y)  # rows J^T J v_i
+        lam, W = torch.linalg.eigh(Y @ Y.T)
+        lam, W = lam.flip(0).clamp(min=0), W.flip(1)
+        res = _residuals((W.T @ Zr) / lam.sqrt().clamp(min=1e-30)[:, None], lam.sqrt(), W.T @ V)
         Vnew = torch.linalg.svd(Zr, full_matrices=False)[2][:k]
         converged = torch.allclose(V, Vnew, atol=atol)
-        V = Vnew
         if callback:
-            callback({"iteration": it, "jvps": op.jvps, "vjps": op.vjps, "residual": float("nan")})
+            callback({"iteration": it, "jvps": op.jvps, "vjps": op.vjps, "residual": float(res.max()),
+                      "residuals": res.tolist(), "singular_values": lam.sqrt().tolist(), "dim": k,
+                      "chunk_size": op.chunk_size, "recorded": op.recorded})
+        if tol is not None and bool((res <= tol).all()):
+            V = W.T @ V           # the Ritz vectors whose residuals were just measured
+            break
+        V = Vnew
         if converged and it >= min_iters:
             break
     Y = op.jvp(V)
@@ -302,7 +377,8 @@ def _subspace(op: JacobianOperator, k: int, *, gen: torch.Generator, init: torch
 def pullback_basis(f: FeatureMap, x: torch.Tensor, k: int, *, algorithm: str = "krylov", seed: int = 0,
                    tol: float = 1e-3, init: torch.Tensor | None = None, block: int | None = None,
                    max_iters: int = 200, max_dim: int | None = None, chunk_size: int | None = None,
-                   max_memory: int | None = None, one_by_one: bool = True, jvp_mode: str = "reverse",
+                   max_memory: int | None = None, one_by_one: bool = True, residual_stop: bool = False,
+                   jvp_mode: str = "reverse", record: bool | None = None,
                    callback: Callable[[dict], None] | None = None) -> Basis:
     """Top-k singular triplets of J = df/dx at x, for any feature map f (U-Net or closed-form).
 
@@ -310,33 +386,37 @@ def pullback_basis(f: FeatureMap, x: torch.Tensor, k: int, *, algorithm: str = "
     float32. Random starts come from a CPU generator, so a seed gives the same basis on every device up to rounding.
     tol: ("krylov") stop when ||J^T u_i - s_i v_i|| / s_i <= tol for i < k.
     init: a warm start, [k0, *x_shape] (e.g. the basis at a neighbouring timestep); seed: the random start.
-    block: ("krylov") new directions per iteration, default default_block(k). Smaller blocks need fewer evaluations
-        (each Ritz update uses the newest information), larger ones batch better; see benchmarks/bench_basis.py.
+    block: ("krylov") new directions per iteration, default default_block(k), or 1 where products run one at a time.
+        Smaller blocks need fewer evaluations (each Ritz update uses the newest information), larger ones batch
+        better; see benchmarks/bench_basis.py.
     max_iters: at most this many iterations ("subspace": the published 12 to 50, capped by max_iters).
     one_by_one: ("subspace") run the k VJPs of an iteration one by one, as the published code does; False
         batches them like every other evaluation here (same numbers, less wall time).
+    residual_stop: ("subspace") also stop once every Ritz residual is <= tol (for comparisons at equal accuracy).
     jvp_mode: how J v is evaluated, "reverse" (default) or "forward" (see JacobianOperator).
-    chunk_size / max_memory: products evaluated at once, or the bytes they may take (see JacobianOperator).
+    chunk_size / max_memory / record: products evaluated at once, the bytes the process may hold, whether the
+        passes are recorded (None: as the budget allows; see JacobianOperator).
     Returns a Basis (float32, on the CPU) with its cost (jvps, vjps) and final residuals.
     """
     if algorithm not in ALGORITHMS:
         raise LatentBasisError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(int(seed))
-    op = JacobianOperator(f, x, chunk_size=chunk_size, jvp_mode=jvp_mode, max_memory=max_memory)
+    op = JacobianOperator(f, x, chunk_size=chunk_size, jvp_mode=jvp_mode, max_memory=max_memory, record=record)
     if not 1 <= k <= min(op.n, op.m):
         raise LatentBasisError(f"k = {k} is out of range: J is {op.m} x {op.n}, so 1 <= k <= {min(op.n, op.m)}")
     if init is not None:
         if tuple(init.shape[1:]) != op.x_shape:
             raise LatentBasisError(f"warm start has vectors of shape {tuple(init.shape[1:])}, x_t has {op.x_shape}")
     if algorithm == "krylov":
-        block = max(1, min(block or default_block(k), op.n))
+        block = max(1, min(block or (1 if op.chunk_size == 1 else default_block(k)), op.n))
         max_dim = min(op.n, max_dim or max(3 * k, k + 48))
         V, Uh, s, res, it = _krylov(op, k, tol=tol, gen=gen, init=init, block=block, max_dim=max_dim,
                                     max_iters=max_iters, callback=callback)
     else:
         V, Uh, s, res, it = _subspace(op, k, gen=gen, init=init, one_by_one=one_by_one, callback=callback,
-                                      min_iters=min(12, max_iters), max_iters=min(50, max_iters))
+                                      min_iters=min(12, max_iters), max_iters=min(50, max_iters),
+                                      tol=tol if residual_stop else None)
     V, Uh = _fix_signs(V, Uh)
     cpu = {"device": "cpu", "dtype": torch.float32}
     return Basis(latent=V.to(**cpu).reshape(k, *op.x_shape), tangent=Uh.to(**cpu).reshape(k, *op.h_shape),

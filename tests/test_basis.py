@@ -176,3 +176,70 @@ def test_subspace_warm_start_with_fewer_vectors(gaussian):
     b = latent_basis(gaussian, x, timestep=520, k=4, algorithm="subspace", init=near.latent)
     exact = gaussian.exact_basis(520, 4)[2]
     assert b.k == 4 and torch.allclose(b.singular_values.double(), exact, rtol=1e-4)
+
+
+def test_the_published_iteration_knows_its_residuals_and_can_stop_at_a_tolerance(tiny_unet_dir):
+    """The subspace iteration's Ritz residuals come free each iteration (the callback), agree with the residuals of
+    the basis it returns, and residual_stop ends it at tol (for comparisons at equal accuracy)."""
+    m = load_model(str(tiny_unet_dir), device="cpu")
+    x = torch.randn(m.x_shape, generator=torch.Generator().manual_seed(0))
+    seen = []
+    b = latent_basis(m, x, timestep=500, k=3, algorithm="subspace", tol=1e-2, residual_stop=True,
+                     callback=seen.append)
+    assert seen and all(i["residual"] > 1e-2 for i in seen[:-1]) and seen[-1]["residual"] <= 1e-2
+    assert b.iterations == len(seen) < 50
+    assert float(b.residuals.max()) == pytest.approx(seen[-1]["residual"], rel=1e-3, abs=1e-6)
+    full = latent_basis(m, x, timestep=500, k=3, algorithm="subspace")
+    assert full.iterations > b.iterations
+    assert angle_deg(b.latent[0], full.latent[0]) < 1.0
+
+
+def test_one_product_at_a_time_means_blocks_of_one(tiny_unet_dir):
+    """Where the chunk is 1 (a big model on a CPU) the Krylov method expands one vector per iteration (plain
+    Golub-Kahan-Lanczos): no fewer evaluations are possible in blocks, and the basis is the same."""
+    m = load_model(str(tiny_unet_dir), device="cpu")
+    x = torch.randn(m.x_shape, generator=torch.Generator().manual_seed(1))
+    one = latent_basis(m, x, timestep=500, k=4, chunk_size=1)
+    many = latent_basis(m, x, timestep=500, k=4, chunk_size=16)
+    assert one.iterations > many.iterations and one.jvps <= many.jvps
+    assert float(principal_angles(one.latent, many.latent).max().rad2deg()) < 0.5
+
+
+@pytest.mark.parametrize("which", ["pixel", "sdxl"])
+def test_recomputed_products_equal_the_recorded_ones(tiny_unet_dir, tiny_sdxl_dir, which):
+    """Where the budget cannot hold the recorded passes, each VJP recomputes (a forward and a backward, with the
+    network's gradient checkpointing) and each JVP is forward-mode AD: the same products, nothing kept between."""
+    from latentbasis.basis import JacobianOperator
+
+    m = load_model(str(tiny_unet_dir if which == "pixel" else tiny_sdxl_dir), device="cpu")
+    f = m.features(500, None if which == "pixel" else "a cat")
+    x = torch.randn(m.x_shape, generator=torch.Generator().manual_seed(2))
+    rec, again = JacobianOperator(f, x), JacobianOperator(f, x, record=False, chunk_size=2)
+    assert rec.recorded and not again.recorded and again.jvp_mode == "forward"
+    g = torch.Generator().manual_seed(3)
+    U, V = torch.randn(3, rec.m, generator=g, dtype=torch.float64), torch.randn(3, rec.n, generator=g, dtype=torch.float64)
+    assert torch.allclose(again.vjp(U), rec.vjp(U), atol=1e-5) and torch.allclose(again.jvp(V), rec.jvp(V), atol=1e-5)
+    assert again.vjps == 3 and again.jvps == 3
+    assert not any(getattr(mod, "gradient_checkpointing", False) for mod in m.denoiser.modules())   # restored
+
+
+def test_measuring_the_saved_activations_keeps_none_of_them():
+    """saved_activation_bytes holds each saved tensor only while its pass runs: tanh saves its own output, which
+    packed as itself would form a cycle through its node that no collector frees (it kept one whole pass of SDXL,
+    8.9 GiB, per call, and the system killed the benchmark)."""
+    from latentbasis.basis import saved_activation_bytes
+    from latentbasis.devices import memory_in_use
+
+    x = torch.randn(2**22)                                           # 16 MiB
+
+    def f(x):
+        return torch.tanh(2 * torch.tanh(x))
+
+    cpu = torch.device("cpu")
+    per = saved_activation_bytes(f, x)
+    assert per >= 2 * x.numel() * 4                                 # both tanh outputs
+    before = memory_in_use(cpu)
+    for _ in range(5):
+        assert saved_activation_bytes(f, x) == per
+    if before:                                                        # Linux: the resident set is known
+        assert memory_in_use(cpu) - before < per, "saved activations stayed in memory"
