@@ -110,6 +110,8 @@ def run_report(model, out: str | os.PathLike, settings: ReportSettings, *, progr
         pca = data_pca(data) if data is not None else None
     numbers = measure(model, spec, bases, pca=pca, prompt_groups=groups)
     numbers["seconds_per_basis"] = float(np.mean([b.seconds for b in bases.values()]))
+    numbers["evaluations_per_basis"] = float(np.mean([b.jvps + b.vjps for b in bases.values()]))
+    numbers["warm_start"] = spec.warm_start
     numbers["seconds_grid"] = seconds_grid
     if settings.geometry:
         numbers.update(geometry_part(model, spec, bases, out / "cache", data, settings.judge_samples, pca))
@@ -461,8 +463,9 @@ table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;pad
 <h1>Latent-space geometry of {e(n['model'])}</h1>
 <p>Model hash {e(n['model_hash'])}. {len(n['seeds'])} samples (seeds {n['seeds'][0]}..{n['seeds'][-1]}) x
 {len(n['timesteps'])} timesteps, k = {n['k']}; x has {n['latent_dim']} dimensions, h (the bottleneck) {n['tangent_dim']}.
-Bases by the Jacobian of h at DDIM (eta = 0) trajectory points, each timestep warm-started from the previous one;
-{n.get('seconds_per_basis', float('nan')):.2f} s per basis. Distances are Grassmann geodesic distances
+Bases by the Jacobian of h at DDIM (eta = 0) trajectory points{', each timestep warm-started from the previous one' if n.get('warm_start', True) else ''};
+{n.get('seconds_per_basis', float('nan')):.2f} s and {n.get('evaluations_per_basis', float('nan')):.1f} network
+evaluations (J v and J^T u) per basis. Distances are Grassmann geodesic distances
 sqrt(sum theta_i^2); random k-subspaces give {rb['tangent']['geodesic_mean']:.3f} ± {rb['tangent']['geodesic_std']:.3f}
 in h and {rb['latent']['geodesic_mean']:.3f} ± {rb['latent']['geodesic_std']:.3f} in x (maximum sqrt(k) pi/2 =
 {np.sqrt(n['k']) * np.pi / 2:.3f}).</p>{prompts}

@@ -147,6 +147,21 @@ def test_a_trend_is_judged_only_with_enough_evidence():
     assert noisy["verdict"] == "mixed (no clear trend)" and "95 % interval" in noisy["evidence"]
 
 
+def test_the_cost_line_states_evaluations_per_basis_and_the_warm_start(report):
+    """The page's cost line: seconds and network evaluations (J v and J^T u) per basis, their mean over the grid's
+    basis files, and that each timestep was warm-started from the previous one."""
+    from latentbasis.basisfile import load_basis
+
+    n = json.loads((report / "numbers.json").read_text())
+    files = sorted((report / "cache").rglob("t*.safetensors"))
+    assert len(files) == len(n["seeds"]) * len(n["timesteps"])
+    evals = [(b.jvps + b.vjps) for b in (load_basis(f) for f in files)]
+    assert n["evaluations_per_basis"] == pytest.approx(sum(evals) / len(evals)) and min(evals) > 0
+    page = (report / "report.html").read_text()
+    assert n["warm_start"] is True and "warm-started from the previous one" in page
+    assert f"{n['evaluations_per_basis']:.1f} network\nevaluations (J v and J^T u) per basis" in page
+
+
 def test_the_report_has_a_generation_geometry_part(report):
     n = _numbers(report)
     g = n["geometry"]
