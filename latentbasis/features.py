@@ -126,7 +126,7 @@ def modules_run_before(root: torch.nn.Module, layer: str, run: Callable[[], Any]
     handles = [m.register_forward_pre_hook(lambda mod, args: seen.add(names[id(mod)])) for m in root.modules()]
     try:
         with torch.no_grad():
-            forward_to(root, layer, run)
+            forward_to(root, layer, run, select=lambda output: output)   # whatever the layer returns
     finally:
         for h in handles:
             h.remove()
