@@ -105,8 +105,9 @@ PER_PRODUCT = {"reverse": 1.0, "forward": 1.5}
 # Where the budget cannot hold the recorded passes, nothing is recorded: each VJP runs the forward and backward
 # again (with the network's gradient checkpointing) and each JVP is forward-mode AD (slower: about 1.5 and 3.5
 # recorded VJPs at Stable Diffusion 1.5 size). A chunk of them then holds RECOMPUTED passes of activations, and
-# RECOMPUTED_PER_PRODUCT more per product (measured as above: 2.5 for one forward-mode JVP, 4.7 for four).
-RECOMPUTED = 2.0
+# RECOMPUTED_PER_PRODUCT more per product (measured as above: 2.5 for one forward-mode JVP, 4.7 for four); where
+# memory is this short the products run one at a time.
+RECOMPUTED = 2.5
 RECOMPUTED_PER_PRODUCT = 0.75
 
 
@@ -171,7 +172,8 @@ class JacobianOperator:
             if record is None and recorded + PER_PRODUCT[jvp_mode] * saved > budget >= again + \
                     RECOMPUTED_PER_PRODUCT * saved:
                 self.recorded, jvp_mode = False, "forward"   # recompute: nothing recorded, forward-mode JVPs
-                fit = chunk_for_budget(int(RECOMPUTED_PER_PRODUCT * saved), again, budget)
+                chunk_for_budget(int(RECOMPUTED_PER_PRODUCT * saved), again, budget)
+                fit = 1         # where memory is this short, one product at a time
             else:
                 fit = chunk_for_budget(int(PER_PRODUCT[jvp_mode] * saved), recorded, budget)
             if self.device.type == "cpu":   # large batches of big passes run slower per item on a CPU

@@ -158,7 +158,7 @@ for mode in sys.argv[1:]:
     jvp_mode = "reverse" if mode == "recompute" else mode
     base = memory_in_use(torch.device("cpu"))
     if mode == "recompute":     # room for one pass, not for the recorded ones: nothing is recorded
-        budget = base + int((RECOMPUTED + 1.5) * per)
+        budget = base + int((RECOMPUTED + 1.25) * per)
     else:                       # the recorded passes and one or two products at a time
         budget = base + int((RECORDED[mode] + 2.5 * PER_PRODUCT[mode]) * per)
     seen = []
