@@ -1,25 +1,37 @@
-"""Benchmark: latentbasis at the scale of real checkpoints, on whatever device is here.
+"""Benchmark: latentbasis at the scale of real checkpoints, converged, on whatever device is here.
 
-Randomly initialised U-Nets of the real configurations (no download: the configurations are written out below):
+Randomly initialised denoisers of the real configurations (no download: the configurations are written out below):
     sd15      Stable Diffusion 1.5's UNet2DConditionModel (860M parameters), 4x64x64 latent, random 77x768 prompt
+    sd21v     Stable Diffusion 2.1-768's U-Net (866M), 4x96x96 latent, v-prediction, random 77x1024 prompt
     sdxl      SDXL's UNet2DConditionModel (2.6B), 4x128x128 latent, random prompt, pooled embedding and time ids
     celebahq  google/ddpm-ema-celebahq-256's UNet2DModel (114M), 3x256x256 pixels
+    dit       DiT-XL/2-256's DiTTransformer2DModel (675M), 4x32x32 latent, class-conditional (null label)
+    sd3m      Stable Diffusion 3 medium's SD3Transformer2DModel (2.0B), 16x128x128 latent, random prompt
+A random network's spectrum is flatter than a trained one's, so this is the hard case for the basis.
 
-For each: the cost of one network evaluation (forward at batch 1 in --dtype; through the float32 feature map
-h = mid_block output: building the operator, one VJP, one JVP, a batch of 4 VJPs) with peak memory, then one
-basis by latentbasis' default algorithm (k = 8 on a GPU, 4 on the CPU) and by the published subspace iteration
-(forward-mode JVPs, its k VJPs one by one, at least 12 iterations) on the same model, x_t and k; the published
-run is capped at the iterations that fit the time limit, and the table says so. x_t is N(0, I) noise taken as
-the point at t = 0.6 T (sampling a trajectory first would cost more than the basis on the CPU). Then one guidance
-edit (16 iterations, DDIM from t on the app's 50-step grid).
+Per model, in its own process (one the system kills for memory costs its own rows only):
+1. build; on the CPU (or with --feature-weights-only) the weights the feature map never uses are freed
+   (DiffusionModel.keep_feature_weights), so SDXL fits 24 GB; elsewhere the whole network's forward at batch 1 in
+   each --dtypes (sampling precision; the basis is float32 whatever it is).
+2. the cost of one evaluation through the float32 feature map (h = mid_block, or the middle transformer block):
+   the truncated forward, the floor (one forward and backward of the truncated network), building the operator,
+   one VJP, one JVP as latentbasis runs it (the VJP of the recorded pullback), one JVP by forward-mode AD, and with
+   --linearize one by torch.func.linearize (its trace and first call listed apart); each with peak memory.
+3. the same k-basis by three contenders on the same operator and x_t, each to the same accuracy, the largest
+   relative residual ||J^T u_i - s_i v_i|| / s_i <= --tol over the top k, or stopped at --time-limit (the row says
+   so): latentbasis (block Krylov, Golub-Kahan-Lanczos with thick restarts), the published subspace iteration
+   (counted up to the first iteration whose Ritz residuals all reach --tol, which it knows without extra
+   evaluations; the published code itself would go on to at least 12 iterations) and scipy's ARPACK (svds, whose
+   tol is this same relative residual; the k VJPs that verify its answer are listed apart). A line per iteration
+   gives the time, evaluations and residual so far.
+4. where the whole network is here and the time allows: one guidance edit (16 iterations, DDIM from t on a 50-step
+   grid) in each --dtypes.
 
-    python benchmarks/bench_scale.py                     # all three, device auto (a GPU when there is one)
-    python benchmarks/bench_scale.py --models sd15 --device cpu --time-limit 900
+    python benchmarks/bench_scale.py --models sd15 --time-limit 900      # the CPU: one model per process
+    python benchmarks/bench_scale.py --device cuda                      # the GPU run: all models, k = 8, ~5 min
 
-Whatever does not fit the time limit (per model) or the memory budget is reported as not run, with the estimate;
-each model runs in its own process, so one the system kills for memory (a CPU with too little of it) is reported
-as killed after the rows it printed, and the next model still runs.
-Peak memory: torch's allocator peak on a GPU; the process's resident-set peak on the CPU (Linux).
+x_t is N(0, I) noise taken as the point at t = 0.6 T. Peak memory: torch's allocator peak on a GPU; the process's
+resident-set peak on the CPU (Linux), which includes the weights.
 """
 from __future__ import annotations
 
@@ -30,18 +42,21 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import torch
 
 from latentbasis import principal_angles
 from latentbasis.basis import JacobianOperator, pullback_basis, saved_activation_bytes
-from latentbasis.devices import default_memory_budget, dtype_name, format_bytes, resolve_device, resolve_dtype
-from latentbasis.families import Conditioning, UNetModel
+from latentbasis.devices import dtype_name, format_bytes, parse_memory, resolve_device, resolve_dtype
+from latentbasis.families import Conditioning, TransformerModel, UNetModel
 from latentbasis.loading import cast_weights, weights_hash
 
 SD15 = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
             block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
             down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
+SD21V = dict(SD15, sample_size=96, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
+             use_linear_projection=True)
 SDXL = dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
@@ -53,10 +68,17 @@ CELEBAHQ = dict(sample_size=256, in_channels=3, out_channels=3, layers_per_block
                 down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D",
                                   "DownBlock2D"),
                 up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"))
+DIT_XL_2 = dict(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
+                sample_size=32, patch_size=2, num_embeds_ada_norm=1000)
+SD3_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
+                  num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
+                  pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=192)
 SD_SCHEDULE = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
                "beta_end": 0.012, "clip_sample": False, "prediction_type": "epsilon"}
 DDPM_SCHEDULE = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
                  "clip_sample": True, "prediction_type": "epsilon"}
+FLOW_SCHEDULE = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0}
+MODELS = ("sd15", "sd21v", "sdxl", "celebahq", "dit", "sd3m")
 
 
 class FixedPromptUNet(UNetModel):
@@ -73,28 +95,43 @@ class FixedPromptUNet(UNetModel):
         return self.fixed
 
 
+class FixedPromptSD3(TransformerModel):
+    """An SD3 transformer whose every prompt is one fixed random conditioning."""
+
+    def encode_prompt(self, prompt):
+        return self.fixed
+
+
 def build(name: str, device: torch.device, dtype: torch.dtype):
-    from diffusers import UNet2DConditionModel, UNet2DModel
+    """(model, parameters): the randomly initialised model (seeded), wrapped by its family's adapter."""
+    from diffusers import DiTTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel, UNet2DModel
 
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
+    cls, cfg = {"sd15": (UNet2DConditionModel, SD15), "sd21v": (UNet2DConditionModel, SD21V),
+                "sdxl": (UNet2DConditionModel, SDXL), "celebahq": (UNet2DModel, CELEBAHQ),
+                "dit": (DiTTransformer2DModel, DIT_XL_2), "sd3m": (SD3Transformer2DModel, SD3_MEDIUM)}[name]
+    net = cls(**cfg).eval().requires_grad_(False)
+    params = sum(p.numel() for p in net.parameters())
+    common = dict(name=name, model_hash=weights_hash(net), device=device, dtype=dtype)
+    net = cast_weights(net, dtype).to(device)
     if name == "celebahq":
-        unet = UNet2DModel(**CELEBAHQ)
-        h = weights_hash(unet)
-        return UNetModel(cast_weights(unet, dtype).to(device).eval().requires_grad_(False), DDPM_SCHEDULE, name=name,
-                         model_hash=h, device=device, dtype=dtype)
-    cfg = SD15 if name == "sd15" else SDXL
-    unet = UNet2DConditionModel(**cfg)
-    h = weights_hash(unet)
-    m = FixedPromptUNet(cast_weights(unet, dtype).to(device).eval().requires_grad_(False), SD_SCHEDULE, name=name,
-                        model_hash=h,
-                        device=device, dtype=dtype)
+        return UNetModel(net, DDPM_SCHEDULE, **common), params
+    if name == "dit":
+        return TransformerModel(net, DDPM_SCHEDULE, **common), params
+    if name == "sd3m":
+        m = FixedPromptSD3(net, FLOW_SCHEDULE, text_encoders=(None, None), **common)
+        m.fixed = Conditioning({"encoder_hidden_states": torch.randn(1, 333, 4096, generator=g).to(device),
+                                "pooled_projections": torch.randn(1, 2048, generator=g).to(device)})
+        return m, params
+    schedule = dict(SD_SCHEDULE, prediction_type="v_prediction") if name == "sd21v" else SD_SCHEDULE
+    m = FixedPromptUNet(net, schedule, **common)
     inputs = {"encoder_hidden_states": torch.randn(1, 77, cfg["cross_attention_dim"], generator=g)}
     if name == "sdxl":
         inputs["text_embeds"] = torch.randn(1, 1280, generator=g)
         inputs["time_ids"] = torch.tensor([[1024.0, 1024.0, 0.0, 0.0, 1024.0, 1024.0]])
     m.fixed = Conditioning({k: v.to(device) for k, v in inputs.items()})
-    return m
+    return m, params
 
 
 class Peak:
@@ -144,7 +181,7 @@ def _total_memory() -> int:
 
 
 def timed(device, fn, repeats=1):
-    times, peak = [], 0
+    times, peak, out = [], 0, None
     for _ in range(repeats):
         with Peak(device) as p:
             out = fn()
@@ -154,132 +191,257 @@ def timed(device, fn, repeats=1):
 
 
 def emit(row: str):
-    """One table row, printed as soon as it is measured (a model killed for memory keeps what it measured)."""
+    """One table row (or trace line), printed as soon as it is measured: a model killed for memory keeps them."""
     print(row, flush=True)
-
-
-def run_model(name: str, device, dtype, k: int, limit: float, seed: int = 0):
-    t_start = time.perf_counter()
-    t_build = time.perf_counter()
-    model = build(name, device, dtype)
-    params = sum(p.numel() for p in model.unet.parameters())
-    emit(f"| {name} | build (random init) | {time.perf_counter() - t_build:.1f} s | "
-                f"{params / 1e6:.0f}M parameters, x {model.x_shape} |")
-    ts = 599
-    x = torch.randn(model.x_shape, generator=torch.Generator().manual_seed(seed)).to(device)
-    t = torch.full((1,), ts, dtype=torch.long, device=device)
-    cond = model.encode_prompt("p") if model.conditional else None
-    fwd, peak, _ = timed(device, lambda: model.network(x[None], t, cond), repeats=3)
-    emit(f"| {name} | forward, batch 1 ({dtype_name(dtype)}) | {fwd:.3f} s | peak {format_bytes(peak)} |")
-    f = model.features(ts, "p" if model.conditional else None)
-    per = saved_activation_bytes(f, x)
-    budget = model.max_memory or default_memory_budget(device)
-    if budget < 3 * per:
-        emit(f"| {name} | Jacobian products | not run | one needs about {format_bytes(3 * per)}, the budget "
-                    f"is {format_bytes(budget)} |")
-        return
-    build_s, peak, op = timed(device, lambda: JacobianOperator(f, x, chunk_size=None))
-    emit(f"| {name} | operator build (records the pullback) | {build_s:.2f} s | peak {format_bytes(peak)}; "
-                f"{format_bytes(per)} saved per pass; chunk {op.chunk_size} |")
-    g = torch.Generator().manual_seed(1)
-    U1 = torch.randn(1, op.m, generator=g, dtype=torch.float64)
-    V1 = torch.randn(1, op.n, generator=g, dtype=torch.float64)
-    vjp_s, peak, _ = timed(device, lambda: op.vjp(U1))
-    emit(f"| {name} | one VJP | {vjp_s:.2f} s | peak {format_bytes(peak)} |")
-    jvp_s, peak, _ = timed(device, lambda: op.jvp(V1))
-    emit(f"| {name} | one JVP (VJP of the pullback) | {jvp_s:.2f} s | peak {format_bytes(peak)} |")
-    if time.perf_counter() - t_start + 4 * vjp_s < limit:
-        b4 = min(4, op.chunk_size)
-        U4 = torch.randn(b4, op.m, generator=g, dtype=torch.float64)
-        bv_s, peak, _ = timed(device, lambda: op.vjp(U4))
-        emit(f"| {name} | {b4} VJPs in one batch | {bv_s:.2f} s | peak {format_bytes(peak)} |")
-    op = None  # free the recorded passes before the bases run
-
-    # one basis by the default algorithm, then the published one, each stopped where the time limit is reached
-    left = limit - (time.perf_counter() - t_start)
-    row, ours = _basis_row(name, device, f, x, k, seed, left / 2, "latentbasis (krylov, tol 1e-3)", {})
-    emit(row)
-    left = limit - (time.perf_counter() - t_start)
-    row, pub = _basis_row(name, device, f, x, k, seed, left, "published subspace iteration (12-50 iterations)",
-                          dict(algorithm="subspace", jvp_mode="forward", one_by_one=True, chunk_size=1))
-    if ours is not None and pub is not None:
-        ang = float(principal_angles(ours.latent, pub.latent).max().rad2deg())
-        row = row[:-2] + f"; largest principal angle to latentbasis' subspace {ang:.2f} deg |"
-    emit(row)
-    if limit - (time.perf_counter() - t_start) > 70 * fwd:
-        v = ours.latent[0] if ours is not None else torch.nn.functional.normalize(x.cpu().flatten(), dim=0).reshape(x.shape)
-        emit(_edit_row(name, model, x, ts, v))
-    else:
-        emit(f"| {name} | one guidance edit | not run | about {66 * fwd:.0f} s (66 forward passes) |")
 
 
 class _OutOfTime(Exception):
     pass
 
 
-def _basis_row(name, device, f, x, k, seed, seconds, label, kw):
-    """One basis within `seconds` (stopped at the first iteration past it): (table row, Basis or None)."""
-    t0, seen = time.perf_counter(), {}
+class Contender:
+    """One way of computing the k-basis on a shared operator, to --tol or until `seconds` have passed."""
 
-    def deadline(info):
-        seen.update(info)
-        if time.perf_counter() - t0 > seconds:
+    def __init__(self, name, model, label, seconds):
+        self.name, self.model, self.label, self.seconds = name, model, label, seconds
+        self.t0 = time.perf_counter()
+        self.seen: dict = {}
+
+    def trace(self, info):
+        self.seen.update(info)
+        emit(f"    {self.name} {self.label}: iteration {info['iteration']}, {time.perf_counter() - self.t0:.1f} s, "
+             f"{info['jvps']} JVPs + {info['vjps']} VJPs, residual {info['residual']:.2e}")
+        if time.perf_counter() - self.t0 > self.seconds:
             raise _OutOfTime
 
-    try:
-        s, peak, b = timed(device, lambda: pullback_basis(f, x, k, seed=seed, callback=deadline, **kw))
-    except _OutOfTime:
-        res = seen.get("residual", float("nan"))
-        return (f"| {name} | basis k = {k}, {label} | not finished in {time.perf_counter() - t0:.0f} s | stopped "
-                f"after {seen.get('iteration', 0)} iterations, {seen.get('jvps', 0)} JVPs + {seen.get('vjps', 0)} "
-                f"VJPs{'' if res != res else f', residual {res:.1e}'} |"), None
-    return (f"| {name} | basis k = {k}, {label} | {s:.1f} s | {b.jvps} JVPs + {b.vjps} VJPs, {b.iterations} "
-            f"iterations, max residual {float(b.residuals.max()):.1e}; peak {format_bytes(peak)} |"), b
+    def stopped_row(self, k):
+        res = self.seen.get("residual", float("nan"))
+        return (f"| {self.name} | basis k = {k}, {self.label} | not converged: stopped at {time.perf_counter() - self.t0:.0f}"
+                f" s (--time-limit) | after {self.seen.get('iteration', 0)} iterations, {self.seen.get('jvps', 0)} "
+                f"JVPs + {self.seen.get('vjps', 0)} VJPs, residual {res:.1e} |")
 
 
-def _edit_row(name, model, x, ts, v) -> str:
+def basis_rows(name, device, f, x, k, tol, seed, seconds, which, budget=None, record=None):
+    """Each contender's k-basis on the same f, x_t, to residual tol: {label: Basis or None}, rows emitted."""
+    found = {}
+    runs = {"latentbasis": dict(algorithm="krylov"),
+            "published": dict(algorithm="subspace", one_by_one=True, residual_stop=True)}
+    for label in which:
+        c = Contender(name, None, label, seconds)
+        try:
+            if label == "arpack":
+                s, peak, b = timed(device, lambda: arpack_basis(f, x, k, tol, seed, c, budget, record))
+                extra = f"; then {b.extra['verify_vjps']} VJPs to verify"
+            else:
+                s, peak, b = timed(device, lambda: pullback_basis(f, x, k, seed=seed, tol=tol, max_memory=budget, record=record,
+                                                                  callback=c.trace, **runs[label]))
+                extra = ""
+        except _OutOfTime:
+            emit(c.stopped_row(k))
+            found[label] = None
+            continue
+        r = float(b.residuals.max())
+        word = "converged" if r <= tol else "not converged (its own stopping rule)"
+        emit(f"| {name} | basis k = {k}, {label} | {word} in {s:.1f} s | {b.jvps} JVPs + {b.vjps} VJPs = "
+             f"{b.jvps + b.vjps} evaluations, {b.iterations} iterations, max residual {r:.1e}{extra}; "
+             f"peak {format_bytes(peak)} |")
+        found[label] = b
+    ours = found.get("latentbasis")
+    for label, b in found.items():
+        if b is not None and ours is not None and label != "latentbasis":
+            ang = float(principal_angles(ours.latent, b.latent).max().rad2deg())
+            ratio = (ours.jvps + ours.vjps) / max(1, b.jvps + b.vjps)
+            emit(f"| {name} | latentbasis against {label} | {ratio:.2f} x its evaluations | largest principal angle "
+                 f"between the two subspaces {ang:.2f} deg |")
+    return found
+
+
+def arpack_basis(f, x, k, tol, seed, contender, budget=None, record=None):
+    """scipy's ARPACK (svds) on J as a LinearOperator over the same JacobianOperator: Lanczos on J^T J with implicit
+    restarts, each step one JVP and one VJP; its tol is the relative residual used here. Returns a Basis-like
+    record (latent, residuals, jvps, vjps, iterations, extra['verify_vjps'])."""
+    from scipy.sparse.linalg import LinearOperator, svds
+    from types import SimpleNamespace
+
+    op = JacobianOperator(f, x, chunk_size=None, max_memory=budget, record=record)
+    steps = [0]
+
+    def mv(v):
+        if op.jvps % 10 == 0:
+            contender.trace({"iteration": steps[0], "jvps": op.jvps, "vjps": op.vjps, "residual": float("nan")})
+        return op.jvp(torch.from_numpy(np.asarray(v, dtype=np.float64).reshape(1, -1)))[0].cpu().numpy()
+
+    def rmv(u):
+        steps[0] += 1
+        return op.vjp(torch.from_numpy(np.asarray(u, dtype=np.float64).reshape(1, -1)))[0].cpu().numpy()
+
+    A = LinearOperator((op.m, op.n), matvec=mv, rmatvec=rmv, dtype=np.float64)
+    v0 = np.random.default_rng(seed).standard_normal(min(op.m, op.n))
+    U, s, Vt = svds(A, k=k, tol=tol, v0=v0, solver="arpack")
+    order = np.argsort(-s)
+    V = torch.from_numpy(Vt[order].copy())
+    s_t = torch.from_numpy(s[order].copy())
+    Uh = torch.from_numpy(U[:, order].T.copy())
+    jvps, vjps = op.jvps, op.vjps
+    JtU = op.vjp(Uh)
+    res = (JtU - s_t[:, None] * V).norm(dim=1) / s_t
+    return SimpleNamespace(latent=V.float().reshape(k, *x.shape), residuals=res, jvps=jvps, vjps=vjps,
+                           iterations=steps[0], extra={"verify_vjps": op.vjps - vjps})
+
+
+def evaluation_rows(name, device, f, x, budget=None, record=None):
+    """The cost of one evaluation through the feature map, each way, with the floor beside them."""
+    from torch.func import jvp
+
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        s, peak, h = timed(device, lambda: f(x), repeats=2)
+    emit(f"| {name} | truncated forward (to the feature map) | {s:.2f} s | peak {format_bytes(peak)}; h {tuple(h.shape)} |")
+    u = torch.randn(h.shape, generator=g).to(device)
+    v = torch.randn(x.shape, generator=g).to(device)
+
+    def forward_backward():
+        xx = x.clone().requires_grad_(True)
+        with torch.enable_grad():
+            return torch.autograd.grad(f(xx), xx, u)[0]
+
+    floor, peak, _ = timed(device, forward_backward, repeats=2)
+    emit(f"| {name} | floor: one forward and backward of the truncated network | {floor:.2f} s | "
+         f"peak {format_bytes(peak)} |")
+    per = saved_activation_bytes(f, x)
+    s, peak, op = timed(device, lambda: JacobianOperator(f, x, chunk_size=None, max_memory=budget, record=record))
+    how = ("records the pullback and its pullback" if op.recorded else
+           "records nothing: the budget holds one pass, so each product recomputes")
+    emit(f"| {name} | operator build ({how}) | {s:.2f} s | peak {format_bytes(peak)}; "
+         f"{format_bytes(per)} saved per pass; chunk {op.chunk_size} |")
+    U1, V1 = u.reshape(1, -1).double(), v.reshape(1, -1).double()
+    vjp_s, peak, _ = timed(device, lambda: op.vjp(U1), repeats=3)
+    emit(f"| {name} | one VJP ({'replays the recorded pullback' if op.recorded else 'a forward and a backward'}) | "
+         f"{vjp_s:.2f} s | peak {format_bytes(peak)} |")
+    s, peak, _ = timed(device, lambda: op.jvp(V1), repeats=3)
+    emit(f"| {name} | one JVP, latentbasis ({'VJP of the recorded pullback' if op.recorded else 'forward-mode AD'}) | "
+         f"{s:.2f} s = {s / vjp_s:.2f} VJPs | peak {format_bytes(peak)} |")
+    op = None
+    s, peak, _ = timed(device, lambda: jvp(f, (x,), (v,))[1], repeats=2)
+    emit(f"| {name} | one JVP, forward-mode AD (torch.func.jvp, the published way) | {s:.2f} s = {s / vjp_s:.2f} "
+         f"VJPs | peak {format_bytes(peak)} |")
+    return vjp_s
+
+
+def linearize_row(name, device, f, x, vjp_s):
+    """A JVP by torch.func.linearize: traced once, then replayed (run last: its peak memory is the largest)."""
+    from torch.func import linearize
+
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(2)).to(device)
+    s0, peak0, (_, jfn) = timed(device, lambda: linearize(f, x))
+    s1, peak1, _ = timed(device, lambda: jfn(v))
+    s, peak, _ = timed(device, lambda: jfn(v), repeats=2)
+    emit(f"| {name} | one JVP, torch.func.linearize (replay) | {s:.2f} s = {s / vjp_s:.2f} VJPs | trace "
+         f"{s0:.1f} s and first call {s1:.1f} s beside it; peak {format_bytes(max(peak0, peak1, peak))} |")
+
+
+def edit_row(name, model, x, ts, v) -> str:
     from latentbasis.editing import EditSettings, edit_images
     from latentbasis.sampling import Trajectory, trajectory_grid
 
     grid = [g for g in trajectory_grid(model.num_train_timesteps, 50, ts) if g <= ts]
     traj = Trajectory(grid, x.cpu()[None].expand(len(grid), *x.shape), None, "p" if model.conditional else None)
     s, peak, _ = timed(model.device, lambda: edit_images(model, traj, ts, v[None] * 3, EditSettings(n_iter=16)))
-    return (f"| {name} | one guidance edit (16 iterations + {len(grid) - 1} DDIM steps, batch 1) | {s:.2f} s | "
-            f"peak {format_bytes(peak)} |")
+    return (f"| {name} | one guidance edit in {dtype_name(model.dtype)} (16 iterations + {len(grid) - 1} DDIM steps, "
+            f"batch 1) | {s:.2f} s | peak {format_bytes(peak)} |")
+
+
+def run_model(name, device, dtypes, k, tol, limit, which, feature_only, linearize, max_memory=None, record=None,
+              seed=0):
+    t_build = time.perf_counter()
+    model, params = build(name, device, dtypes[0])
+    model.max_memory = max_memory
+    emit(f"| {name} | build (random init) | {time.perf_counter() - t_build:.1f} s | {params / 1e6:.0f}M parameters, "
+         f"x {model.x_shape}, h at {model.default_layer} |")
+    ts = 599
+    x = torch.randn(model.x_shape, generator=torch.Generator().manual_seed(seed)).to(device)
+    prompt = "p" if model.conditioning == "text" or isinstance(model, FixedPromptUNet) else None
+    fwd = None
+    if feature_only:
+        total = sum(p.numel() * p.element_size() for p in model.denoiser.parameters())
+        freed = model.keep_feature_weights()
+        emit(f"| {name} | weights kept for the feature map | {format_bytes(total - freed)} of {format_bytes(total)} | "
+             f"the rest freed (keep_feature_weights): no sampling or edit rows |")
+    else:
+        t = torch.full((1,), ts, dtype=torch.long, device=device)
+        fwd, peak, _ = timed(device, lambda: model.network(x[None], t, model.encode_prompt(prompt)), repeats=3)
+        emit(f"| {name} | whole forward, batch 1 ({dtype_name(model.dtype)}) | {fwd:.3f} s | peak {format_bytes(peak)} |")
+    f = model.features(ts, prompt)
+    vjp_s = evaluation_rows(name, device, f, x, max_memory, record)
+    found = basis_rows(name, device, f, x, k, tol, seed, limit, which, max_memory, record)
+    if linearize:
+        linearize_row(name, device, f, x, vjp_s)
+    if feature_only:
+        return
+    ours = found.get("latentbasis")
+    v = ours.latent[0] if ours is not None else torch.nn.functional.normalize(x.cpu().flatten(), dim=0).reshape(x.shape)
+    for i, dt in enumerate(dtypes):
+        if i:
+            cast_weights(model.denoiser, dt)
+            model.dtype = dt
+            if "_traced" in model.__dict__:
+                model._traced = {}
+        if device.type == "cpu" and fwd is not None and 66 * fwd > limit:
+            emit(f"| {name} | one guidance edit in {dtype_name(dt)} | not run | about {66 * fwd:.0f} s (66 forward "
+                 f"passes) |")
+            continue
+        emit(edit_row(name, model, x, ts, v))
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="sd15,sdxl,celebahq")
+    ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--dtype", default="float32", help="of the sampling forward (features are float32)")
+    ap.add_argument("--dtypes", default=None, help="sampling precisions (default float32,bfloat16 on a GPU, "
+                                                   "float32 on the CPU); bases are float32 whatever they are")
     ap.add_argument("--k", type=int, default=None, help="default 8 on a GPU, 4 on the CPU")
+    ap.add_argument("--tol", type=float, default=1e-2, help="the residual every contender is run to")
+    ap.add_argument("--contenders", default="latentbasis,published,arpack")
     ap.add_argument("--time-limit", type=float, default=None,
-                    help="seconds per model (default 80 on a GPU, so all three fit in five minutes; 600 on the CPU)")
+                    help="seconds per contender (default 15 on a GPU, so all models fit five minutes; 900 on the CPU)")
+    ap.add_argument("--feature-weights-only", choices=("auto", "yes", "no"), default="auto",
+                    help="free the weights the feature map never uses (auto: on the CPU)")
+    ap.add_argument("--linearize", action="store_true", help="also time a JVP by torch.func.linearize")
+    ap.add_argument("--max-memory", default=None, help="the process's memory budget for the Jacobian products "
+                                                       "(default: the device's, latentbasis.devices)")
+    ap.add_argument("--record", choices=("auto", "yes", "no"), default="auto",
+                    help="record the passes (yes), recompute each product (no), or as the budget allows (auto)")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    device, dtype = resolve_device(a.device), resolve_dtype(a.dtype)
+    device = resolve_device(a.device)
     gpu = device.type != "cpu"
+    dtypes = [resolve_dtype(d) for d in (a.dtypes or ("float32,bfloat16" if gpu else "float32")).split(",")]
     k = a.k or (8 if gpu else 4)
-    limit = a.time_limit or (80.0 if gpu else 600.0)
+    limit = a.time_limit or (15.0 if gpu else 900.0)
+    feature_only = a.feature_weights_only == "yes" or (a.feature_weights_only == "auto" and not gpu)
+    which = [c.strip() for c in a.contenders.split(",") if c.strip()]
+    if a.one:        # the child: one model, its rows printed as they come
+        name = a.models
+        try:
+            run_model(name, device, dtypes, k, a.tol, limit, which, feature_only, a.linearize,
+                      parse_memory(a.max_memory) if a.max_memory else None,
+                      {"auto": None, "yes": True, "no": False}[a.record])
+        except Exception as e:  # out of memory on a small machine: say so
+            print(f"| {name} | - | failed | {type(e).__name__}: {str(e).splitlines()[0][:200]} |", flush=True)
+        return
     what = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
-    if not a.one:
-        print(f"# bench_scale: {what}; torch {torch.__version__}; load average {load[0]:.2f} {load[1]:.2f} "
-              f"{load[2]:.2f}; k = {k}; {limit:.0f} s per model\n", flush=True)
-        print("| model | what | time | notes |\n|---|---|---|---|", flush=True)
+    print(f"# bench_scale: {what}; torch {torch.__version__}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
+          f"k = {k}; residual {a.tol:g}; {limit:.0f} s per contender; sampling in "
+          f"{', '.join(dtype_name(d) for d in dtypes)}\n", flush=True)
+    print("| model | what | time | notes |\n|---|---|---|---|", flush=True)
     for name in a.models.split(","):
         name = name.strip()
-        if a.one:        # the child: one model, its rows printed as they come
-            try:
-                run_model(name, device, dtype, k, limit)
-            except Exception as e:  # out of memory on a small machine: say so
-                print(f"| {name} | - | failed | {type(e).__name__}: {str(e).splitlines()[0][:200]} |", flush=True)
-            continue
-        # each model in its own process: one the system kills for memory (the CPU's OOM killer) costs its own rows
-        # only, and the table says so
-        cmd = [sys.executable, __file__, "--one", "--models", name, "--device", a.device, "--dtype", a.dtype,
-               "--k", str(k), "--time-limit", str(limit)]
+        cmd = [sys.executable, __file__, "--one", "--models", name, "--device", a.device, "--k", str(k),
+               "--tol", str(a.tol), "--contenders", ",".join(which), "--time-limit", str(limit),
+               "--dtypes", ",".join(dtype_name(d) for d in dtypes),
+               "--feature-weights-only", "yes" if feature_only else "no"] + (["--linearize"] if a.linearize else [])
+        cmd += (["--max-memory", a.max_memory] if a.max_memory else []) + ["--record", a.record]
         proc = subprocess.run(cmd)               # its rows go straight to this one's output
         if proc.returncode < 0:
             print(f"| {name} | - | killed by signal {-proc.returncode} | "

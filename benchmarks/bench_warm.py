@@ -1,0 +1,83 @@
+"""Benchmark: do warm starts save network evaluations, at equal accuracy?
+
+A basis computed near another can start from the other's latent vectors (pullback_basis(init=...)). This measures,
+on the report's grid (a bundled model, --samples x --timesteps, k as the report uses it) and on two nearer
+neighbours, the evaluations (JVPs + VJPs) of each basis started cold and warm, and the largest principal angle
+between the two answers (equal accuracy: within 0.5 degrees), with the angle between the neighbours themselves
+(how far the subspace moved, which bounds what a warm start can give):
+    grid      each timestep from the previous (larger) one of the same trajectory, as the report does
+    samples   each sample from the previous sample at the same timestep (the `global` command's bases)
+    step      from the basis one DDIM step (of 100) earlier on the same trajectory
+    slider    from the basis at x_t before v1 moved by +1 (the app's Find after a slider moved)
+
+    python benchmarks/bench_warm.py                      # digits, 8 x 10, k = 8
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+import latentbasis as lb
+from latentbasis import principal_angles
+from latentbasis.analysis import report_timesteps
+from latentbasis.sampling import sample_trajectory
+
+
+def pair(model, x, ts, prev, k, prompt=None):
+    """(cold evaluations, warm evaluations, angle warm-cold, angle prev-cold) at (x, ts) warm-started from prev."""
+    cold = lb.latent_basis(model, x, timestep=ts, k=k, prompt=prompt)
+    warm = lb.latent_basis(model, x, timestep=ts, k=k, prompt=prompt, init=prev.latent)
+    return (cold, cold.jvps + cold.vjps, warm.jvps + warm.vjps,
+            float(principal_angles(warm.latent, cold.latent).max().rad2deg()),
+            float(principal_angles(prev.latent, cold.latent).max().rad2deg()))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="digits")
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--timesteps", type=int, default=10)
+    ap.add_argument("--k", type=int, default=8)
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    model = lb.load_model(a.model, device="cpu")
+    tss = report_timesteps(model.num_train_timesteps, a.timesteps)
+    rows = {w: [] for w in ("grid", "samples", "step", "slider")}
+    t0 = time.perf_counter()
+    previous_sample = {}
+    for seed in range(a.samples):
+        steps = sorted({g for ts in tss for g in (ts, max(0, ts - 10))}, reverse=True)
+        traj = sample_trajectory(model, seed, num_steps=100, through=steps)
+        prev = None
+        for ts in tss:
+            x = traj.at(ts)
+            cold = lb.latent_basis(model, x, timestep=ts, k=a.k)
+            if prev is not None:
+                rows["grid"].append(pair(model, x, ts, prev, a.k)[1:])
+            if ts in previous_sample:
+                rows["samples"].append(pair(model, x, ts, previous_sample[ts], a.k)[1:])
+            if ts - 10 >= 0:
+                rows["step"].append(pair(model, traj.at(ts - 10), ts - 10, cold, a.k)[1:])
+            if seed < 2:
+                rows["slider"].append(pair(model, x + cold.latent[0], ts, cold, a.k)[1:])
+            previous_sample[ts] = prev = cold
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"# bench_warm: {a.model}, {a.samples} samples x {a.timesteps} timesteps, k = {a.k}, tol 1e-3, 1 thread; "
+          f"load average {load:.2f}; {time.perf_counter() - t0:.0f} s\n")
+    print("| warm start from | bases | evaluations per basis, cold | warm | warm / cold | largest angle warm vs "
+          "cold (max) | the neighbour's own angle (median) |\n|---|---|---|---|---|---|---|")
+    for what, r in rows.items():
+        if not r:
+            continue
+        cold = statistics.mean(x[0] for x in r)
+        warm = statistics.mean(x[1] for x in r)
+        print(f"| {what} | {len(r)} | {cold:.1f} | {warm:.1f} | {warm / cold:.2f} | "
+              f"{max(x[2] for x in r):.2f} deg | {statistics.median(x[3] for x in r):.1f} deg |")
+
+
+if __name__ == "__main__":
+    main()
