@@ -47,7 +47,7 @@ import torch
 
 from latentbasis import principal_angles
 from latentbasis.basis import JacobianOperator, pullback_basis, saved_activation_bytes
-from latentbasis.devices import dtype_name, format_bytes, parse_memory, resolve_device, resolve_dtype
+from latentbasis.devices import dtype_name, format_bytes, parse_memory, resolve_device, resolve_dtype, total_memory
 from latentbasis.families import Conditioning, TransformerModel, UNetModel
 from latentbasis.loading import cast_weights, weights_hash
 
@@ -171,13 +171,6 @@ def _vm_hwm() -> int:
     except OSError:
         pass
     return 0
-
-
-def _total_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 0
 
 
 def timed(device, fn, repeats=1):
@@ -308,12 +301,11 @@ def evaluation_rows(name, device, f, x, budget=None, record=None):
     floor, peak, _ = timed(device, forward_backward, repeats=2)
     emit(f"| {name} | floor: one forward and backward of the truncated network | {floor:.2f} s | "
          f"peak {format_bytes(peak)} |")
-    per = saved_activation_bytes(f, x)
     s, peak, op = timed(device, lambda: JacobianOperator(f, x, chunk_size=None, max_memory=budget, record=record))
     how = ("records the pullback and its pullback" if op.recorded else
            "records nothing: the budget holds one pass, so each product recomputes")
     emit(f"| {name} | operator build ({how}) | {s:.2f} s | peak {format_bytes(peak)}; "
-         f"{format_bytes(per)} saved per pass; chunk {op.chunk_size} |")
+         f"{format_bytes(op.saved_bytes or saved_activation_bytes(f, x))} saved per pass; chunk {op.chunk_size} |")
     U1, V1 = u.reshape(1, -1).double(), v.reshape(1, -1).double()
     vjp_s, peak, _ = timed(device, lambda: op.vjp(U1), repeats=3)
     emit(f"| {name} | one VJP ({'replays the recorded pullback' if op.recorded else 'a forward and a backward'}) | "
@@ -446,7 +438,7 @@ def main():
         if proc.returncode < 0:
             print(f"| {name} | - | killed by signal {-proc.returncode} | "
                   f"{'out of memory (the system killed it)' if proc.returncode == -9 else 'stopped'} after the rows "
-                  f"above; the machine has {format_bytes(_total_memory())} |", flush=True)
+                  f"above; the machine has {format_bytes(total_memory(torch.device('cpu')))} |", flush=True)
         elif proc.returncode != 0:
             print(f"| {name} | - | failed | exit {proc.returncode} |", flush=True)
 

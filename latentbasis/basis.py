@@ -160,10 +160,11 @@ class JacobianOperator:
         self.rows_dtype = torch.float32 if self.device.type == "mps" else torch.float64
         self.max_memory = max_memory
         self.recorded = record is not False
+        self.saved_bytes = None      # one pass's saved activations, where the budget needed them
         if record is False:
             jvp_mode, chunk_size = "forward", chunk_size or 1
         elif chunk_size is None or max_memory is not None:
-            saved = saved_activation_bytes(f, self.x)
+            saved = self.saved_bytes = saved_activation_bytes(f, self.x)
             in_use = memory_in_use(self.device)
             budget = max_memory if max_memory is not None else default_memory_budget(self.device)
             self.max_memory = budget

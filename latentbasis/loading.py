@@ -197,8 +197,7 @@ def stored_dtype(folder: Path) -> torch.dtype | None:
                     sl = fh.get_slice(key)
                     if sl.get_dtype() in names:
                         count[names[sl.get_dtype()]] += int(torch.Size(sl.get_shape()).numel())
-        except Exception as e:  # a corrupt file: from_pretrained says so with its own message
-            del e
+        except Exception:  # a corrupt file: from_pretrained says so with its own message
             continue
     return count.most_common(1)[0][0] if count else None
 
