@@ -49,7 +49,7 @@ from latentbasis import principal_angles
 from latentbasis.basis import JacobianOperator, pullback_basis, saved_activation_bytes
 from latentbasis.devices import dtype_name, format_bytes, parse_memory, resolve_device, resolve_dtype, total_memory
 from latentbasis.families import Conditioning, TransformerModel, UNetModel
-from latentbasis.loading import cast_weights, weights_hash
+from latentbasis.loading import cast_weights
 
 SD15 = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
             block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
@@ -79,6 +79,9 @@ DDPM_SCHEDULE = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_s
                  "clip_sample": True, "prediction_type": "epsilon"}
 FLOW_SCHEDULE = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0}
 MODELS = ("sd15", "sd21v", "sdxl", "celebahq", "dit", "sd3m")
+# not a real size: SD-1.5's layout at 1/10 the width and a 16x16 latent, so the whole script can be tried in seconds
+TINY = dict(SD15, sample_size=16, block_out_channels=(32, 64, 64, 64), cross_attention_dim=32, attention_head_dim=4,
+            norm_num_groups=16)
 
 
 class FixedPromptUNet(UNetModel):
@@ -109,11 +112,14 @@ def build(name: str, device: torch.device, dtype: torch.dtype):
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     cls, cfg = {"sd15": (UNet2DConditionModel, SD15), "sd21v": (UNet2DConditionModel, SD21V),
-                "sdxl": (UNet2DConditionModel, SDXL), "celebahq": (UNet2DModel, CELEBAHQ),
+                "sdxl": (UNet2DConditionModel, SDXL), "tiny": (UNet2DConditionModel, TINY), "celebahq": (UNet2DModel, CELEBAHQ),
                 "dit": (DiTTransformer2DModel, DIT_XL_2), "sd3m": (SD3Transformer2DModel, SD3_MEDIUM)}[name]
-    net = cls(**cfg).eval().requires_grad_(False)
+    # on a GPU the random initialisation runs there (seconds, not a minute per model on the host's CPU)
+    with torch.device(device if device.type == "cuda" else "cpu"):
+        net = cls(**cfg).eval().requires_grad_(False)
     params = sum(p.numel() for p in net.parameters())
-    common = dict(name=name, model_hash=weights_hash(net), device=device, dtype=dtype)
+    # the weights are seeded random ones: their name says so (hashing 10 GB of them would cost a minute)
+    common = dict(name=name, model_hash=f"random-{name}-seed0", device=device, dtype=dtype)
     net = cast_weights(net, dtype).to(device)
     if name == "celebahq":
         return UNetModel(net, DDPM_SCHEDULE, **common), params
