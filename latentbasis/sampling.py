@@ -55,6 +55,7 @@ def _step(model, x: torch.Tensor, a: int, to: tuple[torch.Tensor, torch.Tensor],
           clip) -> tuple[torch.Tensor, torch.Tensor]:
     """One deterministic step of x (on the device) from timestep a to the level to = (alpha, sigma); x0_hat clamped
     where asked (schedules: DDIM for a VP model, Euler for a flow model). Returns (the next x, x0_hat at x)."""
+    x = x.to(model.device)   # states may be kept on the CPU (trajectories); the step runs where the model is
     eps, x0 = predict(model, x, a, prompt, guidance)
     eps, x0 = clip_x0(x.to(model.math_dtype), eps, x0, *model.level(a), clip)
     return ddim_update(eps, x0, *to).float(), x0.float()

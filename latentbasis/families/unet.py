@@ -188,7 +188,8 @@ class UNetModel(DiffusionModel):
 
 
 def _trace_unet(unet, x, t, kw: dict, names: tuple[str, ...]):
-    """A traced network function (x, t, *conditioning in `names` order) of the U-Net, or None when tracing fails.
+    """A traced network function (x, t, *conditioning in `names` order) of the U-Net, or None when tracing fails or
+    x is not on the CPU (measured on an H200: the traced SDXL forward took 18 s a call over its first three calls).
 
     The trace runs a copy of the U-Net with channels-last conv weights, so oneDNN convolves in NHWC: 10-25 % faster
     per call on the bundled models at batch 1-10 (benchmarks/bench_edit.py); outputs differ from the eager forward
@@ -197,6 +198,8 @@ def _trace_unet(unet, x, t, kw: dict, names: tuple[str, ...]):
     activations the basis ran slower. The copy doubles the weights in memory, so above CHANNELS_LAST_MAX_BYTES of
     parameters (where per-call overhead matters least) the U-Net is traced as it is.
     """
+    if x.device.type != "cpu":  # the gain is oneDNN's; on a GPU TorchScript's first calls profile and fuse, slowly
+        return None
     size = sum(p.numel() * p.element_size() for p in unet.parameters())
     if size <= CHANNELS_LAST_MAX_BYTES:
         unet = copy.deepcopy(unet).to(memory_format=torch.channels_last)
