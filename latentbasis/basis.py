@@ -96,6 +96,41 @@ def saved_activation_bytes(f: FeatureMap, x: torch.Tensor) -> int:
     return sum(seen.values())
 
 
+def forward_peak_bytes(f: FeatureMap, x: torch.Tensor) -> int:
+    """Bytes of the tensors alive at once, at the peak, during one forward of f at x without gradients (weights
+    and x excluded): what a forward-mode JVP holds, about twice over (a tangent beside each primal; FORWARD_MODE
+    below). Measured on one plain forward with a dispatch mode that counts each new storage until it is freed."""
+    import weakref
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    state = {"live": 0, "peak": 0}
+    counted: set[int] = set()
+
+    def free(key: int, n: int):
+        counted.discard(key)
+        state["live"] -= n
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in (out if isinstance(out, (tuple, list)) else (out,)):
+                if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                    key = t.untyped_storage().data_ptr()
+                    if key and key not in counted:
+                        n = t.untyped_storage().nbytes()
+                        counted.add(key)
+                        state["live"] += n
+                        state["peak"] = max(state["peak"], state["live"])
+                        weakref.finalize(t, free, key, n)
+            return out
+
+    with torch.no_grad(), Count():
+        h = f(x.detach())
+    del h
+    return state["peak"]
+
+
 # Memory of the Jacobian products, in units of one pass's saved activations (saved_activation_bytes), measured
 # with the resident set of a 25M-parameter U-Net at 64x64 and of Stable Diffusion 1.5's (tests/test_basis.py checks
 # a budget is kept): recording the pullback (and, for reverse-mode JVPs, its own pullback) holds RECORDED[mode];
@@ -104,11 +139,13 @@ RECORDED = {"reverse": 3.0, "forward": 1.5}
 PER_PRODUCT = {"reverse": 1.0, "forward": 1.5}
 # Where the budget cannot hold the recorded passes, nothing is recorded: each VJP runs the forward and backward
 # again (with the network's gradient checkpointing) and each JVP is forward-mode AD (slower: about 1.5 and 3.5
-# recorded VJPs at Stable Diffusion 1.5 size). A chunk of them then holds RECOMPUTED passes of activations, and
-# RECOMPUTED_PER_PRODUCT more per product (measured as above: 2.5 for one forward-mode JVP, 4.7 for four); where
-# memory is this short the products run one at a time.
-RECOMPUTED = 2.5
-RECOMPUTED_PER_PRODUCT = 0.75
+# recorded VJPs at Stable Diffusion 1.5 size), one product at a time. Neither keeps a whole pass: each holds a few
+# times the live tensors of a plain forward (forward_peak_bytes), measured on the resident set, one product at a
+# time: 3.9-4.6 (VJP) and 6.1-6.3 (JVP) at the 25M U-Net of tests/test_devices.py, 3.4 and 5.1 at Stable
+# Diffusion 1.5 size; beside them, RECOMPUTED_SLACK of kernels' scratch and bookkeeping that does not scale with the
+# model (40 MiB over 7 peaks seen at the 25M U-Net, over a whole basis). Rounded up:
+RECOMPUTED_PEAKS = 7.0
+RECOMPUTED_SLACK = 64 * 2**20
 
 
 def chunk_for_budget(per_item: int, fixed: int, budget: int) -> int:
@@ -139,9 +176,9 @@ class JacobianOperator:
     Memory: products run in chunks of `chunk_size` under vmap. chunk_size None: as many as `max_memory` bytes
     allow (the process's whole memory, the weights included: latentbasis.devices; default: the device's), from
     what is in use now and the activations one pass saves (saved_activation_bytes), times RECORDED and
-    PER_PRODUCT. A budget too small for the recorded passes but large enough for one pass recomputes instead
-    (`recorded` False, RECOMPUTED: checkpointing at the scale of the whole feature map, so SDXL fits 24 GB); a
-    budget too small for that is refused before anything runs.
+    PER_PRODUCT. A budget too small for the recorded passes recomputes instead (`recorded` False: checkpointed
+    VJPs and forward-mode JVPs, one at a time, each about RECOMPUTED_PEAKS times a plain forward's live tensors,
+    so SDXL fits 24 GB); a budget too small for that is refused before anything runs.
     Running out of memory halves the chunk and retries; at one product it is one clear error. On a CPU a chunk
     also stays under CPU_CHUNK_BYTES of saved activations: batching big passes there is slower per product
     (benchmarks/bench_scale.py, Stable Diffusion 1.5 size: 4 VJPs in one batch 28 s against 3 s for one).
@@ -160,25 +197,26 @@ class JacobianOperator:
         self.rows_dtype = torch.float32 if self.device.type == "mps" else torch.float64
         self.max_memory = max_memory
         self.recorded = record is not False
-        self.saved_bytes = None      # one pass's saved activations, where the budget needed them
-        if record is False:
-            jvp_mode, chunk_size = "forward", chunk_size or 1
+        self.saved_bytes = None      # one pass's saved activations, where the budget needed them ...
+        self.forward_peak = None     # ... and a plain forward's live tensors, where it weighed recomputing
+        if record is False and max_memory is None and chunk_size is not None:
+            jvp_mode = "forward"
         elif chunk_size is None or max_memory is not None:
-            saved = self.saved_bytes = saved_activation_bytes(f, self.x)
             in_use = memory_in_use(self.device)
             budget = max_memory if max_memory is not None else default_memory_budget(self.device)
             self.max_memory = budget
-            recorded = in_use + int(RECORDED[jvp_mode] * saved)
-            again = in_use + int(RECOMPUTED * saved)
-            if record is None and recorded + PER_PRODUCT[jvp_mode] * saved > budget >= again + \
-                    RECOMPUTED_PER_PRODUCT * saved:
-                self.recorded, jvp_mode = False, "forward"   # recompute: nothing recorded, forward-mode JVPs
-                chunk_for_budget(int(RECOMPUTED_PER_PRODUCT * saved), again, budget)
-                fit = 1         # where memory is this short, one product at a time
+            if record is not False:
+                saved = self.saved_bytes = saved_activation_bytes(f, self.x)
+                recorded = in_use + int(RECORDED[jvp_mode] * saved)
+            if record is False or (record is None and recorded + PER_PRODUCT[jvp_mode] * saved > budget):
+                # recompute: nothing recorded, forward-mode JVPs, one product at a time
+                self.forward_peak = forward_peak_bytes(f, self.x)
+                chunk_for_budget(int(RECOMPUTED_PEAKS * self.forward_peak), in_use + RECOMPUTED_SLACK, budget)
+                self.recorded, jvp_mode, fit = False, "forward", 1
             else:
                 fit = chunk_for_budget(int(PER_PRODUCT[jvp_mode] * saved), recorded, budget)
-            if self.device.type == "cpu":   # large batches of big passes run slower per item on a CPU
-                fit = min(fit, max(1, CPU_CHUNK_BYTES // max(saved, 1)))
+                if self.device.type == "cpu":   # large batches of big passes run slower per item on a CPU
+                    fit = min(fit, max(1, CPU_CHUNK_BYTES // max(saved, 1)))
             chunk_size = fit if chunk_size is None else min(chunk_size, fit)
         self.chunk_size = int(chunk_size)
         self.jvp_mode = jvp_mode
