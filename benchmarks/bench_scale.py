@@ -239,11 +239,15 @@ def basis_rows(name, device, f, x, k, tol, seed, seconds, which, budget=None, re
             emit(c.stopped_row(k))
             found[label] = None
             continue
+        except Exception as e:   # one contender's failure (memory, say) costs its own row only
+            emit(f"| {name} | basis k = {k}, {label} | failed | {type(e).__name__}: {str(e).splitlines()[0][:200]} |")
+            found[label] = None
+            continue
         r = float(b.residuals.max())
         word = "converged" if r <= tol else "not converged (its own stopping rule)"
         emit(f"| {name} | basis k = {k}, {label} | {word} in {s:.1f} s | {b.jvps} JVPs + {b.vjps} VJPs = "
              f"{b.jvps + b.vjps} evaluations, {b.iterations} iterations, max residual {r:.1e}{extra}; "
-             f"peak {format_bytes(peak)} |")
+             f"peak {format_bytes(peak)}{how_run(c.seen)} |")
         found[label] = b
     ours = found.get("latentbasis")
     for label, b in found.items():
@@ -253,6 +257,15 @@ def basis_rows(name, device, f, x, k, tol, seed, seconds, which, budget=None, re
             emit(f"| {name} | latentbasis against {label} | {ratio:.2f} x its evaluations | largest principal angle "
                  f"between the two subspaces {ang:.2f} deg |")
     return found
+
+
+def how_run(seen: dict) -> str:
+    """How the operator ran the products, from the basis's last progress report."""
+    if "recorded" not in seen:
+        return ""
+    if not seen["recorded"]:
+        return "; nothing recorded (the budget): each product recomputed, one at a time"
+    return f"; passes recorded, {seen.get('chunk_size')} products at a time"
 
 
 def arpack_basis(f, x, k, tol, seed, contender, budget=None, record=None):
@@ -282,7 +295,7 @@ def arpack_basis(f, x, k, tol, seed, contender, budget=None, record=None):
     s_t = torch.from_numpy(s[order].copy())
     Uh = torch.from_numpy(U[:, order].T.copy())
     jvps, vjps = op.jvps, op.vjps
-    JtU = op.vjp(Uh)
+    JtU = op.vjp(Uh).cpu()
     res = (JtU - s_t[:, None] * V).norm(dim=1) / s_t
     return SimpleNamespace(latent=V.float().reshape(k, *x.shape), residuals=res, jvps=jvps, vjps=vjps,
                            iterations=steps[0], extra={"verify_vjps": op.vjps - vjps})
@@ -309,7 +322,8 @@ def evaluation_rows(name, device, f, x, budget=None, record=None):
          f"peak {format_bytes(peak)} |")
     s, peak, op = timed(device, lambda: JacobianOperator(f, x, chunk_size=None, max_memory=budget, record=record))
     how = ("records the pullback and its pullback" if op.recorded else
-           "records nothing: the budget holds one pass, so each product recomputes")
+           f"records nothing: the budget is short of the recorded passes, so each product recomputes, a plain "
+           f"forward's live tensors {format_bytes(op.forward_peak or 0)}")
     emit(f"| {name} | operator build ({how}) | {s:.2f} s | peak {format_bytes(peak)}; "
          f"{format_bytes(op.saved_bytes or saved_activation_bytes(f, x))} saved per pass; chunk {op.chunk_size} |")
     U1, V1 = u.reshape(1, -1).double(), v.reshape(1, -1).double()
@@ -350,7 +364,7 @@ def edit_row(name, model, x, ts, v) -> str:
 
 
 def run_model(name, device, dtypes, k, tol, limit, which, feature_only, linearize, max_memory=None, record=None,
-              seed=0):
+              seed=0, costs=True):
     t_build = time.perf_counter()
     model, params = build(name, device, dtypes[0])
     model.max_memory = max_memory
@@ -370,9 +384,9 @@ def run_model(name, device, dtypes, k, tol, limit, which, feature_only, lineariz
         fwd, peak, _ = timed(device, lambda: model.network(x[None], t, model.encode_prompt(prompt)), repeats=3)
         emit(f"| {name} | whole forward, batch 1 ({dtype_name(model.dtype)}) | {fwd:.3f} s | peak {format_bytes(peak)} |")
     f = model.features(ts, prompt)
-    vjp_s = evaluation_rows(name, device, f, x, max_memory, record)
+    vjp_s = evaluation_rows(name, device, f, x, max_memory, record) if costs else None
     found = basis_rows(name, device, f, x, k, tol, seed, limit, which, max_memory, record)
-    if linearize:
+    if linearize and vjp_s:
         linearize_row(name, device, f, x, vjp_s)
     if feature_only:
         return
@@ -409,6 +423,8 @@ def main():
                                                        "(default: the device's, latentbasis.devices)")
     ap.add_argument("--record", choices=("auto", "yes", "no"), default="auto",
                     help="record the passes (yes), recompute each product (no), or as the budget allows (auto)")
+    ap.add_argument("--no-costs", action="store_true", help="skip the rows that time one evaluation each way "
+                                                                "(at SDXL size on a CPU they take a quarter of an hour)")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     device = resolve_device(a.device)
@@ -423,7 +439,7 @@ def main():
         try:
             run_model(name, device, dtypes, k, a.tol, limit, which, feature_only, a.linearize,
                       parse_memory(a.max_memory) if a.max_memory else None,
-                      {"auto": None, "yes": True, "no": False}[a.record])
+                      {"auto": None, "yes": True, "no": False}[a.record], costs=not a.no_costs)
         except Exception as e:  # out of memory on a small machine: say so
             print(f"| {name} | - | failed | {type(e).__name__}: {str(e).splitlines()[0][:200]} |", flush=True)
         return
@@ -440,6 +456,7 @@ def main():
                "--dtypes", ",".join(dtype_name(d) for d in dtypes),
                "--feature-weights-only", "yes" if feature_only else "no"] + (["--linearize"] if a.linearize else [])
         cmd += (["--max-memory", a.max_memory] if a.max_memory else []) + ["--record", a.record]
+        cmd += ["--no-costs"] if a.no_costs else []
         proc = subprocess.run(cmd)               # its rows go straight to this one's output
         if proc.returncode < 0:
             print(f"| {name} | - | killed by signal {-proc.returncode} | "
