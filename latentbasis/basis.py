@@ -125,8 +125,9 @@ def forward_peak_bytes(f: FeatureMap, x: torch.Tensor) -> int:
                         weakref.finalize(t, free, key, n)
             return out
 
+    x = x.detach()    # outside the mode: x's own storage is not counted
     with torch.no_grad(), Count():
-        h = f(x.detach())
+        h = f(x)
     del h
     return state["peak"]
 

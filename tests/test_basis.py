@@ -243,3 +243,26 @@ def test_measuring_the_saved_activations_keeps_none_of_them():
         assert saved_activation_bytes(f, x) == per
     if before:                                                        # Linux: the resident set is known
         assert memory_in_use(cpu) - before < per, "saved activations stayed in memory"
+
+
+def test_forward_peak_counts_the_tensors_alive_at_once():
+    """forward_peak_bytes: the live tensors of a plain forward at their peak, temporaries freed as they die (what
+    the recompute mode's memory budget is sized from)."""
+    from latentbasis.basis import forward_peak_bytes
+
+    x = torch.randn(1000)
+    n = x.numel() * 4
+    # a chain of temporaries: at most two alive at once (an op's input and its output)
+    assert forward_peak_bytes(lambda v: ((v + 1) * 2 - 3) / 4, x) == 2 * n
+    # the same work keeping every intermediate alive until the end: four at once
+    assert forward_peak_bytes(lambda v: torch.stack(_keep_all(v)), x) == 4 * n + 4 * n
+    # views share their base's storage and are not counted again
+    assert forward_peak_bytes(lambda v: (v + 1).reshape(10, 100).t(), x) == n
+
+
+def _keep_all(v):
+    a = v + 1
+    b = a * 2
+    c = b - 3
+    d = c / 4
+    return [a, b, c, d]
