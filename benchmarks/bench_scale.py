@@ -112,7 +112,8 @@ def build(name: str, device: torch.device, dtype: torch.dtype):
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     cls, cfg = {"sd15": (UNet2DConditionModel, SD15), "sd21v": (UNet2DConditionModel, SD21V),
-                "sdxl": (UNet2DConditionModel, SDXL), "tiny": (UNet2DConditionModel, TINY), "celebahq": (UNet2DModel, CELEBAHQ),
+                "sdxl": (UNet2DConditionModel, SDXL), "tiny": (UNet2DConditionModel, TINY),
+                "celebahq": (UNet2DModel, CELEBAHQ),
                 "dit": (DiTTransformer2DModel, DIT_XL_2), "sd3m": (SD3Transformer2DModel, SD3_MEDIUM)}[name]
     # on a GPU the random initialisation runs there (seconds, not a minute per model on the host's CPU)
     with torch.device(device if device.type == "cuda" else "cpu"):
@@ -255,7 +256,8 @@ def basis_rows(name, device, f, x, k, tol, seed, seconds, which, budget=None, re
             ang = float(principal_angles(ours.latent, b.latent).max().rad2deg())
             ratio = (ours.jvps + ours.vjps) / max(1, b.jvps + b.vjps)
             emit(f"| {name} | latentbasis against {label} | {ratio:.2f} x its evaluations | largest principal angle "
-                 f"between the two subspaces {ang:.2f} deg |")
+                 f"between the two subspaces {ang:.2f} deg; singular values {_values(ours)} against "
+                 f"{_values(b)} (where the k-th and the next are close, the k-th vector is ill-determined) |")
     return found
 
 
@@ -266,6 +268,10 @@ def how_run(seen: dict) -> str:
     if not seen["recorded"]:
         return "; nothing recorded (the budget): each product recomputed, one at a time"
     return f"; passes recorded, {seen.get('chunk_size')} products at a time"
+
+
+def _values(b) -> str:
+    return ", ".join(f"{float(v):.4g}" for v in b.singular_values)
 
 
 def arpack_basis(f, x, k, tol, seed, contender, budget=None, record=None):
@@ -298,6 +304,7 @@ def arpack_basis(f, x, k, tol, seed, contender, budget=None, record=None):
     JtU = op.vjp(Uh).cpu()
     res = (JtU - s_t[:, None] * V).norm(dim=1) / s_t
     return SimpleNamespace(latent=V.float().reshape(k, *x.shape), residuals=res, jvps=jvps, vjps=vjps,
+                           singular_values=s_t,
                            iterations=steps[0], extra={"verify_vjps": op.vjps - vjps})
 
 
