@@ -10,6 +10,55 @@ import torch
 from .errors import LatentBasisError
 
 
+# The formats an image or a mask may be read in. Pillow's readers for these decode in-process; others (EPS and PS
+# call Ghostscript, a program outside) are never tried, whatever the file's name says.
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
+
+
+def open_image(path: str | os.PathLike, what: str = "image"):
+    """The one way latentbasis reads an image file (images, masks, the app's uploads): a PIL image, decoded.
+
+    Refused with one message: a missing path or one that is not a regular file, more than validate.MAX_IMAGE_BYTES
+    on disk or MAX_IMAGE_PIXELS pixels (checked from the header, before decoding), an animated file, and any format
+    outside IMAGE_FORMATS, by its content, not its name."""
+    import stat
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    from .validate import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
+
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError:
+        raise LatentBasisError(f"{what} {p} does not exist") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise LatentBasisError(f"{what} {p} is not a regular file")
+    if st.st_size > MAX_IMAGE_BYTES:
+        raise LatentBasisError(f"{what} {p.name} is {st.st_size:,} bytes: larger than the {MAX_IMAGE_BYTES:,} read")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p, formats=IMAGE_FORMATS) as im:
+                w, h = im.size
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise LatentBasisError(f"{what} {p.name} is {w}x{h} pixels: more than the {MAX_IMAGE_PIXELS:,} "
+                                           "read (resize it first)")
+                if getattr(im, "n_frames", 1) > 1:
+                    raise LatentBasisError(f"{what} {p.name} is animated ({im.n_frames} frames): give a single image")
+                im.load()
+                return im.copy()
+    except LatentBasisError:
+        raise
+    except UnidentifiedImageError:
+        raise LatentBasisError(f"{what} {p.name} is not a readable image (latentbasis reads "
+                               f"{', '.join(IMAGE_FORMATS)}, by content, whatever the name)") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning, EOFError,
+            MemoryError) as e:
+        raise LatentBasisError(f"{what} {p.name} is not a readable image ({type(e).__name__})") from None
+
+
 def read_image(path: str | os.PathLike, channels: int, size: int) -> tuple[torch.Tensor, list[str]]:
     """Image file -> ([channels, size, size] in [-1, 1], notes on what was converted).
 
@@ -19,37 +68,9 @@ def read_image(path: str | os.PathLike, channels: int, size: int) -> tuple[torch
     note. Refused with one message: a missing, unreadable, animated, too large (validate.MAX_IMAGE_BYTES, _PIXELS),
     too small or too elongated image.
     """
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
-
-    from .validate import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
-
     p = Path(path)
-    if not p.exists():
-        raise LatentBasisError(f"image {p} does not exist")
-    if not p.is_file():
-        raise LatentBasisError(f"image {p} is not a file")
-    if p.stat().st_size > MAX_IMAGE_BYTES:
-        raise LatentBasisError(f"{p.name} is {p.stat().st_size:,} bytes: larger than the {MAX_IMAGE_BYTES:,} read")
-    notes = []
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as im:
-                w, h = im.size
-                if w * h > MAX_IMAGE_PIXELS:
-                    raise LatentBasisError(f"{p.name} is {w}x{h} pixels: more than the {MAX_IMAGE_PIXELS:,} read "
-                                           "(resize it first)")
-                if getattr(im, "n_frames", 1) > 1:
-                    raise LatentBasisError(f"{p.name} is animated ({im.n_frames} frames): give a single image")
-                im.load()
-                img = im.copy()
-    except LatentBasisError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning, EOFError, MemoryError) as e:
-        raise LatentBasisError(f"{p.name} is not a readable image ({type(e).__name__})") from None
+    notes: list[str] = []
+    img = open_image(p, "image")
     a = _as_float(img, notes, p.name)                         # [H, W] or [H, W, 3] in [0, 1]
     if channels == 1 and a.ndim == 3:
         a = a @ np.array([0.299, 0.587, 0.114], dtype=np.float32)

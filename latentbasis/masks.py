@@ -37,16 +37,12 @@ def parse_mask(spec: str | os.PathLike | np.ndarray | torch.Tensor, size: int) -
     p = Path(text)
     if not p.is_file():
         raise LatentBasisError(f"--mask {text!r} is neither a box x0,y0,x1,y1 nor an existing PNG file")
-    from PIL import Image, UnidentifiedImageError
+    from .images import open_image
 
-    try:
-        with Image.open(p) as im:
-            if im.size != (size, size):
-                raise LatentBasisError(f"the mask {p.name} is {im.size[0]}x{im.size[1]} pixels, the image is "
-                                       f"{size}x{size}")
-            a = np.asarray(im.convert("L"))
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise LatentBasisError(f"the mask {p.name} is not a readable image ({type(e).__name__})") from None
+    im = open_image(p, "the mask")
+    if im.size != (size, size):
+        raise LatentBasisError(f"the mask {p.name} is {im.size[0]}x{im.size[1]} pixels, the image is {size}x{size}")
+    a = np.asarray(im.convert("L"))
     return _non_empty(torch.from_numpy(a > 0))
 
 

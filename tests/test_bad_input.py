@@ -520,3 +520,75 @@ def test_a_killed_basis_leaves_the_old_file_or_a_whole_new_one(tmp_path, tiny_un
                           timeout=600)
     assert done.returncode == 0 and load_basis(out).seed == 6
     assert not list(tmp_path.glob(".*.tmp*"))     # a completed write clears what killed ones left behind
+
+
+# ---------------------------------------------------------------- second round: classes closed at their root
+# Each class: one fix where the input is read, and fresh cases (formats, fields, files not used above).
+
+EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n%%EndComments\n"
+       b"newpath 0 0 moveto 16 16 lineto stroke\nshowpage\n%%EOF\n")
+PS = b"%!PS-Adobe-3.0\n%%BoundingBox: 0 0 32 32\n%%Pages: 1\n%%EndComments\n0 0 moveto 32 32 lineto stroke\nshowpage\n"
+
+
+@pytest.fixture
+def fake_ghostscript(tmp_path, monkeypatch):
+    """A stand-in `gs` first on PATH that leaves a marker file when anything runs it; the marker's path."""
+    from PIL import EpsImagePlugin
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    marker = tmp_path / "gs_ran"
+    gs = bin_dir / "gs"
+    gs.write_text(f"#!/bin/sh\necho ran >> {marker}\nexit 1\n")
+    gs.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", None)      # Pillow looks for gs once, then remembers
+    return marker
+
+
+def _postscript_files(d: Path) -> dict[str, Path]:
+    """PostScript under image names: what Pillow would hand to Ghostscript if it were asked to read them."""
+    files = {"photo.png": EPS, "scan.jpg": PS, "region.png": EPS, "upload.webp": EPS, "picture.bmp": PS}
+    out = {}
+    for name, data in files.items():
+        (d / name).write_bytes(data)
+        out[name] = d / name
+    return out
+
+
+def test_the_stand_in_ghostscript_runs_when_pillow_reads_postscript(tmp_path, fake_ghostscript):
+    """The check below can fail: Pillow's own reader, asked for an EPS, runs whatever `gs` is on PATH."""
+    from PIL import Image
+
+    f = _postscript_files(tmp_path)["photo.png"]
+    with pytest.raises(Exception):
+        with Image.open(f) as im:
+            im.load()
+    assert fake_ghostscript.exists()
+
+
+@pytest.mark.parametrize("case", ["image_eps_named_png", "image_ps_named_jpg", "image_ps_named_bmp",
+                                  "mask_eps_named_png"])
+def test_postscript_under_any_name_is_refused_and_runs_nothing(case, tmp_path, tiny_unet_dir, fake_ghostscript,
+                                                               capsys):
+    files = _postscript_files(tmp_path)
+    base = ["basis", "--model", tiny_unet_dir, "--steps", "3", "--k", "2", "--quiet", "--out",
+            tmp_path / "b.safetensors", "--png", ""]
+    args = {"image_eps_named_png": base + ["--image", files["photo.png"]],
+            "image_ps_named_jpg": base + ["--image", files["scan.jpg"]],
+            "image_ps_named_bmp": base + ["--image", files["picture.bmp"]],
+            "mask_eps_named_png": base + ["--space", "x0", "--mask", files["region.png"]]}[case]
+    before = snapshot(tmp_path)
+    rc, err = run_main(args, capsys)
+    assert rc == 2 and len(err) == 1 and "not a readable image" in err[0], err
+    assert "please report" not in err[0] and "Traceback" not in err[0]
+    assert not fake_ghostscript.exists(), "Ghostscript ran"
+    assert snapshot(tmp_path) == before
+
+
+def test_an_app_upload_of_postscript_runs_nothing(tmp_path, app, fake_ghostscript):
+    E, model, _ = app
+    f = _postscript_files(tmp_path)["upload.webp"]
+    with pytest.raises(E.AppError, match="not a readable image"):
+        E.upload_image(model, E.Session(), str(f), 0.6)
+    assert not fake_ghostscript.exists()
