@@ -12,7 +12,7 @@ from .errors import LatentBasisError
 
 # The formats an image or a mask may be read in. Pillow's readers for these decode in-process; others (EPS and PS
 # call Ghostscript, a program outside) are never tried, whatever the file's name says.
-IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
 
 
 def open_image(path: str | os.PathLike, what: str = "image"):
@@ -68,6 +68,8 @@ def read_image(path: str | os.PathLike, channels: int, size: int) -> tuple[torch
     note. Refused with one message: a missing, unreadable, animated, too large (validate.MAX_IMAGE_BYTES, _PIXELS),
     too small or too elongated image.
     """
+    from PIL import Image
+
     p = Path(path)
     notes: list[str] = []
     img = open_image(p, "image")

@@ -88,14 +88,26 @@ def resolve_model_path(name_or_path: str) -> Path:
         "and not in the local Hugging Face cache (no download is attempted)")
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise LatentBasisError(f"{path} is not readable JSON ({type(e).__name__})") from None
-    if not isinstance(data, dict):
-        raise LatentBasisError(f"{path} is not a JSON object")
-    return data
+def _read_json(path: Path, fields: dict[str, str] | None = None) -> dict:
+    """A JSON object of a model folder through the one reader (validate.read_json_object), its fields checked."""
+    from .validate import check_fields, read_json_object
+
+    data = read_json_object(path, path.name)
+    return check_fields(data, fields, str(path)) if fields else data
+
+
+def _check_part_files(folder: Path) -> None:
+    """Every JSON file of a component folder (configs, a tokenizer's vocabulary), before a library reads it: a
+    regular file, within MAX_JSON_AUX_BYTES, JSON no deeper than MAX_JSON_DEPTH."""
+    from .validate import MAX_JSON_AUX_BYTES, parse_json, regular_file
+
+    for f in sorted(folder.glob("*.json")):
+        regular_file(f, f.name)
+        size = f.stat().st_size
+        if size > MAX_JSON_AUX_BYTES:
+            raise LatentBasisError(f"{f} is {size:,} bytes; at most {MAX_JSON_AUX_BYTES:,} are read")
+        with open(f, "rb") as fh:
+            parse_json(fh.read(MAX_JSON_AUX_BYTES + 1), str(f))
 
 
 def check_allowed(library, class_name) -> None:
@@ -152,14 +164,18 @@ def cast_weights(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module
 
 
 def _scheduler_config(folder: Path) -> dict:
+    from .validate import SCHEDULER_FIELDS
+
     cfg = folder / "scheduler_config.json"
-    if not cfg.exists():
+    if not cfg.exists() and not cfg.is_symlink():
         raise LatentBasisError(f"no scheduler_config.json in {folder}")
-    return _read_json(cfg)
+    return _read_json(cfg, SCHEDULER_FIELDS)
 
 
 def read_folder(root: Path) -> tuple[dict, dict, dict]:
     """(components {part: (folder, library, class name)}, scheduler config, pipeline config) of a model folder."""
+    from .validate import DENOISER_FIELDS
+
     if (root / "model_index.json").exists():
         index = _read_json(root / "model_index.json")
         parts = {}
@@ -168,11 +184,15 @@ def read_folder(root: Path) -> tuple[dict, dict, dict]:
                 continue
             if (root / key).is_dir() and key != "scheduler":
                 check_allowed(value[0], value[1])
+                _check_part_files(root / key)
+                if key in ("unet", "transformer") and (root / key / "config.json").exists():
+                    _read_json(root / key / "config.json", DENOISER_FIELDS)
                 parts[key] = (root / key, value[0], value[1])
         return parts, _scheduler_config(root / "scheduler"), index
     for folder in (root, root / "unet", root / "transformer"):
         if (folder / "config.json").exists():
-            cfg = _read_json(folder / "config.json")
+            _check_part_files(folder)
+            cfg = _read_json(folder / "config.json", DENOISER_FIELDS)
             sched = folder if (folder / "scheduler_config.json").exists() else root / "scheduler"
             cls = cfg.get("_class_name", "UNet2DModel")
             check_allowed("diffusers", cls)

@@ -26,6 +26,8 @@ MAX_SAMPLES = 4096           # samples of a report
 MAX_TIMESTEPS = 1000         # timesteps of a report
 MAX_PROMPT_CHARS = 2000
 MAX_JSON_BYTES = 4 * 2**20   # recipes, manifests, configs
+MAX_JSON_AUX_BYTES = 64 * 2**20   # the other JSON files of a model folder (a tokenizer's vocabulary)
+MAX_JSON_DEPTH = 32          # nesting of any JSON latentbasis reads (configs nest 2-3 deep)
 MAX_IMAGE_BYTES = 64 * 2**20
 MAX_IMAGE_PIXELS = 40_000_000
 MAX_X_ELEMENTS = 2**26       # numbers in x_t (3 x 4096 x 4096 pixels, or SDXL's 4 x 128 x 128 latent many times over)
@@ -119,28 +121,130 @@ def finite_tensor(t, name: str):
     return t
 
 
-def read_json_object(path: str | os.PathLike, what: str, max_bytes: int = MAX_JSON_BYTES) -> dict:
-    """A JSON object from a file, strictly (no NaN / Infinity), at most max_bytes; one message otherwise."""
-    import json
+def regular_file(path: str | os.PathLike, what: str) -> Path:
+    """The path, if it is a regular file (a link to one is fine); a folder, device, FIFO or socket is refused
+    without being opened (opening a FIFO waits for a writer; a device can be endless)."""
+    import stat
 
     p = Path(path)
-    if not p.is_file():
-        raise LatentBasisError(f"{what} {p} does not exist")
-    size = p.stat().st_size
-    if size > max_bytes:
-        raise LatentBasisError(f"{what} {p} is {size:,} bytes; at most {max_bytes:,} are read")
+    try:
+        st = p.stat()
+    except OSError:
+        raise LatentBasisError(f"{what} {p} does not exist") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise LatentBasisError(f"{what} {p} is a folder, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise LatentBasisError(f"{what} {p} is not a regular file (a device, pipe or socket)")
+    return p
+
+
+def json_depth_ok(data: Any, max_depth: int = MAX_JSON_DEPTH) -> bool:
+    """Whether data nests at most max_depth lists and objects deep (walked without recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            if d > max_depth:
+                return False
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return True
+
+
+def parse_json(text: str | bytes, what: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """JSON text, strictly (no NaN / Infinity), at most max_depth deep; one message otherwise. For JSON that is not
+    a file of its own (a basis file's header fields)."""
+    import json
 
     def no_constants(c):
         raise ValueError(f"{c} is not a JSON number")
 
     try:
-        data = json.loads(p.read_bytes().decode("utf-8"), parse_constant=no_constants)
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise LatentBasisError(f"{p} is not a readable {what} (not JSON: {str(e)[:120]})") from None
-    if not isinstance(data, dict):
-        raise LatentBasisError(f"{p} is not a readable {what}: a JSON object was expected, found a "
-                               f"{type(data).__name__}")
+        data = json.loads(text.decode("utf-8") if isinstance(text, bytes) else text, parse_constant=no_constants)
+    except RecursionError:
+        data = None
+        deep = True
+    except (ValueError, UnicodeDecodeError) as e:
+        raise LatentBasisError(f"{what} is not readable (not JSON: {str(e)[:120]})") from None
+    else:
+        deep = not json_depth_ok(data, max_depth)
+    if deep:
+        raise LatentBasisError(f"{what} is not readable: its JSON nests more than {max_depth} levels deep")
     return data
+
+
+def read_json_object(path: str | os.PathLike, what: str, max_bytes: int = MAX_JSON_BYTES) -> dict:
+    """The one reader of JSON files (configs, model_index, scheduler configs, recipes, caches): a regular file, at
+    most max_bytes, strict JSON (no NaN / Infinity) at most MAX_JSON_DEPTH deep, an object; one message otherwise."""
+    p = regular_file(path, what)
+    size = p.stat().st_size
+    if size > max_bytes:
+        raise LatentBasisError(f"{what} {p} is {size:,} bytes; at most {max_bytes:,} are read")
+    with open(p, "rb") as fh:       # read at most max_bytes + 1 whatever the size said (a file still growing)
+        raw = fh.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise LatentBasisError(f"{what} {p} is more than {max_bytes:,} bytes; at most {max_bytes:,} are read")
+    data = parse_json(raw, f"{what} {p}")
+    if not isinstance(data, dict):
+        raise LatentBasisError(f"{what} {p} is not a JSON object: found a {type(data).__name__}")
+    return data
+
+
+# ---------------------------------------------------------------- config fields
+# The fields of a model folder's configs that latentbasis reads itself, and what each must be: checked before
+# diffusers sees the folder, so a wrong type is one message naming the field, not an error deep inside a library.
+
+def _positive_int(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+FIELD_KINDS = {
+    "positive whole number": _positive_int,
+    "whole number >= 0": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    "positive whole number or a pair of them": lambda v: _positive_int(v) or (
+        isinstance(v, list) and len(v) == 2 and all(_positive_int(a) for a in v)),
+    "positive whole number, or null": lambda v: v is None or _positive_int(v),
+    "list of positive whole numbers": lambda v: isinstance(v, list) and len(v) > 0 and all(
+        _positive_int(a) for a in v),
+    "positive whole number or a list of them, or null": lambda v: v is None or _positive_int(v) or (
+        isinstance(v, list) and all(_positive_int(a) for a in v)),
+    "finite number": _number,
+    "positive number": lambda v: _number(v) and v > 0,
+    "true or false": lambda v: isinstance(v, bool),
+    "text": lambda v: isinstance(v, str),
+    "text, or null": lambda v: v is None or isinstance(v, str),
+    "flat list of finite numbers, or null": lambda v: v is None or (
+        isinstance(v, list) and len(v) > 0 and all(_number(a) for a in v)),
+}
+
+DENOISER_FIELDS = {
+    "_class_name": "text", "sample_size": "positive whole number or a pair of them",
+    "in_channels": "positive whole number", "out_channels": "positive whole number, or null",
+    "patch_size": "positive whole number, or null", "block_out_channels": "list of positive whole numbers",
+    "cross_attention_dim": "positive whole number or a list of them, or null",
+    "num_class_embeds": "positive whole number, or null", "class_embed_type": "text, or null",
+    "addition_embed_type": "text, or null", "joint_attention_dim": "positive whole number, or null",
+}
+
+SCHEDULER_FIELDS = {
+    "_class_name": "text", "num_train_timesteps": "positive whole number", "beta_start": "positive number",
+    "beta_end": "positive number", "beta_schedule": "text", "trained_betas": "flat list of finite numbers, or null",
+    "prediction_type": "text", "clip_sample": "true or false", "clip_sample_range": "positive number",
+    "shift": "positive number", "use_dynamic_shifting": "true or false", "steps_offset": "whole number >= 0",
+    "set_alpha_to_one": "true or false", "rescale_betas_zero_snr": "true or false", "timestep_spacing": "text",
+}
+
+
+def check_fields(cfg: dict, fields: dict[str, str], where: str) -> dict:
+    """cfg, if each of `fields` it has is of its kind (FIELD_KINDS); one message naming the first that is not."""
+    for name, kind in fields.items():
+        if name in cfg and not FIELD_KINDS[kind](cfg[name]):
+            raise LatentBasisError(f"{where}: the field {name!r} is {str(cfg[name])[:60]!r} "
+                                   f"({type(cfg[name]).__name__}); latentbasis needs a {kind} there")
+    return cfg
 
 
 # ---------------------------------------------------------------- paths

@@ -592,3 +592,88 @@ def test_an_app_upload_of_postscript_runs_nothing(tmp_path, app, fake_ghostscrip
     with pytest.raises(E.AppError, match="not a readable image"):
         E.upload_image(model, E.Session(), str(f), 0.6)
     assert not fake_ghostscript.exists()
+
+
+def _bad_folder(root: Path, tiny_unet_dir: Path, name: str, change) -> Path:
+    """A copy of the tiny model folder with one file changed by change(folder)."""
+    md = root / name
+    if not md.exists():
+        shutil.copytree(tiny_unet_dir, md)
+        change(md)
+    return md
+
+
+def _edit_json(file_name: str, **fields):
+    def change(md: Path):
+        cfg = json.loads((md / file_name).read_text())
+        (md / file_name).write_text(json.dumps({**cfg, **fields}))
+    return change
+
+
+def _replace(file_name: str, make):
+    def change(md: Path):
+        (md / file_name).unlink()
+        make(md / file_name)
+    return change
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+JSON_CASES = {
+    # reads without limits: not a regular file, or too large
+    "config_links_to_dev_zero": (_replace("config.json", lambda p: p.symlink_to("/dev/zero")), "not a regular file"),
+    "scheduler_config_is_a_fifo": (_replace("scheduler_config.json", lambda p: os.mkfifo(p)), "not a regular file"),
+    "config_is_a_folder": (_replace("config.json", lambda p: p.mkdir()), "is a folder"),
+    "config_of_5_mb": (_replace("config.json", lambda p: p.write_text('{"pad": "' + "x" * (5 * 2**20) + '"}')),
+                       "at most 4,194,304 are read"),
+    # field types
+    "sample_size_a_float": (_edit_json("config.json", sample_size=16.5), "'sample_size'"),
+    "sample_size_a_string": (_edit_json("config.json", sample_size="16"), "'sample_size'"),
+    "in_channels_a_list": (_edit_json("config.json", in_channels=[1]), "'in_channels'"),
+    "trained_betas_2d": (_edit_json("scheduler_config.json", trained_betas=[[0.1, 0.2], [0.3, 0.4]]),
+                         "'trained_betas'"),
+    "num_train_timesteps_a_string": (_edit_json("scheduler_config.json", num_train_timesteps="1000"),
+                                     "'num_train_timesteps'"),
+    "clip_sample_a_number": (_edit_json("scheduler_config.json", clip_sample=1), "'clip_sample'"),
+    # nesting
+    "config_nested_100000_deep": (_replace("config.json", lambda p: p.write_text('{"a": ' + _nested(100_000) + "}")),
+                                  "nests more than 32"),
+    "scheduler_nested_40_deep": (_replace("scheduler_config.json",
+                                          lambda p: p.write_text('{"a": ' + _nested(40) + "}")), "nests more than 32"),
+    "extra_json_nested_deep": (lambda md: (md / "extra_config.json").write_text(_nested(50_000)), "nests more than 32"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(JSON_CASES))
+def test_every_json_of_a_model_folder_goes_through_one_reader(name, tmp_path_factory, tiny_unet_dir, capsys):
+    root = tmp_path_factory.getbasetemp() / "json_cases"
+    root.mkdir(exist_ok=True)
+    change, says = JSON_CASES[name]
+    md = _bad_folder(root, tiny_unet_dir, name, change)
+    out = tmp_path_factory.mktemp("out")
+    (out / "earlier.safetensors").write_bytes(b"an earlier output")
+    before = snapshot(out)
+    rc, err = run_main(["basis", "--model", md, "--steps", "3", "--k", "2", "--quiet", "--out",
+                        out / "earlier.safetensors", "--png", ""], capsys)
+    assert rc == 2 and len(err) == 1 and says in err[0], err
+    assert "please report" not in err[0] and "Traceback" not in err[0]
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("name,text,says", [
+    ("recipe_nested_deep", '{"seed": 0, "x": ' + _nested(64) + "}", "nests more than 32"),
+    ("recipe_recursion", '{"seed": ' + _nested(200_000) + "}", "nests more than 32"),
+    ("recipe_a_fifo", None, "not a regular file"),
+])
+def test_recipes_go_through_the_same_reader(name, text, says, tmp_path, tiny_unet_dir, capsys):
+    f = tmp_path / "recipe.json"
+    if text is None:
+        os.mkfifo(f)
+    else:
+        f.write_text(text)
+    rc, err = run_main(["edit", "--recipe", f, "--out", tmp_path / "new.png"], capsys)
+    assert rc == 2 and len(err) == 1 and says in err[0], err
+    assert "please report" not in err[0]
+    assert not (tmp_path / "new.png").exists()
