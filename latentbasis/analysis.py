@@ -96,13 +96,13 @@ def load_trajectory(path: Path, model):
     from safetensors import safe_open
 
     from .sampling import Trajectory
-    from .validate import finite_tensor
+    from .validate import finite_tensor, parse_json
 
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
             t = {n: fh.get_tensor(n) for n in ("xs", "x0_hats", "x0")}
-        steps = json.loads(meta.get("timesteps", "[]"))
+        steps = parse_json(meta.get("timesteps", "[]"), "timesteps")
     except Exception as e:
         raise LatentBasisError(f"{path} is not a readable trajectory file ({type(e).__name__}); remove the cache "
                                "folder") from None
@@ -545,9 +545,11 @@ def _training_config(model) -> dict | None:
     log = Path(model.path) / "training_log.json"
     if not log.exists():
         return None
+    from .validate import read_json_object
+
     try:
-        cfg = json.loads(log.read_text())["config"]
-    except (OSError, ValueError, KeyError, TypeError):
+        cfg = read_json_object(log, "training log")["config"]
+    except (LatentBasisError, KeyError):
         return None
     return cfg if isinstance(cfg, dict) else None
 

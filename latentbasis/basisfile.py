@@ -150,9 +150,11 @@ def load_basis(path: str | os.PathLike, model=None) -> Basis:
         raise LatentBasisError(f"{path} is not a latentbasis basis file (format {str(meta.get('format'))[:40]!r}, "
                                f"expected {FORMAT!r})")
     k = _check_tensors(tensors, meta, path)
+    from .validate import parse_json
+
     try:
-        residuals = json.loads(meta.get("residuals", "[]"), parse_constant=lambda c: float("nan"))
-    except ValueError:
+        residuals = parse_json(meta.get("residuals", "[]"), "residuals")
+    except LatentBasisError:
         residuals = None
     if not isinstance(residuals, list) or len(residuals) != k or not all(
             isinstance(r, (int, float)) and not isinstance(r, bool) and r == r and 0 <= r < float("inf")

@@ -295,8 +295,10 @@ def _cmd_info(a) -> None:
     b = load_basis(a.file)   # checked first: a file that is not a valid basis gets one message
     with safe_open(str(a.file), framework="pt") as fh:
         meta = fh.metadata()
-    for key in sorted(meta):
-        print(f"{key}: {meta[key]}")
+    from .validate import printable
+
+    for key in sorted(meta):        # a header is the file's word: escaped, so it cannot drive the terminal
+        print(f"{printable(key)}: {printable(meta[key])}")
     print(f"latent: {tuple(b.latent.shape)}  tangent: {tuple(b.tangent.shape)}  point: {tuple(b.point.shape)}")
 
 

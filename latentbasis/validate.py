@@ -247,6 +247,20 @@ def check_fields(cfg: dict, fields: dict[str, str], where: str) -> dict:
     return cfg
 
 
+def printable(text: str) -> str:
+    """text with every control and format character escaped (\\x1b, \\n, \\u202e ...): what a file says can be
+    shown on a terminal without moving the cursor, colouring it, or forging a line of its own."""
+    import unicodedata
+
+    out = []
+    for c in str(text):
+        if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp"):
+            out.append(f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
 # ---------------------------------------------------------------- paths
 
 def _same(a: Path, b: Path) -> bool:

@@ -677,3 +677,27 @@ def test_recipes_go_through_the_same_reader(name, text, says, tmp_path, tiny_une
     assert rc == 2 and len(err) == 1 and says in err[0], err
     assert "please report" not in err[0]
     assert not (tmp_path / "new.png").exists()
+
+
+@pytest.mark.parametrize("key,value", [
+    ("prompt", "a cat\x1b[2J\x1b[31m"),                       # clear the screen, turn red
+    ("note", "fine\nmodel_hash: 0000000000000000"),            # forge a line of its own
+    ("evil\x1b]0;title\x07", "x"),                             # an escape in a key (sets the window title)
+    ("prompt", "abc\u202edcb\u2028next"),                      # a bidi override and a line separator
+])
+def test_info_prints_header_values_escaped(key, value, ws, tmp_path, capsys):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(ws / "basis.safetensors"), framework="pt") as fh:
+        meta = dict(fh.metadata())
+        tensors = {n: fh.get_tensor(n) for n in fh.keys()}
+    meta[key] = value
+    f = tmp_path / "told.safetensors"
+    save_file(tensors, str(f), metadata=meta)
+    rc = main(["info", str(f)])
+    out = capsys.readouterr().out
+    assert rc in (0, None)
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out and "\u2028" not in out
+    assert len(out.splitlines()) == len(meta) + 1          # one line per header field, and the shapes
+    assert not any(ln.startswith("model_hash: 0000") for ln in out.splitlines())
