@@ -148,7 +148,7 @@ def _cmd_basis(a) -> None:
     v.tolerance(a.tol, "--tol")
     out = Path(a.out)
     png = None if a.png == "" else Path(a.png) if a.png else out.with_suffix(".png")
-    v.check_outputs({"--out": out, "--png": png}, {"--init": a.init, "--image": a.image})
+    v.check_outputs({"--out": out, "--png": png}, read_paths(a))
     if a.t is None and a.timestep is None:
         a.t = 0.6
     model = _load(a, a.model)
@@ -226,20 +226,20 @@ def _cmd_edit(a) -> None:
         raise LatentBasisError(f"--out {out.name}: the edit grid is a PNG; give a path ending in .png (its recipe "
                                "goes beside it as .json)")
     recipe_path = out.with_suffix(".json")
-    inputs = {"--recipe": a.recipe, "--basis": a.basis, "--image": a.image}
     if a.recipe:
         # a replay writes its recipe beside the grid, unless that is the recipe it replays (then it is left alone)
         same = recipe_path.exists() and Path(a.recipe).exists() and recipe_path.resolve() == Path(a.recipe).resolve()
         v.check_outputs({"--out": out} if same else {"--out": out, "recipe (--out with .json)": recipe_path},
                         {"--recipe": a.recipe})
         r = EditRecipe.from_file(a.recipe)
-        v.check_outputs({"--out": out}, {"the recipe's basis_file": r.basis_file, "the recipe's image": r.image})
+        v.check_outputs({"--out": out}, {"the recipe's basis_file": r.basis_file, "the recipe's image": r.image,
+                                         "the recipe's mask": r.mask, "the recipe's model": r.model})
         if a.max_memory:
             _check_common(a)
         model = _load(a, r.model, a.dtype or r.dtype)
     else:
         _check_common(a)
-        v.check_outputs({"--out": out, "recipe (--out with .json)": recipe_path}, inputs)
+        v.check_outputs({"--out": out, "recipe (--out with .json)": recipe_path}, read_paths(a))
         model = _load(a, a.model)
         _condition(a, model)
         ts, frac = resolve_timestep(model.num_train_timesteps, fraction=None if a.timestep is not None else a.t,
@@ -287,6 +287,17 @@ def _cmd_edit(a) -> None:
     print(f"wrote {' and '.join(wrote)} ({shape})")
 
 
+READ_OPTIONS = ("model", "init", "image", "basis", "recipe", "mask")
+
+
+def read_paths(a, **more) -> dict[str, str | None]:
+    """Every path a command reads, by the name the user knows it by: each of READ_OPTIONS it has (a mask given as
+    a box is no path and matches no file), and `more`. check_outputs keeps every output off all of them."""
+    paths = {f"--{name}": getattr(a, name, None) for name in READ_OPTIONS}
+    paths.update(more)
+    return {k: str(v) for k, v in paths.items() if v not in (None, "")}
+
+
 def _cmd_info(a) -> None:
     from safetensors import safe_open
 
@@ -312,7 +323,7 @@ def _cmd_global(a) -> None:
 
     _check_common(a)
     v.count(a.samples, "--samples", v.MAX_SAMPLES, lo=2)
-    v.check_outputs({"--out": a.out}, {})
+    v.check_outputs({"--out": a.out}, read_paths(a))
     model = _load(a, a.model)
     _condition(a, model)
     ts, frac = resolve_timestep(model.num_train_timesteps, fraction=a.t)

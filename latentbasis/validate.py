@@ -272,9 +272,28 @@ def _same(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
+def _model_file(f: Path) -> bool:
+    """Whether a file of a model folder is one loading reads: configs, weights, a tokenizer's files."""
+    import fnmatch
+
+    return any(fnmatch.fnmatch(f.name, pat) for pat in (
+        "*.json", "diffusion_pytorch_model*", "model.*", "model-*", "pytorch_model*", "*.bin", "*.model", "*.txt",
+        "*.ckpt", "*.pt"))
+
+
+def _inside(f: Path, folder: Path) -> bool:
+    try:
+        f.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
 def check_outputs(outputs: dict[str, str | os.PathLike | None], inputs: dict[str, str | os.PathLike | None]) -> None:
-    """Before anything is written: no output is one of the inputs or another output, and every output's folder
-    exists and can be written to. `outputs` / `inputs`: what the user calls them (e.g. "--out") -> path or None."""
+    """Before anything is written: no output is one of the inputs (nor a file a model folder among them is read
+    from: its configs, weights and tokenizer) or another output, and every output's folder exists and can be written to. `outputs` / `inputs`:
+    what the user calls them (e.g. "--out") -> path or None; the inputs are every path the command reads
+    (cli.read_paths)."""
     outs = {k: Path(v) for k, v in outputs.items() if v not in (None, "")}
     ins = {k: Path(v) for k, v in inputs.items() if v not in (None, "")}
     names = list(outs)
@@ -283,6 +302,9 @@ def check_outputs(outputs: dict[str, str | os.PathLike | None], inputs: dict[str
             if _same(outs[a], p):
                 raise LatentBasisError(f"{a} {outs[a]} is the input {k}: writing it would destroy the input; "
                                        "choose another output path")
+            if p.is_dir() and _inside(outs[a], p) and _model_file(outs[a]):   # a file a model folder is read from
+                raise LatentBasisError(f"{a} {outs[a]} is a file of the input {k}: writing it would change the "
+                                       "input; choose another output path")
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             if _same(outs[a], outs[b]):

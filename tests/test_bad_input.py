@@ -701,3 +701,50 @@ def test_info_prints_header_values_escaped(key, value, ws, tmp_path, capsys):
     assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out and "\u2028" not in out
     assert len(out.splitlines()) == len(meta) + 1          # one line per header field, and the shapes
     assert not any(ln.startswith("model_hash: 0000") for ln in out.splitlines())
+
+
+@pytest.fixture(scope="module")
+def region_ws(tmp_path_factory, tiny_unet_dir):
+    """A model folder of its own, a region PNG under several names, and an edit (with its recipe) made with it."""
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("region_ws")
+    shutil.copytree(tiny_unet_dir, d / "model")
+    a = np.zeros((8, 8), np.uint8)       # the tiny model's images are 8x8
+    a[2:6, 2:6] = 255
+    for name in ("region.png", "region_b.png", "region.safetensors"):
+        Image.fromarray(a).save(d / name, format="PNG")
+    rc = main(["edit", "--model", str(d / "model"), "--space", "x0", "--mask", str(d / "region.png"), "--steps", "3",
+               "--k", "2", "--n-iter", "1", "--quiet", "--out", str(d / "made.png")])
+    assert rc in (0, None) and (d / "made.json").exists()
+    return d
+
+
+def output_cases(d: Path):
+    m = d / "model"
+    B = ["basis", "--model", m, "--steps", "3", "--k", "2", "--quiet"]
+    return {
+        "png_is_the_mask": (B + ["--space", "x0", "--mask", d / "region.png", "--out", d / "n.safetensors",
+                                 "--png", d / "region.png"], "is the input --mask"),
+        "edit_out_is_the_mask": (["edit", "--model", m, "--space", "x0", "--mask", d / "region_b.png", "--steps", "3",
+                                  "--k", "2", "--quiet", "--out", d / "region_b.png"], "is the input --mask"),
+        "global_out_is_the_mask": (["global", "--model", m, "--space", "x0", "--mask", d / "region.safetensors",
+                                    "--samples", "2", "--steps", "3", "--k", "2", "--quiet",
+                                    "--out", d / "region.safetensors"], "is the input --mask"),
+        "replay_out_is_the_recipes_mask": (["edit", "--recipe", d / "made.json", "--out", d / "region.png"],
+                                           "is the input the recipe's mask"),
+        "out_is_the_models_weights": (B + ["--out", m / "diffusion_pytorch_model.safetensors", "--png", ""],
+                                      "is a file of the input --model"),
+        "png_is_the_models_config": (B + ["--out", d / "n.safetensors", "--png", m / "config.json"],
+                                     "is a file of the input --model"),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(output_cases(Path("d"))))
+def test_no_output_is_a_file_the_command_reads(name, region_ws, capsys):
+    args, says = output_cases(region_ws)[name]
+    before = snapshot(region_ws)
+    rc, err = run_main(args, capsys)
+    assert rc == 2 and len(err) == 1 and says in err[0], err
+    assert "please report" not in err[0]
+    assert snapshot(region_ws) == before
