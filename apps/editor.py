@@ -440,7 +440,7 @@ def import_basis(model, s: Session, path) -> list[tuple[np.ndarray, str]]:
     if not path:
         raise AppError("no basis file was given")
     try:
-        given = load_basis(path, model=model)
+        given = load_basis(path, model=model, layer=model.default_layer)
         if given.k > MAX_K:
             raise LatentBasisError(f"the basis has k = {given.k} directions; the app shows at most {MAX_K}")
         basis = transported_basis(model, given, s.trajectory.at(s.timestep), s.timestep, prompt=s.prompt)

@@ -120,7 +120,7 @@ def _checked_mask(mask: torch.Tensor, digest: str, path: Path) -> torch.Tensor:
     return m
 
 
-def load_basis(path: str | os.PathLike, model=None) -> Basis:
+def load_basis(path: str | os.PathLike, model=None, layer: str | None = None) -> Basis:
     """Read a basis file, every tensor and header field checked (one message for anything wrong); with `model`,
     also that it was computed with that model's weights (model_hash) and fits its x and schedule."""
     import json
@@ -195,4 +195,10 @@ def load_basis(path: str | os.PathLike, model=None) -> Basis:
         if tuple(b.point.shape) != tuple(model.x_shape):
             raise LatentBasisError(f"{path} is for x of shape {tuple(b.point.shape)}; this model's x_t is "
                                    f"{tuple(model.x_shape)}")
+    if layer is not None and b.space == "h" and b.layer != layer:   # another layer of the same shape is no match
+        raise LatentBasisError(f"{path} was computed at the layer {b.layer[:80]!r}; here h is the layer {layer!r}: "
+                               "compute a basis at this layer (or use the basis' layer where the command has --layer)")
+    if b.mask_sha256 and b.timestep is None:
+        raise LatentBasisError(f"{path} has a corrupt header: a basis of a region without the timestep it was "
+                               "computed at")
     return b

@@ -159,7 +159,7 @@ def _cmd_basis(a) -> None:
     if a.init:
         from .basisfile import load_basis
 
-        init = load_basis(a.init, model=model).latent
+        init = load_basis(a.init, model=model, layer=a.layer or model.default_layer).latent
     mask = _region(a, model)
     with Stages(a.quiet) as stages:
         if a.image:  # a real image: DDIM-inverted up to t

@@ -203,7 +203,7 @@ def run_recipe(r: EditRecipe, model=None, progress=None) -> EditResult:
         raise LatentBasisError("give at least one direction and one strength")
     given = None
     if r.basis_file:  # validate before any slow work
-        given = load_basis(r.basis_file, model=model)
+        given = load_basis(r.basis_file, model=model, layer=model.default_layer)
         r.basis_sha256, r.k = _checked_sha256(r.basis_file, r.basis_sha256, "basis file"), given.k
     if r.combination is not None:
         if not r.combination:

@@ -748,3 +748,42 @@ def test_no_output_is_a_file_the_command_reads(name, region_ws, capsys):
     assert rc == 2 and len(err) == 1 and says in err[0], err
     assert "please report" not in err[0]
     assert snapshot(region_ws) == before
+
+
+@pytest.fixture(scope="module")
+def other_layer_basis(tmp_path_factory, tiny_unet_dir):
+    """A basis of the tiny model at another layer than its default (mid_block)."""
+    d = tmp_path_factory.mktemp("other_layer")
+    f = d / "down1.safetensors"
+    rc = main(["basis", "--model", str(tiny_unet_dir), "--layer", "down_blocks.1", "--steps", "3", "--k", "2",
+               "--quiet", "--out", str(f), "--png", ""])
+    assert rc in (0, None) and f.exists()
+    return f
+
+
+@pytest.mark.parametrize("case", ["edit_basis", "basis_init", "basis_init_other_layer_named"])
+def test_a_basis_of_another_layer_is_refused(case, other_layer_basis, tiny_unet_dir, tmp_path, capsys):
+    m = tiny_unet_dir
+    args = {"edit_basis": ["edit", "--model", m, "--basis", other_layer_basis, "--steps", "3", "--n-iter", "1",
+                           "--quiet", "--out", tmp_path / "e.png"],
+            "basis_init": ["basis", "--model", m, "--init", other_layer_basis, "--steps", "3", "--k", "2",
+                           "--quiet", "--out", tmp_path / "b.safetensors", "--png", ""],
+            "basis_init_other_layer_named": ["basis", "--model", m, "--layer", "up_blocks.0", "--init",
+                                             other_layer_basis, "--steps", "3", "--k", "2", "--quiet",
+                                             "--out", tmp_path / "b.safetensors", "--png", ""]}[case]
+    rc, err = run_main(args, capsys)
+    assert rc == 2 and len(err) == 1 and "computed at the layer 'down_blocks.1'" in err[0], err
+    assert "please report" not in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_basis_of_another_layer_is_refused_in_the_app(other_layer_basis, app):
+    E, model, found = app
+    with pytest.raises(E.AppError, match="computed at the layer"):
+        E.import_basis(model, found, str(other_layer_basis))
+
+
+def test_a_basis_of_its_own_layer_is_taken_as_init(other_layer_basis, tiny_unet_dir, tmp_path, capsys):
+    rc, err = run_main(["basis", "--model", tiny_unet_dir, "--layer", "down_blocks.1", "--init", other_layer_basis,
+                        "--steps", "3", "--k", "2", "--quiet", "--out", tmp_path / "b.safetensors", "--png", ""], capsys)
+    assert rc in (0, None) and (tmp_path / "b.safetensors").exists(), err
