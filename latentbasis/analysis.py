@@ -197,7 +197,7 @@ def compute_grid(model, spec: GridSpec, cache: str | os.PathLike, *, rank: int =
         prev = None
         for ts, path in zip(spec.timesteps, paths):
             if path.exists():
-                b = load_basis(path, model=model)
+                b = cached_basis(path, model, spec, seed, ts, prompt, traj.at(ts))
             else:
                 init = prev.latent if (spec.warm_start and prev is not None) else None
                 b = latent_basis(model, traj.at(ts), timestep=ts, k=spec.k, prompt=prompt,
@@ -219,12 +219,35 @@ def load_grid(model, spec: GridSpec, cache: str | os.PathLike) -> dict[tuple[int
     cache = Path(cache)
     out = {}
     for p, seed in spec.units():
+        tpath = _trajectory_path(cache, p, seed)
+        traj = load_trajectory(tpath, model) if tpath.exists() else None
         for ts in spec.timesteps:
             path = _basis_path(cache, p, seed, ts)
             if not path.exists():
                 raise LatentBasisError(f"{path} is missing: the grid is not complete (run the report again)")
-            out[p, seed, ts] = load_basis(path, model=model)
+            point = traj.at(ts) if traj is not None and ts in traj.timesteps else None
+            out[p, seed, ts] = cached_basis(path, model, spec, seed, ts, spec.prompts[p], point)
     return out
+
+
+def cached_basis(path: Path, model, spec: GridSpec, seed: int, ts: int, prompt: str | None, point=None):
+    """A basis of the report cache, held to its key: this model and its default layer (load_basis), the entry's
+    timestep, k and prompt, and, where the sample's trajectory is known, the x_t it was computed at. An entry that
+    is not the one its place in the cache says (swapped, copied from another report) is refused, naming the field:
+    the numbers of a report are never silently another sample's or timestep's."""
+    from .basisfile import load_basis
+
+    b = load_basis(path, model=model, layer=model.default_layer)
+    for field, have, want in (("timestep", b.timestep, ts), ("k", b.k, spec.k), ("prompt", b.prompt or None,
+                                                                                   prompt or None)):
+        if have != want:
+            raise LatentBasisError(f"the report cache entry {path} is not the basis of sample {seed} at timestep "
+                                   f"{ts}: its {field} is {have[:40] if isinstance(have, str) else have!r}, {want!r} was expected; remove the "
+                                   "cache folder to compute it again")
+    if point is not None and not torch.allclose(b.point.float().cpu(), point.float().cpu(), rtol=1e-5, atol=1e-6):
+        raise LatentBasisError(f"the report cache entry {path} was computed at another x_t than sample {seed}'s "
+                               f"state at timestep {ts}; remove the cache folder to compute it again")
+    return b
 
 
 @contextlib.contextmanager

@@ -787,3 +787,46 @@ def test_a_basis_of_its_own_layer_is_taken_as_init(other_layer_basis, tiny_unet_
     rc, err = run_main(["basis", "--model", tiny_unet_dir, "--layer", "down_blocks.1", "--init", other_layer_basis,
                         "--steps", "3", "--k", "2", "--quiet", "--out", tmp_path / "b.safetensors", "--png", ""], capsys)
     assert rc in (0, None) and (tmp_path / "b.safetensors").exists(), err
+
+
+@pytest.fixture(scope="module")
+def report_cache(tmp_path_factory, tiny_unet_dir):
+    from latentbasis.analysis import GridSpec, check_cache, compute_grid
+    from latentbasis.loading import load_model
+
+    model = load_model(str(tiny_unet_dir))
+    spec = GridSpec(seeds=[0, 1], timesteps=[900, 300], k=2, num_steps=6)
+    cache = check_cache(model, spec, tmp_path_factory.mktemp("report") / "cache")
+    compute_grid(model, spec, cache, progress=False)
+    other = GridSpec(seeds=[0, 1], timesteps=[900, 300], k=3, num_steps=6)
+    other_cache = check_cache(model, other, tmp_path_factory.mktemp("report_k3") / "cache")
+    compute_grid(model, other, other_cache, progress=False)
+    return model, spec, cache, other_cache
+
+
+@pytest.mark.parametrize("case,says", [("timesteps_swapped", "its timestep is 300"),
+                                       ("samples_swapped", "another x_t"),
+                                       ("entry_of_a_k3_report", "its k is 3")])
+def test_a_report_cache_entry_is_held_to_its_key(case, says, report_cache, tmp_path):
+    from latentbasis.analysis import compute_grid, load_grid
+
+    model, spec, cache, other_cache = report_cache
+    work = tmp_path / "cache"
+    shutil.copytree(cache, work)
+    a, b = {"timesteps_swapped": ("p0/s0/t0900.safetensors", "p0/s0/t0300.safetensors"),
+            "samples_swapped": ("p0/s0/t0300.safetensors", "p0/s1/t0300.safetensors"),
+            "entry_of_a_k3_report": ("p0/s1/t0900.safetensors", None)}[case]
+    if b is None:
+        shutil.copy(other_cache / a, work / a)
+    else:
+        tmp = work / "swap"
+        os.replace(work / a, tmp)
+        os.replace(work / b, work / a)
+        os.replace(tmp, work / b)
+    before = snapshot(work)
+    from latentbasis.errors import LatentBasisError
+
+    assert compute_grid(model, spec, work, progress=False) == 0     # every entry there: nothing recomputed
+    with pytest.raises(LatentBasisError, match=says):                # and what the report reads is refused
+        load_grid(model, spec, work)
+    assert snapshot(work) == before
