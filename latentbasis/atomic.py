@@ -2,27 +2,89 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import uuid
 from pathlib import Path
+
+from .errors import LatentBasisError
+
+NAME_MAX = 255    # bytes in one file name on Linux, macOS and Windows file systems
+
+
+def temporary_name(name: str, token: str) -> str:
+    """The temporary file's name beside `name`: ".{name}.{token}.tmp{suffix}", the name shortened (on a character
+    boundary) so that the whole fits NAME_MAX bytes however long `name` is."""
+    suffix = Path(name).suffix if len(Path(name).suffix.encode()) <= 16 else ""
+    room = NAME_MAX - len(f"..{token}.tmp{suffix}".encode())
+    stem = name
+    while len(stem.encode()) > room:
+        stem = stem[:-1]
+    return f".{stem}.{token}.tmp{suffix}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True      # someone else's process, or one we cannot ask about: leave its file alone
+    return True
+
+
+def _write_error(path: Path, e: BaseException) -> LatentBasisError | None:
+    """One line for a write that failed for the file system's reasons (a full disk, a quota, a read-only or
+    failing device, a name too long), from an OSError or a library's error that wraps one (safetensors')."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG,
+                                              errno.ENAMETOOLONG, errno.EACCES, errno.EPERM):
+        return LatentBasisError(f"cannot write {path}: {e.strerror or os.strerror(e.errno)}; nothing was changed")
+    text = str(e)
+    if type(e).__name__ == "SafetensorError" and "os error" in text:
+        reason = text.split(":")[-1].strip() if ":" in text else text
+        return LatentBasisError(f"cannot write {path}: {reason[:120]}; nothing was changed")
+    return None
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside `path`; on success it replaces `path` (os.replace is atomic on one file
     system), on any error or interrupt it is removed and `path` is left as it was. Permissions follow the umask.
-    A process killed mid-write cannot remove its temporary file; the next complete write of `path` does."""
+
+    The temporary name carries this process's id and fits the file system's name limit (temporary_name). A
+    process killed mid-write cannot remove its temporary file; the next complete write of `path` removes those of
+    processes no longer running, never one another live writer is still writing. A full disk, a quota or a
+    read-only folder is one LatentBasisError naming the file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = path.with_name(temporary_name(path.name, token))
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())   # some writers (safetensors) create 0600 files: every output alike
         os.replace(tmp, path)
+    except Exception as e:
+        err = _write_error(path, e)
+        if err is not None:
+            raise err from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
-    for stale in path.parent.glob(f".{glob_escape(path.name)}.*.tmp{glob_escape(path.suffix)}"):
-        stale.unlink(missing_ok=True)   # left by a writer that was killed before it could clean up
+    _remove_stale(path)
+
+
+def _remove_stale(path: Path) -> None:
+    """Temporary files of `path` left by writers that were killed: those whose process is gone."""
+    import re
+
+    pattern = re.compile(r"\.(\d+)-[0-9a-f]{8}\.tmp")
+    for stale in path.parent.glob(".*.tmp*"):
+        m = pattern.search(stale.name)
+        if not m or not stale.name.startswith("." + path.name[:8]) or \
+                temporary_name(path.name, m.group(0)[1:-4]) != stale.name:
+            continue
+        if not _pid_alive(int(m.group(1))):
+            stale.unlink(missing_ok=True)
 
 
 def _umask() -> int:

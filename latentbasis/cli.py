@@ -146,7 +146,7 @@ def _cmd_basis(a) -> None:
 
     _check_common(a)
     v.tolerance(a.tol, "--tol")
-    out = Path(a.out)
+    out = Path(v.nonempty(a.out, "--out"))
     png = None if a.png == "" else Path(a.png) if a.png else out.with_suffix(".png")
     v.check_outputs({"--out": out, "--png": png}, read_paths(a))
     if a.t is None and a.timestep is None:
@@ -221,7 +221,7 @@ def _cmd_edit(a) -> None:
     from .recipe import EditRecipe, run_recipe
     from .viz import render_edit_grid
 
-    out = Path(a.out)
+    out = Path(v.nonempty(a.out, "--out"))
     if out.suffix.lower() != ".png":
         raise LatentBasisError(f"--out {out.name}: the edit grid is a PNG; give a path ending in .png (its recipe "
                                "goes beside it as .json)")

@@ -281,6 +281,13 @@ def _model_file(f: Path) -> bool:
         "*.ckpt", "*.pt"))
 
 
+def nonempty(value, name: str) -> str:
+    """A path argument that is not empty (an empty one would mean the current folder, or nothing)."""
+    if value is None or not str(value).strip():
+        raise LatentBasisError(f"{name} is empty: give a path")
+    return str(value)
+
+
 def _inside(f: Path, folder: Path) -> bool:
     try:
         f.resolve().relative_to(folder.resolve())
@@ -294,7 +301,16 @@ def check_outputs(outputs: dict[str, str | os.PathLike | None], inputs: dict[str
     from: its configs, weights and tokenizer) or another output, and every output's folder exists and can be written to. `outputs` / `inputs`:
     what the user calls them (e.g. "--out") -> path or None; the inputs are every path the command reads
     (cli.read_paths)."""
-    outs = {k: Path(v) for k, v in outputs.items() if v not in (None, "")}
+    from .atomic import NAME_MAX
+
+    for k, v in outputs.items():
+        if v is not None and not str(v).strip():
+            raise LatentBasisError(f"{k} is empty: give a file path")
+    outs = {k: Path(v) for k, v in outputs.items() if v is not None}
+    for k, p in outs.items():
+        if len(p.name.encode()) > NAME_MAX:
+            raise LatentBasisError(f"{k}: the file name is {len(p.name.encode())} bytes long; file systems take at "
+                                   f"most {NAME_MAX}")
     ins = {k: Path(v) for k, v in inputs.items() if v not in (None, "")}
     names = list(outs)
     for a in names:
@@ -325,7 +341,7 @@ def check_outputs(outputs: dict[str, str | os.PathLike | None], inputs: dict[str
 
 def check_output_folder(path: str | os.PathLike, name: str, inputs: dict[str, str | os.PathLike | None] = ()) -> Path:
     """An output folder (created if missing, its parent must exist): not a file, not an input, writable."""
-    p = Path(path)
+    p = Path(nonempty(path, name))
     for k, v in dict(inputs).items():
         if v not in (None, "") and _same(p, Path(v)):
             raise LatentBasisError(f"{name} {p} is the input {k}; choose another folder")

@@ -830,3 +830,98 @@ def test_a_report_cache_entry_is_held_to_its_key(case, says, report_cache, tmp_p
     with pytest.raises(LatentBasisError, match=says):                # and what the report reads is refused
         load_grid(model, spec, work)
     assert snapshot(work) == before
+
+
+def _basis_args(m, out, png=""):
+    return ["basis", "--model", m, "--steps", "3", "--k", "2", "--quiet", "--out", out, "--png", png]
+
+
+@pytest.mark.parametrize("case", ["basis_out_empty", "edit_out_blank", "report_out_empty", "name_of_300_bytes",
+                                  "png_name_of_256_bytes"])
+def test_output_names_the_file_system_cannot_take(case, tiny_unet_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)          # an empty path must not mean "here"
+    m = tiny_unet_dir
+    args, says = {
+        "basis_out_empty": (_basis_args(m, ""), "--out is empty"),
+        "edit_out_blank": (["edit", "--model", m, "--steps", "3", "--k", "2", "--quiet", "--out", "  "],
+                           "--out is empty"),
+        "report_out_empty": (["report", "--model", m, "--samples", "2", "--timesteps", "2", "--k", "2", "--steps", "3",
+                              "--quiet", "--out", ""], "--out is empty"),
+        "name_of_300_bytes": (_basis_args(m, tmp_path / ("b" * 290 + ".safetensors")), "at most 255"),
+        "png_name_of_256_bytes": (_basis_args(m, tmp_path / "b.safetensors", tmp_path / ("é" * 126 + ".png")),
+                                  "at most 255"),
+    }[case]
+    rc, err = run_main(args, capsys)
+    assert rc == 2 and len(err) == 1 and says in err[0], err
+    assert "please report" not in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_legal_long_name_is_written(tiny_unet_dir, tmp_path, capsys):
+    """250 characters: legal, though the temporary name beside it would not be, unshortened."""
+    out = tmp_path / ("b" * 238 + ".safetensors")
+    assert len(out.name) == 250
+    rc, err = run_main(_basis_args(tiny_unet_dir, out), capsys)
+    assert rc in (0, None) and out.exists(), err
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def _disk_full(*a, **k):
+    raise OSError(28, "No space left on device")
+
+
+class SafetensorError(Exception):     # what safetensors raises, by its name
+    pass
+
+
+@pytest.mark.parametrize("case", ["basis_file", "edit_png", "edit_recipe"])
+def test_a_full_disk_is_one_line_and_the_earlier_file_survives(case, tiny_unet_dir, tmp_path, capsys, monkeypatch):
+    import safetensors.torch
+    from PIL import Image
+
+    earlier = {"basis_file": tmp_path / "b.safetensors", "edit_png": tmp_path / "e.png",
+               "edit_recipe": tmp_path / "e.json"}[case]
+    earlier.write_bytes(b"an earlier output")
+    if case == "basis_file":
+        def full(*a, **k):
+            raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "
+                                  "\"No space left on device\" }) (os error 28): No space left on device")
+        monkeypatch.setattr(safetensors.torch, "save_file", full)
+        args = _basis_args(tiny_unet_dir, earlier)
+    else:
+        if case == "edit_png":
+            monkeypatch.setattr(Image.Image, "save", _disk_full)
+        else:
+            monkeypatch.setattr(Path, "write_text", _disk_full)
+        args = ["edit", "--model", tiny_unet_dir, "--steps", "3", "--k", "2", "--n-iter", "1", "--quiet",
+                "--out", tmp_path / "e.png"]
+    before = snapshot(tmp_path)
+    rc, err = run_main(args, capsys)
+    assert rc == 2 and len(err) == 1 and "No space left on device" in err[0] and earlier.name in err[0], err
+    assert "please report" not in err[0]
+    after = snapshot(tmp_path)
+    assert after[earlier.name] == b"an earlier output"
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_a_writer_never_removes_another_live_writers_temporary_file(tmp_path):
+    """Two writers of one path: the one that finishes first leaves the other's temporary file alone (its process
+    runs), and removes one whose process is gone."""
+    from latentbasis.atomic import atomic_path, temporary_name
+
+    target = tmp_path / "out.json"
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        theirs = tmp_path / temporary_name(target.name, f"{live.pid}-0123abcd")
+        theirs.write_text("being written")
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout.strip()
+        left = tmp_path / temporary_name(target.name, f"{dead}-89abcdef")
+        left.write_text("left by a killed writer")
+        with atomic_path(target) as tmp:
+            Path(tmp).write_text("{}")
+        assert target.read_text() == "{}"
+        assert theirs.exists() and theirs.read_text() == "being written"
+        assert not left.exists()
+    finally:
+        live.kill()
