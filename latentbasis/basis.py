@@ -328,6 +328,14 @@ def _residuals(JtU: torch.Tensor, s: torch.Tensor, V: torch.Tensor) -> torch.Ten
     return (JtU - s[:, None] * V).norm(dim=1) / s.clamp(min=floor)
 
 
+def _nonzero(Y: torch.Tensor) -> torch.Tensor:
+    """Y (the first products J v), unless J is zero: then h does not depend on x_t at all, one clear message."""
+    if not bool((Y != 0).any()):
+        raise LatentBasisError("the feature map does not change with x_t (its Jacobian is zero): choose a layer that "
+                               "x_t flows through (e.g. mid_block), not one fed by the timestep or the prompt only")
+    return Y
+
+
 def _krylov(op: JacobianOperator, k: int, *, tol: float, gen: torch.Generator, init: torch.Tensor | None,
             block: int, max_dim: int, max_iters: int, callback) -> tuple:
     n, m = op.n, op.m
@@ -338,7 +346,7 @@ def _krylov(op: JacobianOperator, k: int, *, tol: float, gen: torch.Generator, i
     if fill > 0:
         starts.append(op.vjp(torch.randn(fill, m, generator=gen, dtype=torch.float64).to(**rows)))
     K = orth_rows(torch.cat(starts))
-    Y = op.jvp(K)                      # rows J k_j
+    Y = _nonzero(op.jvp(K))            # rows J k_j
     Q = orth_rows(Y)                   # left basis, spans J K
     Z = op.vjp(Q)                      # rows J^T q_j
     it = 0
@@ -390,7 +398,7 @@ def _subspace(op: JacobianOperator, k: int, *, gen: torch.Generator, init: torch
     V = torch.linalg.qr(V.T)[0].T
     it = 0
     for it in range(1, max_iters + 1):
-        Y = op.jvp(V)
+        Y = _nonzero(op.jvp(V)) if it == 1 else op.jvp(V)
         Zr = torch.cat([op.vjp(y[None]) for y in Y]) if one_by_one else op.vjp(Y)  # rows J^T J v_i
         lam, W = torch.linalg.eigh(Y @ Y.T)
         lam, W = lam.flip(0).clamp(min=0), W.flip(1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -138,10 +139,11 @@ def load_component(folder: Path, library: str, class_name: str, dtype: torch.dty
     if not folder.is_dir():
         raise LatentBasisError(f"{folder} is missing")
     try:
-        if library == "diffusers":  # accelerate is not a dependency: plain loading (float32, as the file's values)
-            obj = cls.from_pretrained(str(folder), low_cpu_mem_usage=False)
-        else:
-            obj = cls.from_pretrained(str(folder), local_files_only=True)
+        with libraries_quiet():
+            if library == "diffusers":  # accelerate is not a dependency: plain loading (float32, as the file's values)
+                obj = cls.from_pretrained(str(folder), low_cpu_mem_usage=False)
+            else:
+                obj = cls.from_pretrained(str(folder), local_files_only=True)
     except LatentBasisError:
         raise
     except Exception as e:  # corrupt weights, mismatched configs, ...
@@ -149,6 +151,24 @@ def load_component(folder: Path, library: str, class_name: str, dtype: torch.dty
     if isinstance(obj, torch.nn.Module):
         obj = (obj if dtype is None else obj.to(dtype)).eval().requires_grad_(False)
     return obj
+
+
+@contextlib.contextmanager
+def libraries_quiet():
+    """diffusers' and transformers' own log lines held back while they load (e.g. "An error occurred while trying
+    to fetch ...: no file named ...safetensors" before a .bin checkpoint loads): latentbasis says what went wrong,
+    in one line of its own. Their verbosity is restored after."""
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    levels = dlog.get_verbosity(), tlog.get_verbosity()
+    dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
+    try:
+        yield
+    finally:
+        dlog.set_verbosity(levels[0])
+        tlog.set_verbosity(levels[1])
 
 
 def cast_weights(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:

@@ -222,10 +222,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
         torch.set_num_threads(cfg.num_threads)
     from .devices import resolve_device
 
-    try:
-        dev = resolve_device(cfg.device)
-    except LatentBasisError as e:
-        raise LatentBasisError(f"{e} (device {cfg.device!r} is not available here)") from None
+    dev = resolve_device(cfg.device)     # its message says what is wrong, once
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data, labels = load_dataset(cfg)

@@ -925,3 +925,99 @@ def test_a_writer_never_removes_another_live_writers_temporary_file(tmp_path):
         assert not left.exists()
     finally:
         live.kill()
+
+
+def test_the_apps_temporary_root_is_private_and_never_followed(app, tmp_path, monkeypatch):
+    """A link planted where the app's root goes (pointing at someone's folder, with a folder in it named like a
+    stale session): nothing there is followed or removed; the app works in a fresh private folder, sessions 0700."""
+    import stat
+
+    E, model, _ = app
+    victim = tmp_path / "victim"
+    (victim / "999999999-deadbeefdead").mkdir(parents=True)
+    (victim / "999999999-deadbeefdead" / "precious.txt").write_text("keep me")
+    (victim / "notes.txt").write_text("keep me too")
+    planted = tmp_path / "latentbasis-app"
+    planted.symlink_to(victim)
+    monkeypatch.setattr(E, "WORK_ROOT", planted)
+    before = snapshot(victim)
+    assert E.remove_stale_workdirs() == 0
+    s = E.Session()
+    assert snapshot(victim) == before and planted.is_symlink()
+    root = Path(s.workdir).parent
+    assert root != planted and not root.is_symlink() and stat.S_IMODE(os.lstat(root).st_mode) == 0o700
+    assert stat.S_IMODE(os.lstat(s.workdir).st_mode) == 0o700
+    s.close()
+
+
+def test_the_app_cleans_only_folders_it_made(app, tmp_path, monkeypatch):
+    E, model, _ = app
+    root = tmp_path / "root"
+    root.mkdir(mode=0o755)
+    monkeypatch.setattr(E, "WORK_ROOT", root)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "data.txt").write_text("not the app's")
+    (root / "999999998-0123456789ab").symlink_to(outside)      # a stale-looking name, but a link
+    (root / "999999997-notmadebyapp").mkdir()                  # a dead pid, but not a name the app makes
+    (root / "999999996-0123456789ab").mkdir()                  # one the app made, its process gone
+    assert E.remove_stale_workdirs() == 1
+    assert (outside / "data.txt").read_text() == "not the app's"
+    assert (root / "999999997-notmadebyapp").exists() and not (root / "999999996-0123456789ab").exists()
+    assert oct(os.lstat(root).st_mode & 0o777) == oct(0o700)    # this user's own root, made private
+
+
+def test_an_oversized_painted_layer_is_a_message(app):
+    E, model, _ = app
+    huge = np.broadcast_to(np.zeros((1, 1, 4), np.uint8), (7001, 7001, 4))    # 49 megapixels, no memory
+    with pytest.raises(E.AppError, match="40,000,000"):
+        E.region_mask(model, {"layers": [huge]})
+
+
+@pytest.fixture(scope="module")
+def bin_models(tmp_path_factory):
+    """Folders with .bin weights only: a good one, a corrupt one, and one with no weights at all."""
+    from conftest import ddpm_scheduler, tiny_unet
+
+    d = tmp_path_factory.mktemp("bin_models")
+    for name in ("good", "corrupt", "none"):
+        tiny_unet().save_pretrained(d / name, safe_serialization=False)
+        ddpm_scheduler().save_pretrained(d / name)
+    (d / "corrupt" / "diffusion_pytorch_model.bin").write_bytes(b"not a checkpoint")
+    (d / "none" / "diffusion_pytorch_model.bin").unlink()
+    return d
+
+
+@pytest.mark.parametrize("case,says", [("corrupt", "could not load"), ("none", "could not load"),
+                                       ("time_embedding", "does not change with x_t"),
+                                       ("time_embedding_subspace", "does not change with x_t"),
+                                       ("train_on_cuda", "no CUDA GPU")])
+def test_messages_are_latentbasis_own_one_line(case, says, bin_models, tiny_unet_dir, tmp_path, capfd):
+    """No library's line before latentbasis' own, no catch-all for a layer h that x_t does not reach, no message
+    said twice."""
+    if case == "train_on_cuda" and torch.cuda.is_available():
+        pytest.skip("a GPU is here")
+    base = ["--steps", "3", "--k", "2", "--quiet", "--out", tmp_path / "b.safetensors", "--png", ""]
+    args = {"corrupt": ["basis", "--model", bin_models / "corrupt"] + base,
+            "none": ["basis", "--model", bin_models / "none"] + base,
+            "time_embedding": ["basis", "--model", tiny_unet_dir, "--layer", "time_embedding"] + base,
+            "time_embedding_subspace": ["basis", "--model", tiny_unet_dir, "--layer", "time_embedding",
+                                        "--algorithm", "subspace"] + base,
+            "train_on_cuda": ["train", "--dataset", "digits", "--device", "cuda", "--out", tmp_path / "t"]}[case]
+    try:
+        rc = main([str(a) for a in args])
+    except SystemExit as e:
+        rc = e.code
+    err = [ln for ln in capfd.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 2 and len(err) == 1 and says in err[0], err
+    assert "please report" not in err[0]
+    if case == "train_on_cuda":
+        assert err[0].count("device 'cuda'") == 1, err[0]        # said once, not twice
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bin_checkpoint_loads_without_a_library_line(bin_models, tmp_path, capfd):
+    rc = main(["basis", "--model", str(bin_models / "good"), "--steps", "3", "--k", "2", "--quiet", "--out",
+               str(tmp_path / "b.safetensors"), "--png", ""])
+    assert rc in (0, None) and (tmp_path / "b.safetensors").exists()
+    assert capfd.readouterr().err.strip() == ""
