@@ -35,6 +35,7 @@ from latentbasis.images import image_to_x, pixel_size, read_image, x_to_image
 from latentbasis.loading import resolve_timestep
 from latentbasis.recipe import EditRecipe, sha256_file
 from latentbasis.sampling import Trajectory, invert, sample_trajectory, trajectory_grid
+from latentbasis.validate import MAX_IMAGE_PIXELS
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no network at run time
 
@@ -72,25 +73,57 @@ class Session:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def _work_root() -> Path:
+    """The app's temporary root, private to this user: WORK_ROOT created 0700. Where that path is a link, not a
+    folder, or another user's, it is left alone (never followed, never deleted) and a fresh private folder is made
+    instead (tempfile.mkdtemp); this user's own folder is set to 0700."""
+    global WORK_ROOT
+    import stat
+
+    root = WORK_ROOT
+    try:
+        os.mkdir(root, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        root = None
+    if root is not None:
+        st = os.lstat(root)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid():
+            if st.st_mode & 0o077:
+                os.chmod(root, 0o700)
+            return root
+    WORK_ROOT = Path(tempfile.mkdtemp(prefix="latentbasis-app-"))
+    return WORK_ROOT
+
+
+_WORKDIR_NAME = re.compile(r"(\d+)-[0-9a-f]{12}")
+
+
 def _new_workdir() -> str:
-    """A folder for one session, named after this process so stale ones can be told apart (remove_stale_workdirs)."""
-    WORK_ROOT.mkdir(parents=True, exist_ok=True)
-    d = WORK_ROOT / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-    d.mkdir()
+    """A folder for one session (0700), named after this process so stale ones can be told apart
+    (remove_stale_workdirs)."""
+    d = _work_root() / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    os.mkdir(d, 0o700)
     return str(d)
 
 
 def remove_stale_workdirs() -> int:
-    """Remove session folders left by app processes that are no longer running; returns how many."""
+    """Remove session folders left by app processes that are no longer running; returns how many. Only folders
+    the app made: named as _new_workdir names them, real folders (not links), this user's."""
+    import stat
+
     removed = 0
-    if not WORK_ROOT.is_dir():
-        return 0
-    for d in WORK_ROOT.iterdir():
-        pid = d.name.split("-")[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
+    root = _work_root()
+    for d in root.iterdir():
+        m = _WORKDIR_NAME.fullmatch(d.name)
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        st = os.lstat(d)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
             continue
         try:
-            os.kill(int(pid), 0)
+            os.kill(int(m.group(1)), 0)
             continue                      # its process is still running
         except ProcessLookupError:
             pass
@@ -283,6 +316,9 @@ def region_mask(model, painted) -> torch.Tensor | None:
     if not layers:
         return None
     a = np.asarray(layers[0])
+    if a.ndim >= 2 and a.shape[0] * a.shape[1] > MAX_IMAGE_PIXELS:   # the limit uploads are held to
+        raise AppError(f"the painted layer is {a.shape[1]}x{a.shape[0]} pixels: more than the {MAX_IMAGE_PIXELS:,} "
+                       "read")
     if a.ndim != 3 or a.shape[-1] < 4 or not (a[..., 3] > 0).any():
         return None
     S = model.pixel_size()[1]
