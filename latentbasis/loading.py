@@ -149,8 +149,19 @@ def load_component(folder: Path, library: str, class_name: str, dtype: torch.dty
     except Exception as e:  # corrupt weights, mismatched configs, ...
         raise LatentBasisError(f"could not load {folder}: {_short(e)}") from None
     if isinstance(obj, torch.nn.Module):
+        _check_finite(obj, folder)
         obj = (obj if dtype is None else obj.to(dtype)).eval().requires_grad_(False)
     return obj
+
+
+def _check_finite(module: torch.nn.Module, folder: Path) -> None:
+    """Weights with NaN or infinite values are a broken checkpoint: one message naming the first such tensor,
+    before anything samples or reaches an SVD with them."""
+    with torch.no_grad():
+        for name, t in module.state_dict().items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise LatentBasisError(f"{folder}: the weights {name[:80]} hold NaN or infinite values; the checkpoint "
+                                       "is broken")
 
 
 @contextlib.contextmanager
