@@ -82,18 +82,28 @@ CPU_CHUNK_BYTES = 512 * 2**20
 def saved_activation_bytes(f: FeatureMap, x: torch.Tensor) -> int:
     """Bytes of the tensors one reverse-mode pass through f at x saves for its backward (weights excluded): the
     memory one VJP or JVP through f holds, measured with autograd's saved-tensor hooks on one plain forward."""
-    seen: dict[int, int] = {}
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    alive: dict[int, StorageWeakRef] = {}
+    total = [0]
 
     def pack(t: torch.Tensor):
         base = t._base if t._base is not None else t
         if not isinstance(base, torch.nn.Parameter):
-            st = t.untyped_storage()
-            seen[st.data_ptr()] = st.nbytes()
-        return t.detach()    # held as a plain alias: t itself (a node's own output) would make a cycle that leaks
+            ref = StorageWeakRef(t.untyped_storage())
+            seen = alive.get(ref.cdata)
+            if seen is None or seen.expired():      # a storage counted once while it lives
+                alive[ref.cdata] = ref
+                total[0] += t.untyped_storage().nbytes()
+        return None   # nothing is held: this pass is never run backward, so measuring costs a plain forward's memory
+                      # (holding t made a whole pass resident, 8.9 GiB at SDXL size, past a budget that then recomputed)
 
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    def unpack(_):
+        raise RuntimeError("saved_activation_bytes' pass has no backward")
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, unpack):
         f(x.detach().clone().requires_grad_(True))
-    return sum(seen.values())
+    return total[0]
 
 
 def forward_peak_bytes(f: FeatureMap, x: torch.Tensor) -> int:

@@ -245,6 +245,30 @@ def test_measuring_the_saved_activations_keeps_none_of_them():
         assert memory_in_use(cpu) - before < per, "saved activations stayed in memory"
 
 
+def test_measuring_the_saved_activations_holds_no_pass_while_it_runs():
+    """Nor during the pass: of ten saved outputs, counted in full, only the last still lives when the pass ends, as
+    in a plain forward. (At SDXL size holding them put the measuring pass itself, 8.9 GiB, past the budget that then
+    chose to recompute.)"""
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    from latentbasis.basis import saved_activation_bytes
+
+    x = torch.randn(2**16)
+    outputs: list = []
+
+    def f(x):
+        for _ in range(10):
+            x = torch.tanh(x * 1.0)                                  # tanh saves its own output
+            outputs.append(StorageWeakRef(x.untyped_storage()))
+        alive.append(sum(not r.expired() for r in outputs))          # inside the pass, at its end
+        return x
+
+    alive: list = []
+    per = saved_activation_bytes(f, x)
+    assert per >= 10 * x.numel() * 4                                 # every saved output counted
+    assert alive == [1], alive                                        # none held: only the current one's memory lives
+
+
 def test_forward_peak_counts_the_tensors_alive_at_once():
     """forward_peak_bytes: the live tensors of a plain forward at their peak, temporaries freed as they die (what
     the recompute mode's memory budget is sized from)."""
