@@ -153,10 +153,11 @@ PER_PRODUCT = {"reverse": 1.0, "forward": 1.5}
 # recorded VJPs at Stable Diffusion 1.5 size), one product at a time. Neither keeps a whole pass: each holds a few
 # times the live tensors of a plain forward (forward_peak_bytes), measured on the resident set, one product at a
 # time: 3.9-4.6 (VJP) and 6.1-6.3 (JVP) at the 25M U-Net of tests/test_devices.py, 3.4 and 5.1 at Stable
-# Diffusion 1.5 size; beside them, RECOMPUTED_SLACK of kernels' scratch and bookkeeping that does not scale with the
-# model (40 MiB over 7 peaks seen at the 25M U-Net, over a whole basis). Rounded up:
+# Diffusion 1.5 size; beside them, in either mode, SLACK of kernels' scratch and bookkeeping that does not scale
+# with the model (40 MiB over 7 peaks seen at the 25M U-Net over a whole basis; 1 MiB over the recorded estimate
+# once, in the full test suite). Rounded up:
 RECOMPUTED_PEAKS = 7.0
-RECOMPUTED_SLACK = 64 * 2**20
+SLACK = 64 * 2**20
 
 
 def chunk_for_budget(per_item: int, fixed: int, budget: int) -> int:
@@ -222,10 +223,10 @@ class JacobianOperator:
             if record is False or (record is None and recorded + PER_PRODUCT[jvp_mode] * saved > budget):
                 # recompute: nothing recorded, forward-mode JVPs, one product at a time
                 self.forward_peak = forward_peak_bytes(f, self.x)
-                chunk_for_budget(int(RECOMPUTED_PEAKS * self.forward_peak), in_use + RECOMPUTED_SLACK, budget)
+                chunk_for_budget(int(RECOMPUTED_PEAKS * self.forward_peak), in_use + SLACK, budget)
                 self.recorded, jvp_mode, fit = False, "forward", 1
             else:
-                fit = chunk_for_budget(int(PER_PRODUCT[jvp_mode] * saved), recorded, budget)
+                fit = chunk_for_budget(int(PER_PRODUCT[jvp_mode] * saved), recorded + SLACK, budget)
                 if self.device.type == "cpu":   # large batches of big passes run slower per item on a CPU
                     fit = min(fit, max(1, CPU_CHUNK_BYTES // max(saved, 1)))
             chunk_size = fit if chunk_size is None else min(chunk_size, fit)

@@ -295,7 +295,7 @@ def cli_cases(m, o, w):
          "out of range"),
         ("train_out_is_a_file", ["train", "--dataset", "digits", "--out", w / "out.png"], "is a file"),
         ("train_device_missing", ["train", "--dataset", "digits", "--steps", "1", "--device", "cuda:7", "--no-eval",
-                                  "--out", w / "new_model"], "not available"),
+                                  "--out", w / "new_model"], "no CUDA GPU is available"),
     ]
 
 

@@ -7,7 +7,7 @@ import torch
 
 from latentbasis import LatentBasisError, latent_basis, load_model
 from latentbasis import devices
-from latentbasis.basis import RECORDED, JacobianOperator, saved_activation_bytes
+from latentbasis.basis import RECORDED, SLACK, JacobianOperator, saved_activation_bytes
 from latentbasis.devices import parse_memory, resolve_device, resolve_dtype
 
 
@@ -90,13 +90,13 @@ def test_chunks_follow_the_memory_budget(tiny_unet_dir, monkeypatch):
     # this tiny model's activations), the recorded passes, then the products
     monkeypatch.setattr(devices, "memory_in_use", lambda device: 10**9)
     used = lambda: 10**9  # noqa: E731
-    op = JacobianOperator(f, x, chunk_size=None, max_memory=used() + int((RECORDED["reverse"] + 3.5) * per))
+    op = JacobianOperator(f, x, chunk_size=None, max_memory=used() + SLACK + int((RECORDED["reverse"] + 3.5) * per))
     assert op.chunk_size == 3
     with pytest.raises(LatentBasisError, match="too small for one.*raise --max-memory"):
         JacobianOperator(f, x, chunk_size=None, max_memory=used() + 2 * per)
     # the chunk changes the schedule of evaluations, not the numbers
     big = latent_basis(m, x, timestep=500, k=3, max_memory=10**10)
-    small = latent_basis(m, x, timestep=500, k=3, max_memory=used() + 5 * per)
+    small = latent_basis(m, x, timestep=500, k=3, max_memory=used() + SLACK + 5 * per)
     assert torch.allclose(big.latent, small.latent, atol=1e-5)
 
 
@@ -129,7 +129,7 @@ import json, sys
 import torch
 from diffusers import UNet2DModel
 from latentbasis import latent_basis
-from latentbasis.basis import (PER_PRODUCT, RECOMPUTED_PEAKS, RECOMPUTED_SLACK, RECORDED, JacobianOperator,
+from latentbasis.basis import (PER_PRODUCT, RECOMPUTED_PEAKS, SLACK, RECORDED, JacobianOperator,
                                forward_peak_bytes, saved_activation_bytes)
 from latentbasis.devices import memory_in_use
 from latentbasis.families import UNetModel
@@ -159,9 +159,9 @@ for mode in sys.argv[1:]:
     jvp_mode = "reverse" if mode == "recompute" else mode
     base = memory_in_use(torch.device("cpu"))
     if mode == "recompute":     # nothing recorded, and room for one recomputed product only
-        budget = base + int(1.1 * (RECOMPUTED_SLACK + RECOMPUTED_PEAKS * forward_peak_bytes(m.features(500), x)))
+        budget = base + int(1.1 * (SLACK + RECOMPUTED_PEAKS * forward_peak_bytes(m.features(500), x)))
     else:                       # the recorded passes and one or two products at a time
-        budget = base + int((RECORDED[mode] + 2.5 * PER_PRODUCT[mode]) * per)
+        budget = base + SLACK + int((RECORDED[mode] + 2.5 * PER_PRODUCT[mode]) * per)
     seen = []
     reset_peak()
     b = latent_basis(m, x, timestep=500, k=1, tol=1e-2, max_memory=budget, jvp_mode=jvp_mode, callback=seen.append,

@@ -76,6 +76,6 @@ def test_shapes_preset_trains_rgb_and_the_card_describes_its_data(tmp_path):
 def test_a_device_that_is_not_there_is_refused(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is here")
-    with pytest.raises(LatentBasisError, match="not available"):
+    with pytest.raises(LatentBasisError, match="no CUDA GPU is available"):
         train(dataclasses.replace(TINY, device="cuda"), tmp_path, progress=False)
     assert not (tmp_path / "checkpoint.pt").exists()
