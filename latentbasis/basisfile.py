@@ -195,6 +195,18 @@ def load_basis(path: str | os.PathLike, model=None, layer: str | None = None) ->
         if tuple(b.point.shape) != tuple(model.x_shape):
             raise LatentBasisError(f"{path} is for x of shape {tuple(b.point.shape)}; this model's x_t is "
                                    f"{tuple(model.x_shape)}")
+        if b.mask is not None:     # a region basis: its tangent rows are x0_hat's entries inside the region
+            from .images import pixel_size
+            from .masks import mask_in_x
+
+            size = pixel_size(model)[1]
+            if tuple(b.mask.shape) != (size, size):
+                raise LatentBasisError(f"{path} has a region of {b.mask.shape[1]}x{b.mask.shape[0]} pixels; this "
+                                       f"model's images are {size}x{size}")
+            n = int(mask_in_x(model, b.mask).sum())
+            if b.tangent[0].numel() != n:
+                raise LatentBasisError(f"{path} is not a valid basis file: its region covers {n} entries of x, its "
+                                       f"tangent vectors have {b.tangent[0].numel()}: the mask is not theirs")
     if layer is not None and b.space == "h" and b.layer != layer:   # another layer of the same shape is no match
         raise LatentBasisError(f"{path} was computed at the layer {b.layer[:80]!r}; here h is the layer {layer!r}: "
                                "compute a basis at this layer (or use the basis' layer where the command has --layer)")

@@ -1048,3 +1048,56 @@ def test_weights_that_are_not_numbers_are_refused_at_load(case, tiny_unet_dir, t
                        capsys)
     assert rc == 2 and len(err) == 1 and "NaN or infinite" in err[0] and "please report" not in err[0], err
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def region_basis(tmp_path_factory, tiny_unet_dir):
+    d = tmp_path_factory.mktemp("region_basis")
+    f = d / "region.safetensors"
+    rc = main(["basis", "--model", str(tiny_unet_dir), "--space", "x0", "--mask", "2,2,6,6", "--steps", "3", "--k",
+               "2", "--quiet", "--out", str(f), "--png", ""])
+    assert rc in (0, None) and f.exists()
+    return f
+
+
+def _retold(src: Path, dst: Path, mask=None, drop=()):
+    """A copy of a basis file with another region (its sha256 updated, so only the geometry can tell) or header
+    fields dropped."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from latentbasis.masks import mask_sha256
+
+    with safe_open(str(src), framework="pt") as fh:
+        meta = dict(fh.metadata())
+        tensors = {n: fh.get_tensor(n) for n in fh.keys()}
+    if mask is not None:
+        tensors["mask"] = mask.float()
+        meta["mask_sha256"] = mask_sha256(mask.bool())
+    for key in drop:
+        meta.pop(key, None)
+    save_file(tensors, str(dst), metadata=meta)
+    return dst
+
+
+def _box(size, x0, y0, x1, y1):
+    m = torch.zeros(size, size, dtype=torch.bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+@pytest.mark.parametrize("case,says", [("larger_region", "the mask is not theirs"),
+                                       ("smaller_region", "the mask is not theirs"),
+                                       ("region_of_another_size", "this model's images are 8x8"),
+                                       ("no_timestep", "without the timestep")])
+def test_a_region_basis_is_held_to_its_region(case, says, region_basis, tiny_unet_dir, tmp_path, capsys):
+    told = {"larger_region": lambda f: _retold(region_basis, f, mask=_box(8, 1, 1, 7, 7)),
+            "smaller_region": lambda f: _retold(region_basis, f, mask=_box(8, 3, 3, 5, 5)),
+            "region_of_another_size": lambda f: _retold(region_basis, f, mask=_box(16, 4, 4, 12, 12)),
+            "no_timestep": lambda f: _retold(region_basis, f, drop=("timestep", "t_fraction"))}[case]
+    f = told(tmp_path / "told.safetensors")
+    rc, err = run_main(["edit", "--model", tiny_unet_dir, "--basis", f, "--mask", "2,2,6,6", "--steps", "3",
+                        "--n-iter", "1", "--quiet", "--out", tmp_path / "e.png"], capsys)
+    assert rc == 2 and len(err) == 1 and says in err[0], err
+    assert "please report" not in err[0]
+    assert not (tmp_path / "e.png").exists()
