@@ -31,7 +31,7 @@ from latentbasis.basisfile import load_basis, save_basis
 from latentbasis.editing import (EditSettings, combine, edit_images, edit_steps, motion_refusal, sweep_directions,
                                  transported_basis)
 from latentbasis.errors import LatentBasisError
-from latentbasis.images import image_to_x, pixel_size, read_image, x_to_image
+from latentbasis.images import image_to_x, open_image, pixel_size, read_image, x_to_image
 from latentbasis.loading import resolve_timestep
 from latentbasis.recipe import EditRecipe, sha256_file
 from latentbasis.sampling import Trajectory, invert, sample_trajectory, trajectory_grid
@@ -315,7 +315,13 @@ def region_mask(model, painted) -> torch.Tensor | None:
     layers = painted.get("layers") if isinstance(painted, dict) else None
     if not layers:
         return None
-    a = np.asarray(layers[0])
+    layer = layers[0]
+    if isinstance(layer, (str, os.PathLike)):   # the page sends a file: opened as uploads are, limits before decoding
+        try:
+            layer = open_image(layer, "the painted layer").convert("RGBA")
+        except LatentBasisError as e:
+            raise AppError(str(e)) from None
+    a = np.asarray(layer)
     if a.ndim >= 2 and a.shape[0] * a.shape[1] > MAX_IMAGE_PIXELS:   # the limit uploads are held to
         raise AppError(f"the painted layer is {a.shape[1]}x{a.shape[0]} pixels: more than the {MAX_IMAGE_PIXELS:,} "
                        "read")
@@ -691,7 +697,7 @@ def build_app(model):
             with gr.Accordion("Region: paint where the edit should act (with x0 directions)", open=True,
                               elem_id="region-box"):
                 with gr.Row():
-                    region = gr.ImageEditor(label="paint over the image", type="numpy", elem_id="region",
+                    region = gr.ImageEditor(label="paint over the image", type="filepath", elem_id="region",
                                             sources=(), layers=False, height=240, transforms=(),
                                             brush=gr.Brush(colors=["#ff0000"], default_size=24, color_mode="fixed"))
                     with gr.Column():

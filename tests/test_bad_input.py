@@ -1101,3 +1101,20 @@ def test_a_region_basis_is_held_to_its_region(case, says, region_basis, tiny_une
     assert rc == 2 and len(err) == 1 and says in err[0], err
     assert "please report" not in err[0]
     assert not (tmp_path / "e.png").exists()
+
+
+def test_a_painted_layer_file_is_held_to_the_limit_before_decoding(app, tmp_path):
+    """The page sends the painted layer as a file: its size is read from the header and refused before any pixel
+    is decoded (a 49-megapixel transparent PNG is a few hundred kilobytes)."""
+    from PIL import Image
+
+    E, model, _ = app
+    f = tmp_path / "layer.png"
+    Image.new("LA", (7001, 7001)).save(f, format="PNG")
+    with pytest.raises(E.AppError, match="40,000,000"):
+        E.region_mask(model, {"layers": [str(f)]})
+    small = tmp_path / "small.png"
+    a = np.zeros((8, 8, 4), np.uint8)
+    a[:4, :4, 3] = 255
+    Image.fromarray(a).save(small, format="PNG")
+    assert int(E.region_mask(model, {"layers": [str(small)]}).sum()) == 16
