@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from latentbasis.atomic import process_running
 from latentbasis.basis import latent_basis
 from latentbasis.basisfile import load_basis, save_basis
 from latentbasis.editing import (EditSettings, combine, edit_images, edit_steps, motion_refusal, sweep_directions,
@@ -122,12 +123,7 @@ def remove_stale_workdirs() -> int:
         st = os.lstat(d)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
             continue
-        try:
-            os.kill(int(m.group(1)), 0)
-            continue                      # its process is still running
-        except ProcessLookupError:
-            pass
-        except OSError:                   # another user's process: not ours to judge
+        if process_running(int(m.group(1))):
             continue
         shutil.rmtree(d, ignore_errors=True)
         removed += 1

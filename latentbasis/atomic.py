@@ -23,7 +23,8 @@ def temporary_name(name: str, token: str) -> str:
     return f".{stem}.{token}.tmp{suffix}"
 
 
-def _pid_alive(pid: int) -> bool:
+def process_running(pid: int) -> bool:
+    """Whether process pid still runs here (one we cannot ask about counts as running: its files are left alone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -80,10 +81,9 @@ def _remove_stale(path: Path) -> None:
     pattern = re.compile(r"\.(\d+)-[0-9a-f]{8}\.tmp")
     for stale in path.parent.glob(".*.tmp*"):
         m = pattern.search(stale.name)
-        if not m or not stale.name.startswith("." + path.name[:8]) or \
-                temporary_name(path.name, m.group(0)[1:-4]) != stale.name:
+        if not m or temporary_name(path.name, m.group(0)[1:-4]) != stale.name:
             continue
-        if not _pid_alive(int(m.group(1))):
+        if not process_running(int(m.group(1))):
             stale.unlink(missing_ok=True)
 
 
@@ -91,12 +91,6 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def glob_escape(text: str) -> str:
-    import glob
-
-    return glob.escape(text)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -21,22 +21,16 @@ def open_image(path: str | os.PathLike, what: str = "image"):
     Refused with one message: a missing path or one that is not a regular file, more than validate.MAX_IMAGE_BYTES
     on disk or MAX_IMAGE_PIXELS pixels (checked from the header, before decoding), an animated file, and any format
     outside IMAGE_FORMATS, by its content, not its name."""
-    import stat
     import warnings
 
     from PIL import Image, UnidentifiedImageError
 
-    from .validate import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
+    from .validate import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, regular_file
 
-    p = Path(path)
-    try:
-        st = p.stat()
-    except OSError:
-        raise LatentBasisError(f"{what} {p} does not exist") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise LatentBasisError(f"{what} {p} is not a regular file")
-    if st.st_size > MAX_IMAGE_BYTES:
-        raise LatentBasisError(f"{what} {p.name} is {st.st_size:,} bytes: larger than the {MAX_IMAGE_BYTES:,} read")
+    p = regular_file(path, what)
+    size = p.stat().st_size
+    if size > MAX_IMAGE_BYTES:
+        raise LatentBasisError(f"{what} {p.name} is {size:,} bytes: larger than the {MAX_IMAGE_BYTES:,} read")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -100,15 +100,10 @@ def _read_json(path: Path, fields: dict[str, str] | None = None) -> dict:
 def _check_part_files(folder: Path) -> None:
     """Every JSON file of a component folder (configs, a tokenizer's vocabulary), before a library reads it: a
     regular file, within MAX_JSON_AUX_BYTES, JSON no deeper than MAX_JSON_DEPTH."""
-    from .validate import MAX_JSON_AUX_BYTES, parse_json, regular_file
+    from .validate import MAX_JSON_AUX_BYTES, read_json
 
     for f in sorted(folder.glob("*.json")):
-        regular_file(f, f.name)
-        size = f.stat().st_size
-        if size > MAX_JSON_AUX_BYTES:
-            raise LatentBasisError(f"{f} is {size:,} bytes; at most {MAX_JSON_AUX_BYTES:,} are read")
-        with open(f, "rb") as fh:
-            parse_json(fh.read(MAX_JSON_AUX_BYTES + 1), str(f))
+        read_json(f, f.name, MAX_JSON_AUX_BYTES)
 
 
 def check_allowed(library, class_name) -> None:

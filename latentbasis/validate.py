@@ -173,8 +173,17 @@ def parse_json(text: str | bytes, what: str, max_depth: int = MAX_JSON_DEPTH) ->
 
 
 def read_json_object(path: str | os.PathLike, what: str, max_bytes: int = MAX_JSON_BYTES) -> dict:
-    """The one reader of JSON files (configs, model_index, scheduler configs, recipes, caches): a regular file, at
-    most max_bytes, strict JSON (no NaN / Infinity) at most MAX_JSON_DEPTH deep, an object; one message otherwise."""
+    """The one reader of JSON files (configs, model_index, scheduler configs, recipes, caches): read_json, and the
+    value an object; one message otherwise."""
+    data = read_json(path, what, max_bytes)
+    if not isinstance(data, dict):
+        raise LatentBasisError(f"{what} {path} is not a JSON object: found a {type(data).__name__}")
+    return data
+
+
+def read_json(path: str | os.PathLike, what: str, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """A JSON file's value: a regular file, at most max_bytes, strict JSON (no NaN / Infinity) at most
+    MAX_JSON_DEPTH deep; one message otherwise."""
     p = regular_file(path, what)
     size = p.stat().st_size
     if size > max_bytes:
@@ -183,10 +192,7 @@ def read_json_object(path: str | os.PathLike, what: str, max_bytes: int = MAX_JS
         raw = fh.read(max_bytes + 1)
     if len(raw) > max_bytes:
         raise LatentBasisError(f"{what} {p} is more than {max_bytes:,} bytes; at most {max_bytes:,} are read")
-    data = parse_json(raw, f"{what} {p}")
-    if not isinstance(data, dict):
-        raise LatentBasisError(f"{what} {p} is not a JSON object: found a {type(data).__name__}")
-    return data
+    return parse_json(raw, f"{what} {p}")
 
 
 # ---------------------------------------------------------------- config fields
