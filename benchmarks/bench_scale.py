@@ -221,11 +221,17 @@ class Contender:
                 f"JVPs + {self.seen.get('vjps', 0)} VJPs, residual {res:.1e} |")
 
 
-def basis_rows(name, device, f, x, k, tol, seed, seconds, which, budget=None, record=None):
-    """Each contender's k-basis on the same f, x_t, to residual tol: {label: Basis or None}, rows emitted."""
+def basis_rows(name, device, f, x, k, tol, seed, seconds, which, budget=None, record=None, blocks=()):
+    """Each contender's k-basis on the same f, x_t, to residual tol: {label: Basis or None}, rows emitted.
+    blocks: also latentbasis with these block sizes, a row each (the default block is the plain "latentbasis")."""
     found = {}
     runs = {"latentbasis": dict(algorithm="krylov"),
             "published": dict(algorithm="subspace", one_by_one=True, residual_stop=True)}
+    for b in blocks:
+        runs[f"latentbasis, blocks of {b}"] = dict(algorithm="krylov", block=b)
+    if "latentbasis" in which:
+        i = which.index("latentbasis") + 1
+        which = which[:i] + [f"latentbasis, blocks of {b}" for b in blocks] + which[i:]
     for label in which:
         c = Contender(name, None, label, seconds)
         try:
@@ -252,7 +258,7 @@ def basis_rows(name, device, f, x, k, tol, seed, seconds, which, budget=None, re
         found[label] = b
     ours = found.get("latentbasis")
     for label, b in found.items():
-        if b is not None and ours is not None and label != "latentbasis":
+        if b is not None and ours is not None and not label.startswith("latentbasis"):
             ang = float(principal_angles(ours.latent, b.latent).max().rad2deg())
             ratio = (ours.jvps + ours.vjps) / max(1, b.jvps + b.vjps)
             emit(f"| {name} | latentbasis against {label} | {ratio:.2f} x its evaluations | largest principal angle "
@@ -267,7 +273,8 @@ def how_run(seen: dict) -> str:
         return ""
     if not seen["recorded"]:
         return "; nothing recorded (the budget): each product recomputed, one at a time"
-    return f"; passes recorded, {seen.get('chunk_size')} products at a time"
+    blocks = f", blocks of {seen['block']}" if "block" in seen else ""
+    return f"; passes recorded, {seen.get('chunk_size')} products at a time{blocks}"
 
 
 def _values(b) -> str:
@@ -370,8 +377,31 @@ def edit_row(name, model, x, ts, v) -> str:
             f"batch 1) | {s:.2f} s | peak {format_bytes(peak)} |")
 
 
+def edit_profile(name, model, x, ts, v, top=12):
+    """Where one guidance edit's time goes: torch.profiler's top operators by device time (CPU time on a CPU),
+    printed as a block of lines after the edit rows (the edit once first, so nothing is first-call cost)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from latentbasis.editing import EditSettings, edit_images
+    from latentbasis.sampling import Trajectory, trajectory_grid
+
+    grid = [g for g in trajectory_grid(model.num_train_timesteps, 50, ts) if g <= ts]
+    traj = Trajectory(grid, x.cpu()[None].expand(len(grid), *x.shape), None, "p" if model.conditional else None)
+    run = lambda: edit_images(model, traj, ts, v[None] * 3, EditSettings(n_iter=16))   # noqa: E731
+    run()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if model.device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        run()
+        if model.device.type == "cuda":
+            torch.cuda.synchronize(model.device)
+    key = "self_cuda_time_total" if model.device.type == "cuda" else "self_cpu_time_total"
+    print(f"    {name} edit profile ({dtype_name(model.dtype)}), top {top} by {key}:", flush=True)
+    for line in prof.key_averages().table(sort_by=key, row_limit=top).splitlines():
+        print("    " + line, flush=True)
+
+
 def run_model(name, device, dtypes, k, tol, limit, which, feature_only, linearize, max_memory=None, record=None,
-              seed=0, costs=True):
+              seed=0, costs=True, blocks=(), profile_edit=False):
     t_build = time.perf_counter()
     model, params = build(name, device, dtypes[0])
     model.max_memory = max_memory
@@ -392,7 +422,7 @@ def run_model(name, device, dtypes, k, tol, limit, which, feature_only, lineariz
         emit(f"| {name} | whole forward, batch 1 ({dtype_name(model.dtype)}) | {fwd:.3f} s | peak {format_bytes(peak)} |")
     f = model.features(ts, prompt)
     vjp_s = evaluation_rows(name, device, f, x, max_memory, record) if costs else None
-    found = basis_rows(name, device, f, x, k, tol, seed, limit, which, max_memory, record)
+    found = basis_rows(name, device, f, x, k, tol, seed, limit, which, max_memory, record, blocks)
     if linearize and vjp_s:
         linearize_row(name, device, f, x, vjp_s)
     if feature_only:
@@ -410,6 +440,8 @@ def run_model(name, device, dtypes, k, tol, limit, which, feature_only, lineariz
                  f"passes) |")
             continue
         emit(edit_row(name, model, x, ts, v))
+        if profile_edit:
+            edit_profile(name, model, x, ts, v)
 
 
 def main():
@@ -432,6 +464,10 @@ def main():
                     help="record the passes (yes), recompute each product (no), or as the budget allows (auto)")
     ap.add_argument("--no-costs", action="store_true", help="skip the rows that time one evaluation each way "
                                                                 "(at SDXL size on a CPU they take a quarter of an hour)")
+    ap.add_argument("--blocks", default="", help="also run latentbasis with these block sizes (e.g. 2,4,8,16), a row "
+                                                 "each, beside its default block")
+    ap.add_argument("--profile-edit", action="store_true", help="print where one guidance edit's time goes "
+                                                                    "(torch.profiler's top operators)")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     device = resolve_device(a.device)
@@ -441,12 +477,14 @@ def main():
     limit = a.time_limit or (15.0 if gpu else 900.0)
     feature_only = a.feature_weights_only == "yes" or (a.feature_weights_only == "auto" and not gpu)
     which = [c.strip() for c in a.contenders.split(",") if c.strip()]
+    blocks = [int(b) for b in a.blocks.split(",") if b.strip()]
     if a.one:        # the child: one model, its rows printed as they come
         name = a.models
         try:
             run_model(name, device, dtypes, k, a.tol, limit, which, feature_only, a.linearize,
                       parse_memory(a.max_memory) if a.max_memory else None,
-                      {"auto": None, "yes": True, "no": False}[a.record], costs=not a.no_costs)
+                      {"auto": None, "yes": True, "no": False}[a.record], costs=not a.no_costs, blocks=blocks,
+                      profile_edit=a.profile_edit)
         except Exception as e:  # out of memory on a small machine: say so
             print(f"| {name} | - | failed | {type(e).__name__}: {str(e).splitlines()[0][:200]} |", flush=True)
         return
@@ -464,6 +502,7 @@ def main():
                "--feature-weights-only", "yes" if feature_only else "no"] + (["--linearize"] if a.linearize else [])
         cmd += (["--max-memory", a.max_memory] if a.max_memory else []) + ["--record", a.record]
         cmd += ["--no-costs"] if a.no_costs else []
+        cmd += (["--blocks", a.blocks] if blocks else []) + (["--profile-edit"] if a.profile_edit else [])
         proc = subprocess.run(cmd)               # its rows go straight to this one's output
         if proc.returncode < 0:
             print(f"| {name} | - | killed by signal {-proc.returncode} | "

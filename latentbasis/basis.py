@@ -32,13 +32,17 @@ from .features import FeatureMap
 ALGORITHMS = ("krylov", "subspace")
 
 
-def default_block(k: int) -> int:
-    """Block size of the krylov algorithm for k vectors when several products run at once (measured in
-    benchmarks/bench_basis.py). Where they run one at a time (a chunk of 1: a big model on a CPU) a block costs
-    its size in sequential products and buys no batching, and a block of 1 (plain Golub-Kahan-Lanczos) needs the
-    fewest: on a random Stable-Diffusion-1.5 U-Net at 4x32x32, k = 4 to residual 1e-2 took 65 evaluations with
-    blocks of 1 and 92 with blocks of 2 (docs/benchmarks.md, Scale)."""
-    return max(2, k // 4)
+def default_block(k: int, chunk_size: int = 16) -> int:
+    """Block size of the krylov algorithm for k vectors, by how the products run.
+
+    - One at a time (a chunk of 1: a big model on a CPU): a block costs its size in sequential products and buys no
+      batching, and a block of 1 (plain Golub-Kahan-Lanczos) needs the fewest: on a random Stable-Diffusion-1.5
+      U-Net at 4x32x32, k = 4 to residual 1e-2 took 65 evaluations with blocks of 1 and 92 with blocks of 2
+      (docs/benchmarks.md, Scale).
+    - Batched: max(2, k // 4) (benchmarks/bench_basis.py), on a GPU too: larger blocks need more evaluations and a
+      batch of products costs about its size there at real scale (one H200, k = 8 to 1e-2: SD-1.5 4.9 / 4.6 / 5.7 /
+      10.4 s with blocks of 2 / 4 / 8 / 16, SDXL 9.8 / 12.5 s with 2 / 4; docs/benchmarks.md, The GPU run)."""
+    return 1 if chunk_size <= 1 else max(2, k // 4)
 
 
 @dataclass
@@ -372,7 +376,7 @@ def _krylov(op: JacobianOperator, k: int, *, tol: float, gen: torch.Generator, i
         if callback:
             callback({"iteration": it, "jvps": op.jvps, "vjps": op.vjps, "residual": float(res[:top].max()),
                       "residuals": res[:top].tolist(), "singular_values": s[:top].tolist(), "dim": K.shape[0],
-                      "chunk_size": op.chunk_size, "recorded": op.recorded})
+                      "chunk_size": op.chunk_size, "recorded": op.recorded, "block": block})
         if (top == k and bool((res[:k] <= tol).all())) or K.shape[0] >= n or it >= max_iters:
             break
         # expand along the residuals of the first `block` unconverged Ritz vectors (converged ones are locked)
@@ -447,7 +451,8 @@ def pullback_basis(f: FeatureMap, x: torch.Tensor, k: int, *, algorithm: str = "
     float32. Random starts come from a CPU generator, so a seed gives the same basis on every device up to rounding.
     tol: ("krylov") stop when ||J^T u_i - s_i v_i|| / s_i <= tol for i < k.
     init: a warm start, [k0, *x_shape] (e.g. the basis at a neighbouring timestep); seed: the random start.
-    block: ("krylov") new directions per iteration, default default_block(k), or 1 where products run one at a time.
+    block: ("krylov") new directions per iteration, default default_block(k, chunk): 1 where products run one at a
+        time.
         Smaller blocks need fewer evaluations (each Ritz update uses the newest information), larger ones batch
         better; see benchmarks/bench_basis.py.
     max_iters: at most this many iterations ("subspace": the published 12 to 50, capped by max_iters).
@@ -470,7 +475,7 @@ def pullback_basis(f: FeatureMap, x: torch.Tensor, k: int, *, algorithm: str = "
         if tuple(init.shape[1:]) != op.x_shape:
             raise LatentBasisError(f"warm start has vectors of shape {tuple(init.shape[1:])}, x_t has {op.x_shape}")
     if algorithm == "krylov":
-        block = max(1, min(block or (1 if op.chunk_size == 1 else default_block(k)), op.n))
+        block = max(1, min(block or default_block(k, op.chunk_size), op.n))
         max_dim = min(op.n, max_dim or max(3 * k, k + 48))
         V, Uh, s, res, it = _krylov(op, k, tol=tol, gen=gen, init=init, block=block, max_dim=max_dim,
                                     max_iters=max_iters, callback=callback)

@@ -136,7 +136,8 @@ def test_seeded_and_chunk_independent(tiny_unet_dir):
     b = latent_basis(model, x, t=0.5, k=3, seed=7)
     c = latent_basis(model, x, t=0.5, k=3, seed=7, chunk_size=2)
     assert torch.equal(a.latent, b.latent)
-    assert torch.allclose(a.latent, c.latent, atol=1e-5)
+    # other chunks batch other kernels: float32 rounding on a CPU; on a GPU cuDNN's TF32 convolutions (torch's default)
+    assert torch.allclose(a.latent, c.latent, atol=1e-5 if model.device.type == "cpu" else 1e-3)
 
 
 def test_warm_start_from_neighbouring_timestep_is_cheaper(gaussian):
@@ -203,6 +204,14 @@ def test_one_product_at_a_time_means_blocks_of_one(tiny_unet_dir):
     many = latent_basis(m, x, timestep=500, k=4, chunk_size=16)
     assert one.iterations > many.iterations and one.jvps <= many.jvps
     assert float(principal_angles(one.latent, many.latent).max().rad2deg()) < 0.5
+
+
+def test_default_block_by_how_products_run():
+    """One at a time: blocks of 1 (plain Golub-Kahan-Lanczos); batched: k // 4, at least 2."""
+    from latentbasis.basis import default_block
+
+    assert default_block(8, 1) == default_block(16, 1) == 1
+    assert default_block(8, 16) == 2 and default_block(16, 16) == 4 and default_block(2, 16) == 2
 
 
 @pytest.mark.parametrize("which", ["pixel", "sdxl"])

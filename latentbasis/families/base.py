@@ -91,8 +91,8 @@ class DiffusionModel:
         return None
 
     def feature_function(self, timestep: int, cond: Conditioning | None, layer: str):
-        """The batched feature map at one timestep: a function x [B, *x_shape] (float32, on the device) ->
-        h [B, *h_shape] (float32), differentiable under torch.func (forward and reverse mode): the output of the
+        """The batched feature map at one timestep: a function x [B, *x_shape] (float32, on any device: computed on the
+        model's, returned on x's) -> h [B, *h_shape] (float32), differentiable under torch.func (forward and reverse mode): the output of the
         module `layer` (feature_select of it), or with layer = features.OUTPUT the network's whole output. Whatever
         it needs beyond the model (float32 copies of half-precision weights) lives as long as the function."""
         from ..features import OUTPUT, differentiable_attention, forward_to
@@ -103,7 +103,7 @@ class DiffusionModel:
         params = self.float32_params(self.denoiser, "" if layer == OUTPUT else layer, self._probe)
         candidates = self.layers()
 
-        def run(x):
+        def on_device(x):
             t = torch.full((x.shape[0],), int(timestep), dtype=torch.long, device=self.device)
             c = {k: v.expand(x.shape[0], *v.shape[1:]) for k, v in kw.items()}
             if layer == OUTPUT:
@@ -111,6 +111,9 @@ class DiffusionModel:
                     return self._network_call(x, t, c, params)
             return forward_to(self.denoiser, layer, lambda: self._network_call(x, t, c, params),
                               select=self.feature_select, candidates=candidates)
+
+        def run(x):   # x on any device: computed on the model's, returned on x's (both moves differentiable)
+            return on_device(x.to(self.device)).to(x.device)
 
         return run
 
@@ -280,7 +283,8 @@ class DiffusionModel:
         return to_eps_x0(out.to(self.math_dtype), x.to(self.math_dtype), a, s, self.prediction_type)[0].float()
 
     def features(self, timestep: int, prompt: str | None = None, layer: str | None = None):
-        """The feature map f_t: x_t [*x_shape] -> h [*h_shape], float32 on the model's device, at an integer
+        """The feature map f_t: x_t [*x_shape] -> h [*h_shape], float32, computed on the model's device (x_t on any:
+        h comes back on x_t's), at an integer
         timestep (and prompt, for text models: no classifier-free guidance inside J)."""
         from ..features import checkpointed
 
