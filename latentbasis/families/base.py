@@ -59,7 +59,8 @@ class DiffusionModel:
     max_memory: int | None = None          # bytes the Jacobian products may use (None: the device's default)
     default_layer: str = "mid_block"
     denoiser: torch.nn.Module | None = None  # the network (a U-Net's unet, a transformer)
-    vae = None                             # an AutoencoderKL when x is a VAE latent (float32)
+    vae = None                             # an AutoencoderKL when x is a VAE latent (float32 when loaded here; a
+                                           # pipeline's own in its dtype, latentbasis.pipelines)
     conditioning: str | None = None        # what encode_prompt reads: "text", "class" (a label "0".."N-1"), None
 
     # ------------------------------------------------------------------ family
@@ -162,7 +163,7 @@ class DiffusionModel:
             return image
         c = self.vae.config
         with torch.no_grad():
-            z = self.vae.encode(image[None].to(self.device, torch.float32)).latent_dist.mean
+            z = self.vae.encode(image[None].to(self.device, self.vae.dtype)).latent_dist.mean.float()
         return ((z - (c.get("shift_factor") or 0.0)) * c.scaling_factor)[0].cpu()
 
     def x_to_image(self, x: torch.Tensor) -> torch.Tensor:
@@ -172,7 +173,7 @@ class DiffusionModel:
         c = self.vae.config
         with torch.no_grad():
             z = x.to(self.device, torch.float32) / c.scaling_factor + (c.get("shift_factor") or 0.0)
-            return self.vae.decode(z).sample.clamp(-1, 1).float().cpu()
+            return self.vae.decode(z.to(self.vae.dtype)).sample.float().clamp(-1, 1).cpu()
 
     @property
     def x_is_latent(self) -> bool:
@@ -190,13 +191,17 @@ class DiffusionModel:
 
     # ------------------------------------------------------------------ float32 features of a half model
     def float32_params(self, root: torch.nn.Module, layer: str, probe) -> dict | None:
-        """None for a float32 model; else float32 copies of the weights the feature map uses (the modules of `root`
+        """None for a float32 model (detached views where its weights require gradients); else float32 copies of the weights the feature map uses (the modules of `root`
         that run before `layer` ends, found once per layer by running probe() under hooks): the Jacobian is float32
         whatever the sampling dtype. The copies live as long as the caller keeps them (one feature map)."""
         from ..features import modules_run_before
 
         if self.dtype == torch.float32:
-            return None
+            if not any(p.requires_grad for p in root.parameters()):
+                return None
+            # a user's module (from_pipeline) whose weights ask for gradients: detached views, so that no product
+            # records the weights' graph (nothing copied, the user's module unchanged)
+            return {n: p.detach() for n, p in root.named_parameters()}
         cache = self.__dict__.setdefault("_layer_modules", {})
         if layer not in cache:
             cache[layer] = modules_run_before(root, layer, probe)
