@@ -27,7 +27,7 @@ from .loading import DENOISERS, TEXT_PARTS, weights_hash
 # diffusers pipelines whose denoiser latentbasis has an adapter for (the pipeline class name is only for messages:
 # what decides is the denoiser's class, families.FAMILIES)
 SUPPORTED_PIPELINES = ("DDPMPipeline", "DDIMPipeline", "StableDiffusionPipeline", "StableDiffusionXLPipeline",
-                       "DiTPipeline", "StableDiffusion3Pipeline")
+                       "DiTPipeline", "StableDiffusion3Pipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline")
 
 
 def _unsupported(pipe) -> LatentBasisError:

@@ -251,3 +251,38 @@ def build_sd3(d, with_t5=True):
 @pytest.fixture(scope="session")
 def tiny_sd3_dir(tmp_path_factory):
     return build_sd3(tmp_path_factory.mktemp("tiny_sd3"))
+
+
+def build_pixart(d, pipeline="PixArtSigmaPipeline", learned_sigma=True):
+    """A PixArt-shaped pipeline folder: PixArtTransformer2DModel (adaLN-single, T5 cross-attention, learned
+    variance), a T5 encoder with its tokenizer, a VAE and a VP scheduler (scaled_linear betas, epsilon)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, PixArtTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(4)
+    net = PixArtTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                                   out_channels=8 if learned_sigma else 4, num_layers=2, cross_attention_dim=16,
+                                   sample_size=8, patch_size=2, caption_channels=32, norm_type="ada_norm_single",
+                                   num_embeds_ada_norm=1000, use_additional_conditions=False)
+    spread_weights(net, seed=7, scale=1.0)
+    net.save_pretrained(d / "transformer")
+    AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                  norm_num_groups=4, sample_size=16, scaling_factor=1.5).save_pretrained(d / "vae")
+    tok = word_tokenizer(WORDS, max_length=8)
+    tok.save_pretrained(d / "tokenizer")
+    torch.manual_seed(31)
+    T5EncoderModel(T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                            pad_token_id=0, eos_token_id=2)).save_pretrained(d / "text_encoder")
+    DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                  clip_sample=False, set_alpha_to_one=True).save_pretrained(d / "scheduler")
+    parts = {"transformer": ["diffusers", "PixArtTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"],
+             "scheduler": ["diffusers", "DDIMScheduler"], "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
+             "text_encoder": ["transformers", "T5EncoderModel"]}
+    (d / "model_index.json").write_text(json.dumps({"_class_name": pipeline, **parts}))
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_pixart_dir(tmp_path_factory):
+    return build_pixart(tmp_path_factory.mktemp("tiny_pixart"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 from ..errors import LatentBasisError
 from .base import Conditioning, DiffusionModel
 from .gaussian import GaussianModel
+from .pixart import PixArtModel
 from .transformer import TransformerModel
 from .unet import UNetModel
 
@@ -16,6 +17,7 @@ FAMILIES: dict[str, type[DiffusionModel]] = {
     "UNet2DConditionModel": UNetModel,
     "DiTTransformer2DModel": TransformerModel,
     "SD3Transformer2DModel": TransformerModel,
+    "PixArtTransformer2DModel": PixArtModel,
 }
 
 
@@ -26,5 +28,5 @@ def adapter_for(class_name: str) -> type[DiffusionModel]:
     return FAMILIES[class_name]
 
 
-__all__ = ["Conditioning", "DiffusionModel", "FAMILIES", "GaussianModel", "TransformerModel", "UNetModel",
+__all__ = ["Conditioning", "DiffusionModel", "FAMILIES", "GaussianModel", "PixArtModel", "TransformerModel", "UNetModel",
            "adapter_for"]

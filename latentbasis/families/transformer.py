@@ -39,13 +39,14 @@ def is_flow_schedule(config: dict) -> bool:
 
 class TransformerModel(DiffusionModel):
     family = "transformer"
+    kind: str | None = None      # "dit" / "sd3" from KINDS; a subclass for another transformer sets its own
 
     def __init__(self, transformer, scheduler_config: dict, *, name: str, model_hash: str, path: str | None = None,
                  text_encoders=(), tokenizers=(), vae=None, device: torch.device = torch.device("cpu"),
                  dtype: torch.dtype = torch.float32, max_memory: int | None = None):
         self.transformer, self.vae = transformer, vae
         self.denoiser = transformer
-        self.kind = KINDS[type(transformer).__name__]
+        self.kind = self.kind or KINDS[type(transformer).__name__]
         self.text_encoders, self.tokenizers = list(text_encoders), list(tokenizers)
         self.scheduler_config = dict(scheduler_config)
         self.name, self.model_hash, self.path = name, model_hash, path
