@@ -62,8 +62,10 @@ def _load(a, name: str, dtype: str | None = None):
     from .loading import load_model
 
     budget = parse_memory(a.max_memory) if getattr(a, "max_memory", None) else None
-    return load_model(name, device=getattr(a, "device", "auto"), dtype=dtype or getattr(a, "dtype", None),
-                      max_memory=budget)
+    model = load_model(name, device=getattr(a, "device", "auto"), dtype=dtype or getattr(a, "dtype", None),
+                       max_memory=budget)
+    model.set_guidance(getattr(a, "guidance_scale", None))
+    return model
 
 
 def _check_common(a) -> None:
@@ -251,7 +253,7 @@ def _cmd_edit(a) -> None:
                        basis_file=a.basis, basis_seed=a.seed, method=a.method, n_iter=a.n_iter, scale=a.scale,
                        keep_norm=a.keep_norm, directions=a.directions, strengths=a.strengths, space=a.space,
                        mask=a.mask, null_rank=a.null_rank, transport_rank=a.transport_rank,
-                       transfer=a.transfer)
+                       transfer=a.transfer, guidance_scale=a.guidance_scale)
         r.validate()
     with Stages(a.quiet) as stages:
         res = run_recipe(r, model, progress=stages)
@@ -519,6 +521,9 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
                    help="precision of the network's forward for sampling and editing (None: the precision its "
                         "weights are stored in, float32 for float32 weights, or a recipe's own); bases are always "
                         "computed in float32; float32 for half-precision weights is refused (it only upcasts them)")
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="the guidance a guidance-distilled model takes as an input (FLUX.1-dev; None: its pipeline's "
+                        "default, 3.5); other families refuse it (classifier-free guidance is --guidance)")
     p.add_argument("--max-memory", default=None, metavar="SIZE",
                    help="the most memory the process may hold while the Jacobian products run, the model "
                         "included, e.g. 8GB (None: what is in use plus 90%% of the GPU's free memory, or plus 75%% "

@@ -40,7 +40,7 @@ DEFAULT_MODEL = "digits"
 # folder: only their scheduler_config.json is read.
 ALLOWED_CLASSES = {
     "diffusers": {"UNet2DModel", "UNet2DConditionModel", "DiTTransformer2DModel", "SD3Transformer2DModel",
-                  "PixArtTransformer2DModel", "AutoencoderKL"},
+                  "PixArtTransformer2DModel", "FluxTransformer2DModel", "AutoencoderKL"},
     "transformers": {"CLIPTextModel", "CLIPTextModelWithProjection", "T5EncoderModel", "CLIPTokenizer",
                      "CLIPTokenizerFast", "T5Tokenizer", "T5TokenizerFast", "PreTrainedTokenizerFast"},
 }

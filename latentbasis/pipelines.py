@@ -27,7 +27,8 @@ from .loading import DENOISERS, TEXT_PARTS, weights_hash
 # diffusers pipelines whose denoiser latentbasis has an adapter for (the pipeline class name is only for messages:
 # what decides is the denoiser's class, families.FAMILIES)
 SUPPORTED_PIPELINES = ("DDPMPipeline", "DDIMPipeline", "StableDiffusionPipeline", "StableDiffusionXLPipeline",
-                       "DiTPipeline", "StableDiffusion3Pipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline")
+                       "DiTPipeline", "StableDiffusion3Pipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline",
+                       "FluxPipeline")
 
 
 def _unsupported(pipe) -> LatentBasisError:
@@ -118,7 +119,7 @@ class EditCallback:
         if step != self._steps:
             return None
         d = self.strength * self.basis.latent[self.direction].float()
-        x_t = latents.float().cpu()
+        x_t = self.model.x_from_pipeline_latents(latents.float().cpu())
         s = self.settings
         if s.method == "guidance":
             z = torch.cat([guidance_edit(self.model, x, self.timestep, d[None], n_iter=s.n_iter, step=s.step,
@@ -126,7 +127,7 @@ class EditCallback:
         else:
             z = direct_edit(x_t, d[None].expand_as(x_t), s.keep_norm)
         self.fired = True
-        return z.to(latents.device, latents.dtype)
+        return self.model.x_to_pipeline_latents(z).to(latents.device, latents.dtype)
 
     def __call__(self, *args):
         if len(args) == 4:   # callback_on_step_end(pipe, step, timestep, callback_kwargs)

@@ -25,6 +25,7 @@ class EditRecipe:
     image_sha256: str | None = None
     prompt: str | None = None
     guidance: float = 1.0
+    guidance_scale: float | None = None  # the embedded guidance of a guidance-distilled model (FLUX.1-dev)
     num_steps: int = 100
     timestep: int = 599                  # the trajectory is made to pass through it
     t_fraction: float = 0.6
@@ -97,6 +98,8 @@ class EditRecipe:
         if (self.seed is None) == (self.image is None):
             raise LatentBasisError("give exactly one source: a seed or an image")
         v.guidance(self.guidance)
+        if self.guidance_scale is not None:
+            v.guidance(self.guidance_scale, "guidance_scale")
         v.count(self.num_steps, "num_steps", v.MAX_STEPS, lo=2)
         v.integer(self.timestep, "timestep", 0, 100_000)
         v.number(self.t_fraction, "t_fraction", lo=0, hi=1)
@@ -199,6 +202,7 @@ def run_recipe(r: EditRecipe, model=None, progress=None) -> EditResult:
     if r.model_hash and r.model_hash != model.model_hash:
         raise LatentBasisError(f"the recipe was made with model weights {r.model_hash}, "
                                f"but {model.name!r} has {model.model_hash}")
+    model.set_guidance(r.guidance_scale)
     if r.combination is None and (r.directions == [] or not r.strengths):
         raise LatentBasisError("give at least one direction and one strength")
     given = None
@@ -271,6 +275,7 @@ def run_recipe(r: EditRecipe, model=None, progress=None) -> EditResult:
                                            progress=stage("edits", edit_steps(traj, r.timestep, settings))))
     r.model, r.model_hash, r.version = model.name, model.model_hash, __version__
     r.dtype, r.device = dtype_name(model.dtype), str(model.device)
+    r.guidance_scale = getattr(model, "distilled_guidance", None)
     return EditResult(images.reshape(rows, cols, *images.shape[1:]), basis, traj, r, recon, notes,
                       basis.extra.get("kept"))
 

@@ -122,18 +122,36 @@ def vp_levels(alphas_cumprod: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return ab.sqrt(), (1 - ab).sqrt()
 
 
-def flow_sigmas(config: dict) -> torch.Tensor:
+def flow_sigmas(config: dict, image_seq_len: int | None = None) -> torch.Tensor:
     """s_t [T] (float64) of a flow-matching scheduler config (FlowMatchEulerDiscreteScheduler): the training sigmas
     shift u / (1 + (shift - 1) u) at u = (t + 1) / T, t = 0..T-1 (so the last timestep is pure noise, s = 1).
-    Resolution-dependent (dynamic) shifting needs the pipeline's image size and is refused."""
+
+    Resolution-dependent (dynamic) shifting, as FLUX: mu = m * image_seq_len + b on the line through (base_image_seq_len,
+    base_shift) and (max_image_seq_len, max_shift) (FluxPipeline's calculate_shift), and the scheduler's time shift
+    exp(mu) / (exp(mu) + (1 / u - 1)) ("exponential"; "linear": mu / (mu + (1 / u - 1))), which is the fixed-shift
+    formula with shift = exp(mu) (or mu). It needs the image's token count (image_seq_len)."""
+    import math
+
     from .validate import MAX_TRAIN_TIMESTEPS, integer, number
 
     T = integer(config.get("num_train_timesteps", 1000), "num_train_timesteps of the scheduler config", 2,
                 MAX_TRAIN_TIMESTEPS)
     shift = float(number(config.get("shift", 1.0), "shift of the scheduler config", lo=0.0, hi=1000.0, lo_open=True))
     if config.get("use_dynamic_shifting"):
-        raise LatentBasisError("flow-matching schedules with use_dynamic_shifting (resolution-dependent shift, as "
-                               "FLUX uses) are not supported; latentbasis reads a fixed shift")
+        if image_seq_len is None:
+            raise LatentBasisError("flow-matching schedules with use_dynamic_shifting (resolution-dependent shift) "
+                                   "need the image's size: this family does not give it")
+        lo_n, hi_n = (float(number(config.get(k, d), f"{k} of the scheduler config", lo=0.0, hi=1e9))
+                      for k, d in (("base_image_seq_len", 256), ("max_image_seq_len", 4096)))
+        lo_s, hi_s = (float(number(config.get(k, d), f"{k} of the scheduler config", lo=-100.0, hi=100.0))
+                      for k, d in (("base_shift", 0.5), ("max_shift", 1.15)))
+        if hi_n == lo_n:
+            raise LatentBasisError("base_image_seq_len and max_image_seq_len of the scheduler config are equal")
+        slope = (hi_s - lo_s) / (hi_n - lo_n)
+        mu = image_seq_len * slope + lo_s - slope * lo_n
+        shift = mu if config.get("time_shift_type", "exponential") == "linear" else math.exp(mu)
+        if not shift > 0:
+            raise LatentBasisError(f"the scheduler config's dynamic shift gives {shift:.3g} at {image_seq_len} tokens")
     u = torch.arange(1, T + 1, dtype=torch.float64) / T
     return shift * u / (1 + (shift - 1) * u)
 

@@ -208,16 +208,18 @@ def tiny_dit_vp_dir(tmp_path_factory):
     return build_dit(tmp_path_factory.mktemp("tiny_dit_vp"), flow=False, learned_sigma=True)
 
 
-def build_sd3(d, with_t5=True):
+def build_sd3(d, with_t5=True, sd35=False):
     """An SD3-shaped pipeline folder: SD3Transformer2DModel (joint attention), CLIP-L and CLIP-G with projection,
-    T5, their tokenizers, a VAE (16 latent channels) and a flow-matching scheduler with shift 3."""
+    T5, their tokenizers, a VAE (16 latent channels) and a flow-matching scheduler with shift 3. sd35: as SD3.5's
+    configurations, RMS-normed queries and keys (qk_norm) and a dual (second, image-only) attention in block 0."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     torch.manual_seed(3)
     net = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8,
                                 num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16,
-                                pooled_projection_dim=24, out_channels=4, pos_embed_max_size=16)
+                                pooled_projection_dim=24, out_channels=4, pos_embed_max_size=16,
+                                **(dict(qk_norm="rms_norm", dual_attention_layers=(0,)) if sd35 else {}))
     spread_weights(net, seed=6, scale=1.0)
     net.save_pretrained(d / "transformer")
     AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
@@ -253,6 +255,11 @@ def tiny_sd3_dir(tmp_path_factory):
     return build_sd3(tmp_path_factory.mktemp("tiny_sd3"))
 
 
+@pytest.fixture(scope="session")
+def tiny_sd35_dir(tmp_path_factory):
+    return build_sd3(tmp_path_factory.mktemp("tiny_sd35"), sd35=True)
+
+
 def build_pixart(d, pipeline="PixArtSigmaPipeline", learned_sigma=True):
     """A PixArt-shaped pipeline folder: PixArtTransformer2DModel (adaLN-single, T5 cross-attention, learned
     variance), a T5 encoder with its tokenizer, a VAE and a VP scheduler (scaled_linear betas, epsilon)."""
@@ -286,3 +293,47 @@ def build_pixart(d, pipeline="PixArtSigmaPipeline", learned_sigma=True):
 @pytest.fixture(scope="session")
 def tiny_pixart_dir(tmp_path_factory):
     return build_pixart(tmp_path_factory.mktemp("tiny_pixart"))
+
+
+def build_flux(d, guidance_embeds=True, with_t5=True):
+    """A FLUX-shaped pipeline folder: FluxTransformer2DModel (one double-stream and two single-stream blocks over
+    2x2-packed latents, rotary ids, guidance embedding as in dev), CLIP (pooled) and T5 with their tokenizers, a VAE
+    (4 latent channels, native 16 px: x is 4x8x8, 16 tokens) and the flow-matching scheduler with dynamic shift."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    torch.manual_seed(5)
+    net = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=2,
+                                 attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
+                                 pooled_projection_dim=16, guidance_embeds=guidance_embeds, axes_dims_rope=(2, 2, 4))
+    spread_weights(net, seed=8, scale=1.0)
+    net.save_pretrained(d / "transformer")
+    AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                  norm_num_groups=4, sample_size=16, shift_factor=0.1, scaling_factor=1.5).save_pretrained(d / "vae")
+    tok = word_tokenizer(WORDS, max_length=8)
+    tok.save_pretrained(d / "tokenizer")
+    torch.manual_seed(21)
+    CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=16, num_hidden_layers=2,
+                                 num_attention_heads=2, max_position_embeddings=8, pad_token_id=0, bos_token_id=1,
+                                 eos_token_id=2)).save_pretrained(d / "text_encoder")
+    parts = {"transformer": ["diffusers", "FluxTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"],
+             "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+             "tokenizer": ["transformers", "PreTrainedTokenizerFast"], "text_encoder": ["transformers", "CLIPTextModel"],
+             "tokenizer_2": ["transformers", "PreTrainedTokenizerFast"]}
+    tok.save_pretrained(d / "tokenizer_2")
+    if with_t5:
+        torch.manual_seed(32)
+        T5EncoderModel(T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                                pad_token_id=0, eos_token_id=2)).save_pretrained(d / "text_encoder_2")
+        parts["text_encoder_2"] = ["transformers", "T5EncoderModel"]
+    FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
+                                    base_image_seq_len=256, max_image_seq_len=4096, base_shift=0.5,
+                                    max_shift=1.15).save_pretrained(d / "scheduler")
+    (d / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline", **parts}))
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_dir(tmp_path_factory):
+    return build_flux(tmp_path_factory.mktemp("tiny_flux"))

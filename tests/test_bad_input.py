@@ -212,6 +212,7 @@ def cli_cases(m, o, w):
         ("image_decompression_bomb", B + ["--image", w / "bomb.png"], "40,000,000"),
         ("device_tpu", B + ["--device", "tpu"], "not one of cpu"),
         ("dtype_float8", B + ["--dtype", "float8"], "invalid choice"),
+        ("guidance_scale_without_embedding", B + ["--guidance-scale", "3"], "takes no guidance scale"),
         ("max_memory_tiny", B + ["--max-memory", "1KB"], "--max-memory"),
         ("max_memory_words", B + ["--max-memory", "lots"], "memory size"),
         ("max_memory_above_the_machine", B + ["--max-memory", "100TB"], "more than this"),   # machine has / GPU has

@@ -10,15 +10,17 @@ from latentbasis.basis import latent_basis
 from latentbasis.sampling import denoise, initial_noise
 
 FAMILIES = ["pixel-epsilon", "pixel-v_prediction", "pixel-sample", "sd-epsilon", "sd-v_prediction", "sdxl"]
-TRANSFORMERS = ["dit-flow", "dit-vp", "sd3"]
+TRANSFORMERS = ["dit-flow", "dit-vp", "sd3", "sd35"]
 PROMPT = "the digit seven"
 
 
 @pytest.fixture(scope="module")
-def folders(pixel_dirs, tiny_sd_dir, tiny_sd_v_dir, tiny_sdxl_dir, tiny_dit_dir, tiny_dit_vp_dir, tiny_sd3_dir):
+def folders(pixel_dirs, tiny_sd_dir, tiny_sd_v_dir, tiny_sdxl_dir, tiny_dit_dir, tiny_dit_vp_dir, tiny_sd3_dir,
+            tiny_sd35_dir):
     return {"pixel-epsilon": pixel_dirs["epsilon"], "pixel-v_prediction": pixel_dirs["v_prediction"],
             "pixel-sample": pixel_dirs["sample"], "sd-epsilon": tiny_sd_dir, "sd-v_prediction": tiny_sd_v_dir,
-            "sdxl": tiny_sdxl_dir, "dit-flow": tiny_dit_dir, "dit-vp": tiny_dit_vp_dir, "sd3": tiny_sd3_dir}
+            "sdxl": tiny_sdxl_dir, "dit-flow": tiny_dit_dir, "dit-vp": tiny_dit_vp_dir, "sd3": tiny_sd3_dir,
+            "sd35": tiny_sd35_dir}
 
 
 def _condition(family: str):
@@ -112,7 +114,7 @@ def test_prediction_types_give_the_same_sampler_on_the_gaussian_model():
 
 
 def test_a_transformer_family_reads_its_schedule_and_conditioning(folders):
-    dit, vp, sd3 = (load_model(str(folders[f])) for f in TRANSFORMERS)
+    dit, vp, sd3 = (load_model(str(folders[f])) for f in TRANSFORMERS[:3])
     assert dit.flow and dit.prediction_type == "flow" and dit.conditioning == "class" and dit.num_classes == 3
     assert float(dit.sigmas[-1]) == 1.0 and float(dit.alphas[-1]) == 0.0                    # pure noise at T-1
     u = 500 / 1000
@@ -161,7 +163,7 @@ def test_transformer_sampling_matches_diffusers(family, folders):
         grid = trajectory_grid(m.num_train_timesteps, 8)
         sched = FlowMatchEulerDiscreteScheduler.from_config(cfg)
     ours = denoise(m, x_T, grid, cond, g, clip_denoised=False)
-    if family == "sd3":
+    if family in ("sd3", "sd35"):
         pipe = StableDiffusion3Pipeline(transformer=m.transformer, scheduler=sched, vae=m.vae,
                                         text_encoder=m.text_encoders[0], tokenizer=m.tokenizers[0],
                                         text_encoder_2=m.text_encoders[1], tokenizer_2=m.tokenizers[1],

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ..errors import LatentBasisError
 from .base import Conditioning, DiffusionModel
+from .flux import FluxModel
 from .gaussian import GaussianModel
 from .pixart import PixArtModel
 from .transformer import TransformerModel
@@ -18,6 +19,7 @@ FAMILIES: dict[str, type[DiffusionModel]] = {
     "DiTTransformer2DModel": TransformerModel,
     "SD3Transformer2DModel": TransformerModel,
     "PixArtTransformer2DModel": PixArtModel,
+    "FluxTransformer2DModel": FluxModel,
 }
 
 
@@ -28,5 +30,5 @@ def adapter_for(class_name: str) -> type[DiffusionModel]:
     return FAMILIES[class_name]
 
 
-__all__ = ["Conditioning", "DiffusionModel", "FAMILIES", "GaussianModel", "PixArtModel", "TransformerModel", "UNetModel",
+__all__ = ["Conditioning", "DiffusionModel", "FAMILIES", "FluxModel", "GaussianModel", "PixArtModel", "TransformerModel", "UNetModel",
            "adapter_for"]

@@ -155,6 +155,22 @@ class DiffusionModel:
         """One forward at batch 1 in the sampling dtype (family): to find the modules and shapes of the layers."""
         raise NotImplementedError
 
+    def set_guidance(self, scale: float | None) -> None:
+        """The guidance scale a guidance-distilled network takes as an input (FLUX.1-dev); None leaves it. Families
+        without one refuse a scale (classifier-free guidance is the samplers' `guidance`)."""
+        if scale is not None:
+            raise LatentBasisError(f"model {self.name!r} takes no guidance scale as an input (only guidance-distilled "
+                                   "models such as FLUX.1-dev do); classifier-free guidance is the sampler's guidance")
+
+    # ------------------------------------------------------------------ the pipeline's latents
+    def x_from_pipeline_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """x [B, *x_shape] from the latents a diffusers pipeline of this family carries (identity; FLUX unpacks)."""
+        return latents
+
+    def x_to_pipeline_latents(self, x: torch.Tensor) -> torch.Tensor:
+        """The inverse of x_from_pipeline_latents."""
+        return x
+
     # ------------------------------------------------------------------ images (identity, or the VAE)
     def image_to_x(self, image: torch.Tensor) -> torch.Tensor:
         """Pixels [C, H, W] in [-1, 1] (CPU) -> x [*x_shape] (CPU): the image itself, or the VAE's latent mean,
