@@ -22,6 +22,7 @@ import torch
 
 from .devices import resolve_device, resolve_dtype
 from .errors import LatentBasisError
+from .families import FAMILIES
 
 def _models_dir() -> Path:
     """Where the bundled models are: $LATENTBASIS_ASSETS/models if set; inside the installed package
@@ -39,8 +40,7 @@ DEFAULT_MODEL = "digits"
 # The only classes a model folder may name (library -> class names). Schedulers are never instantiated from a
 # folder: only their scheduler_config.json is read.
 ALLOWED_CLASSES = {
-    "diffusers": {"UNet2DModel", "UNet2DConditionModel", "DiTTransformer2DModel", "SD3Transformer2DModel",
-                  "PixArtTransformer2DModel", "FluxTransformer2DModel", "AutoencoderKL"},
+    "diffusers": {*FAMILIES, "AutoencoderKL"},    # the denoisers of latentbasis.families, and the VAE
     "transformers": {"CLIPTextModel", "CLIPTextModelWithProjection", "T5EncoderModel", "CLIPTokenizer",
                      "CLIPTokenizerFast", "T5Tokenizer", "T5TokenizerFast", "PreTrainedTokenizerFast"},
 }

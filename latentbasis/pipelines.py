@@ -21,19 +21,14 @@ from __future__ import annotations
 import torch
 
 from .errors import LatentBasisError
-from .families import FAMILIES, adapter_for
+from .families import FAMILIES, adapter_for, supported_pipelines
 from .loading import DENOISERS, TEXT_PARTS, weights_hash
-
-# diffusers pipelines whose denoiser latentbasis has an adapter for (the pipeline class name is only for messages:
-# what decides is the denoiser's class, families.FAMILIES)
-SUPPORTED_PIPELINES = ("DDPMPipeline", "DDIMPipeline", "StableDiffusionPipeline", "StableDiffusionXLPipeline",
-                       "DiTPipeline", "StableDiffusion3Pipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline",
-                       "FluxPipeline")
 
 
 def _unsupported(pipe) -> LatentBasisError:
+    """What decides is the denoiser's class (families.FAMILIES); the pipeline classes are named for the reader."""
     return LatentBasisError(f"the pipeline class {type(pipe).__name__} is not supported; latentbasis takes "
-                            f"{', '.join(SUPPORTED_PIPELINES)} (pipelines whose denoiser is a "
+                            f"{', '.join(supported_pipelines())} (pipelines whose denoiser is a "
                             f"{', '.join(sorted(FAMILIES))})")
 
 

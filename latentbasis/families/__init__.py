@@ -1,6 +1,8 @@
 """Model families: one adapter per family behind the interface of families/base.py.
 
-Adding a family is one new module here plus one line in FAMILIES: the denoiser class names it wraps.
+Adding a family is one new module here plus one line in FAMILIES: the denoiser class name it wraps. The loader's
+allow-list of denoiser classes (latentbasis.loading) and the pipelines from_pipeline names (each adapter's
+`pipelines`) derive from it.
 """
 from __future__ import annotations
 
@@ -23,6 +25,11 @@ FAMILIES: dict[str, type[DiffusionModel]] = {
 }
 
 
+def supported_pipelines() -> list[str]:
+    """The diffusers pipeline classes whose denoiser has an adapter here (for messages)."""
+    return sorted({p for adapter in FAMILIES.values() for p in adapter.pipelines})
+
+
 def adapter_for(class_name: str) -> type[DiffusionModel]:
     if class_name not in FAMILIES:
         raise LatentBasisError(f"the denoiser class {class_name!r} is not supported; latentbasis reads "
@@ -31,4 +38,4 @@ def adapter_for(class_name: str) -> type[DiffusionModel]:
 
 
 __all__ = ["Conditioning", "DiffusionModel", "FAMILIES", "FluxModel", "GaussianModel", "PixArtModel", "TransformerModel", "UNetModel",
-           "adapter_for"]
+           "adapter_for", "supported_pipelines"]

@@ -45,6 +45,7 @@ class DiffusionModel:
     __init__ and implement the methods marked 'family'."""
 
     family: str = "base"
+    pipelines: tuple[str, ...] = ()         # the diffusers pipeline classes built around this family's denoiser
     name: str
     model_hash: str
     path: str | None = None

@@ -52,6 +52,7 @@ def image_ids(H: int, W: int, device, dtype=torch.float32) -> torch.Tensor:
 
 class FluxModel(TransformerModel):
     kind = "flux"
+    pipelines = ("FluxPipeline",)
 
     def __init__(self, transformer, scheduler_config: dict, *, name: str, model_hash: str, path: str | None = None,
                  text_encoders=(), tokenizers=(), vae=None, device: torch.device = torch.device("cpu"),

@@ -26,6 +26,7 @@ MAX_SEQUENCE = {"PixArtAlphaPipeline": 120}    # PixArtSigmaPipeline and others:
 
 class PixArtModel(TransformerModel):
     kind = "pixart"
+    pipelines = ("PixArtAlphaPipeline", "PixArtSigmaPipeline")
 
     def __init__(self, transformer, scheduler_config: dict, *, max_sequence: int = 300, **kw):
         super().__init__(transformer, scheduler_config, **kw)

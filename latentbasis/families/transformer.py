@@ -39,6 +39,7 @@ def is_flow_schedule(config: dict) -> bool:
 
 class TransformerModel(DiffusionModel):
     family = "transformer"
+    pipelines = ("DiTPipeline", "StableDiffusion3Pipeline")
     kind: str | None = None      # "dit" / "sd3" from KINDS; a subclass for another transformer sets its own
 
     def __init__(self, transformer, scheduler_config: dict, *, name: str, model_hash: str, path: str | None = None,

@@ -30,6 +30,7 @@ CHANNELS_LAST_MAX_BYTES = 512 * 2**20
 
 class UNetModel(DiffusionModel):
     family = "unet"
+    pipelines = ("DDPMPipeline", "DDIMPipeline", "StableDiffusionPipeline", "StableDiffusionXLPipeline")
     default_layer = "mid_block"
 
     def __init__(self, unet, scheduler_config: dict, *, name: str, model_hash: str, path: str | None = None,
