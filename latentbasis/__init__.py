@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 from .basis import Basis, latent_basis, pullback_basis
 from .basisfile import load_basis, save_basis
+from .cli import launch_app
 from .errors import LatentBasisError
 from .families import DiffusionModel, GaussianModel
 from .grassmann import chordal_distance, geodesic_distance, principal_angles, random_subspace_distances
@@ -22,7 +23,7 @@ from .report import ReportSettings, run_report
 from .sampling import ddim_timesteps, sample_to
 
 __all__ = [
-    "Basis", "DiffusionModel", "GaussianModel", "LatentBasisError", "chordal_distance", "ddim_timesteps", "edit_callback", "from_pipeline",
+    "Basis", "DiffusionModel", "GaussianModel", "LatentBasisError", "chordal_distance", "ddim_timesteps", "edit_callback", "from_pipeline", "launch_app",
     "geodesic_distance", "latent_basis", "load_basis", "load_model", "principal_angles", "pullback_basis",
     "random_subspace_distances", "ReportSettings", "resolve_timestep", "run_report", "sample_to", "save_basis",
 ]

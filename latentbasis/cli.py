@@ -464,6 +464,12 @@ def editor_path() -> Path | None:
     return None
 
 
+def launch_app(model, host: str = "127.0.0.1", port: int = 0, block: bool = True):
+    """The Gradio editor over a model already in memory (load_model's, or from_pipeline's on the user's own
+    pipeline), on host:port (0: a free port). block False: returns (demo, url) at once; demo.close() stops it."""
+    return load_editor().launch(model, host=host, port=port, block=block)
+
+
 def load_editor():
     """The app module (apps/editor.py), loaded once."""
     import importlib.util

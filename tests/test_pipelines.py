@@ -115,3 +115,48 @@ def test_unsupported_pipelines_and_foreign_bases_are_refused(tiny_sd_dir, tiny_u
     for bad in (dict(direction=2), dict(direction=True), dict(strength=float("nan")), dict(method="paint")):
         with pytest.raises(LatentBasisError):
             edit_callback(basis, **{"direction": 0, "strength": 1.0, **bad})
+
+
+def test_the_app_takes_a_wrapped_pipeline():
+    """launch_app(model) serves the editor over from_pipeline's model as over load_model's."""
+    pytest.importorskip("gradio")
+    import urllib.request
+
+    from diffusers import DDIMPipeline, UNet2DModel
+
+    from latentbasis import launch_app
+
+    folder = MODELS_DIR / "digits"
+    model = from_pipeline(DDIMPipeline(unet=UNet2DModel.from_pretrained(str(folder)), scheduler=_ddim(folder)))
+    demo, url = launch_app(model, block=False)
+    try:
+        assert "latentbasis editor" in urllib.request.urlopen(url, timeout=30).read().decode()
+    finally:
+        demo.close()
+
+
+def test_sd35_pipeline_from_pipeline_and_an_edit_inside_its_call(tiny_sd35_dir):
+    """An SD3.5-configured StableDiffusion3Pipeline (flow matching): from_pipeline gives load_model's basis, and
+    the edit inside its call (fed latentbasis' grid as unshifted sigmas) equals latentbasis' own to 1e-4."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from latentbasis.sampling import trajectory_grid
+
+    pipe = StableDiffusion3Pipeline.from_pretrained(str(tiny_sd35_dir))
+    pipe.set_progress_bar_config(disable=True)
+    m, ref = from_pipeline(pipe), load_model(str(tiny_sd35_dir), device="cpu")
+    assert m.model_hash == ref.model_hash
+    grid = trajectory_grid(m.num_train_timesteps, 6)
+    x_T = initial_noise(m, 4)[None]
+    x0, kept, _ = denoise(m, x_T, grid, PROMPT, 2.0, clip_denoised=False, keep=True)
+    traj = Trajectory(grid, kept[:, 0], x0[0], PROMPT, 2.0)
+    ts = grid[2]
+    a = latent_basis(ref, traj.at(ts), timestep=ts, k=2, prompt=PROMPT, tol=1e-5)
+    b = latent_basis(m, traj.at(ts), timestep=ts, k=2, prompt=PROMPT, tol=1e-5)
+    assert _angle(a, b) < 0.1
+    ours = edit_images(m, traj, ts, 2.0 * b.latent[0][None], EditSettings(n_iter=4), clip_denoised=False)
+    cb = edit_callback(b, 0, 2.0, prompt=PROMPT, n_iter=4)
+    theirs = pipe(PROMPT, num_inference_steps=len(grid), guidance_scale=2.0, latents=x_T.clone(),
+                  sigmas=[(t + 1) / m.num_train_timesteps for t in grid], output_type="latent",
+                  callback_on_step_end=cb).images.cpu()
+    assert cb.fired and float((theirs - ours).abs().max()) < 1e-4
