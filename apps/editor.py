@@ -29,6 +29,7 @@ import torch
 from latentbasis.atomic import process_running
 from latentbasis.basis import latent_basis
 from latentbasis.basisfile import load_basis, save_basis
+from latentbasis.describe import describe_basis
 from latentbasis.editing import (EditSettings, combine, edit_images, edit_steps, motion_refusal, sweep_directions,
                                  transported_basis)
 from latentbasis.errors import LatentBasisError
@@ -363,6 +364,7 @@ def find_directions(model, s: Session, t, k, method: str, progress=None, space: 
     try:
         basis = latent_basis(model, x_t, timestep=s.timestep, k=k, prompt=s.prompt,
                              callback=report if progress is not None else None, **region)
+        describe_basis(model, basis)     # the captions: what each direction does (k JVPs)
     except LatentBasisError as e:
         raise AppError(str(e)) from None
     s.basis, s.basis_file, s.strengths, s.region = basis, None, {}, region
@@ -426,7 +428,8 @@ def _gallery(model, s: Session, progress=None) -> list[tuple[np.ndarray, str]]:
     for i in range(b.k):
         pic = _strip([direction_picture(b.latent[i]), display(prev[2 * i], DISPLAY // 2),
                       display(prev[2 * i + 1], DISPLAY // 2)])
-        out.append((pic, f"v{i + 1}  s = {float(b.singular_values[i]):.3g}   (-{PREVIEW:g} | +{PREVIEW:g})"))
+        what = f"  {b.descriptions[i]['name']}" if b.descriptions else ""
+        out.append((pic, f"v{i + 1}{what}  s = {float(b.singular_values[i]):.3g}   (-{PREVIEW:g} | +{PREVIEW:g})"))
     return out
 
 

@@ -72,6 +72,7 @@ class Basis:
     null_rank: int = 0              # directions kept orthogonal to the top null_rank of the region's complement
     mask: torch.Tensor | None = None  # the region itself (bool [S, S] on the image; None for the whole image)
     model_hash: str = ""
+    descriptions: list | None = None  # what each direction does to x0_hat (latentbasis.describe; None: not described)
     extra: dict = field(default_factory=dict)
 
     @property

@@ -17,6 +17,7 @@ import torch
 
 from .atomic import atomic_path
 from .basis import Basis
+from .describe import descriptions_from_json, descriptions_to_json
 from .errors import LatentBasisError
 
 FORMAT = "latentbasis.basis/1"
@@ -39,6 +40,7 @@ def basis_metadata(b: Basis) -> dict[str, str]:
         "version": _version(), "iterations": str(b.iterations), "seconds": f"{b.seconds:.3f}",
         "device": b.device, "weights_dtype": b.weights_dtype, "space": b.space, "mask_sha256": b.mask_sha256,
         "null_rank": str(b.null_rank),
+        "descriptions": descriptions_to_json(b.descriptions),
     }
 
 
@@ -49,7 +51,8 @@ def save_basis(b: Basis, path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.parent.is_dir():
         raise LatentBasisError(f"cannot write {path}: folder {path.parent} does not exist")
-    tensors = {name: getattr(b, name).detach().to(torch.float32).contiguous() for name in TENSORS}
+    # own copies: rows that share memory (a tangent that is the latent, say) would make safetensors refuse the file
+    tensors = {name: getattr(b, name).detach().to(torch.float32).contiguous().clone() for name in TENSORS}
     if b.mask is not None:
         tensors["mask"] = b.mask.detach().to(torch.float32).contiguous()
     with atomic_path(path) as tmp:
@@ -183,6 +186,10 @@ def load_basis(path: str | os.PathLike, model=None, layer: str | None = None) ->
               or "float32", space=meta.get("space", "h"),
               mask_sha256=optional_string(meta.get("mask_sha256", ""), f"{path}: mask_sha256", 64) or "",
               null_rank=num("null_rank", integer=True, lo=0, hi=10**9, default=0))
+    try:
+        b.descriptions = descriptions_from_json(meta.get("descriptions", "[]"), k)
+    except LatentBasisError as e:
+        raise LatentBasisError(f"{path} has a corrupt header: {e}") from None
     if b.space not in ("h", "x0"):
         raise LatentBasisError(f"{path} has a corrupt header: space {b.space[:20]!r} is not h or x0")
     if mask is not None:

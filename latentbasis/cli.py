@@ -142,6 +142,7 @@ def _cmd_basis(a) -> None:
     from . import validate as v
     from .basis import latent_basis
     from .basisfile import save_basis
+    from .describe import describe_basis, description_lines
     from .images import x_to_image
     from .loading import resolve_timestep
     from .sampling import denoise, predict_x0, sample_to, trajectory_grid
@@ -181,6 +182,7 @@ def _cmd_basis(a) -> None:
                          seed=a.seed, tol=a.tol, init=init, callback=progress, space=a.space, mask=mask,
                          null_rank=a.null_rank)
         b.t_fraction = frac
+        describe_basis(model, b)            # what each direction does to x0_hat (k JVPs), stored in the file
         if png is not None:
             from .viz import render_basis
 
@@ -199,6 +201,8 @@ def _cmd_basis(a) -> None:
     print(f"singular values: {s}")
     print(f"cost: {b.jvps} JVPs + {b.vjps} VJPs, {b.iterations} iterations, {b.seconds:.2f} s ({b.algorithm}); "
           f"max residual {float(b.residuals.max()):.1e}")
+    for line in description_lines(b):
+        print(line)
     print(f"wrote {out}" + (f" and {png}" if png is not None else ""))
 
 
@@ -310,9 +314,14 @@ def _cmd_info(a) -> None:
         meta = fh.metadata()
     from .validate import printable
 
+    from .describe import description_lines
+
     for key in sorted(meta):        # a header is the file's word: escaped, so it cannot drive the terminal
-        print(f"{printable(key)}: {printable(meta[key])}")
+        if key != "descriptions":   # shown below, a line per direction
+            print(f"{printable(key)}: {printable(meta[key])}")
     print(f"latent: {tuple(b.latent.shape)}  tangent: {tuple(b.tangent.shape)}  point: {tuple(b.point.shape)}")
+    for line in description_lines(b):
+        print(line)
 
 
 def _cmd_global(a) -> None:

@@ -32,6 +32,8 @@ def found(model):
 def test_sample_find_slide(model, found):
     s, gallery = found
     assert len(gallery) == 4 and all(pic.dtype == np.uint8 and "s = " in cap for pic, cap in gallery)
+    names = [d["name"] for d in s.basis.descriptions]        # each caption says what its direction does
+    assert all(f"v{i + 1}  {n}  s = " in cap for i, (n, (_, cap)) in enumerate(zip(names, gallery)))
     source = E.display(s.edited)
     assert np.array_equal(E.apply_edit(model, s, "guidance", [0, 0, 0, 0]), source)   # strength 0: the sample
     moved = E.apply_edit(model, s, "guidance", [8, 0, 0, 0])

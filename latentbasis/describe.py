@@ -1,0 +1,214 @@
+"""Directions that explain themselves: what a basis direction does to the denoised image, without supervision.
+
+A direction v at x_t changes the denoised estimate by u = J_x0 v (J_x0 = d x0_hat / d x_t, one JVP): the first-order
+change of the image the slider's "+" makes, per unit of strength. u [C, h, w] is fitted by least squares with the
+fields of all the named parts at once, u = sum_g F_g c_g + rest; the named parts share ||proj||^2 / ||u||^2 in
+proportion to ||F_g c_g||^2 (exact where u is one part's field: that part gets all of it), and the rest, orthogonal
+to every field, is split by frequency, so the shares add up to 1:
+
+    shift      the content moving along x and along y: -grad I . (hx, 0), -grad I . (0, hy)  (I = x0_hat)
+    scale      the content growing about the centre of its box: -grad I . (p - c)
+    rotation   the content turning about it: -grad I . (-(y - cy), x - cx)       (latentbasis.editing.motion_fields)
+    brightness the same offset in every channel
+    colour     offsets between the channels (C > 1)
+    contrast   the image's own deviation from its mean, scaled: I - mean(I)
+    coarse / mid / fine   what is left, split by radial frequency at 1/8 and 1/4 cycles per pixel (Parseval: the
+               three bands are orthogonal and add up to it)
+Within a region (a mask) the fields live inside it and the box is the region's; the change outside is reported as
+its own share (`outside`), and the parts divide the inside.
+
+The name says "+" of the slider from the largest parts (those of at least a quarter of the change, at most two,
+or the largest), with sign and size per unit strength: "shifts right 0.30 box", "grows 12 %", "turns 5 deg",
+"brightens", "more red", "more contrast", "coarse shape", "fine detail".
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+
+from .errors import LatentBasisError
+
+PARTS = ("shift", "scale", "rotation", "brightness", "colour", "contrast", "coarse", "mid", "fine")
+BANDS = {"coarse": (0.0, 0.125), "mid": (0.125, 0.25), "fine": (0.25, math.inf)}
+CHANNEL_NAMES = ("red", "green", "blue")
+NAMED_SHARE = 0.25       # a part names the direction when it holds at least this share of the change
+
+
+def _fields(image: torch.Tensor, region: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The fields of each non-frequency part, {part: [n, C, h, w]} (float64, zero outside the region)."""
+    from .editing import motion_fields
+
+    C = image.shape[0]
+    G = motion_fields(image, region)                       # shift x, shift y, scale, rotation, C channel offsets
+    r = region.double()
+    inside = image.double()[region]
+    centred = (image.double() - inside.mean()) * r
+    offsets = G[4:]
+    return {"shift": G[0:2], "scale": G[2:3], "rotation": G[3:4], "brightness": offsets.sum(0, keepdim=True),
+            "colour": offsets[: C - 1] if C > 1 else offsets[:0], "contrast": centred[None]}
+
+
+def _band(u: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """u [C, h, w] keeping radial frequencies in [lo, hi) cycles per pixel."""
+    H, W = u.shape[-2:]
+    fy, fx = torch.fft.fftfreq(H, dtype=torch.float64), torch.fft.fftfreq(W, dtype=torch.float64)
+    rad = (fy[:, None] ** 2 + fx[None] ** 2).sqrt()
+    keep = ((rad >= lo) & (rad < hi)).to(torch.complex128)
+    return torch.fft.ifft2(torch.fft.fft2(u) * keep).real
+
+
+def decompose_change(image: torch.Tensor, change: torch.Tensor, region: torch.Tensor | None = None) -> dict:
+    """Shares of a change of the denoised image by part (see the module docstring).
+
+    image, change: [C, h, w] (x0_hat and u = J_x0 v); region: bool [C, h, w] or None (the whole image).
+    Returns {"shares": {part: share}, "outside": share or None, "coefficients": {...}} where the coefficients
+    give sign and size: shift (x, y) in half-box units, scale (relative), rotation (radians), brightness (offset),
+    colour (offset of each channel from their mean), contrast (relative)."""
+    image, u = image.detach().double().cpu(), change.detach().double().cpu()
+    if image.shape != u.shape or image.dim() != 3:
+        raise LatentBasisError(f"image {tuple(image.shape)} and change {tuple(u.shape)} must both be [C, h, w]")
+    region = torch.ones(image.shape, dtype=torch.bool) if region is None else region.bool().cpu()
+    total = float((u ** 2).sum())
+    outside = float((u[~region] ** 2).sum()) / total if region.any() and not region.all() and total > 0 else None
+    u = u * region.double()
+    norm2 = float((u ** 2).sum())
+    shares = dict.fromkeys(PARTS, 0.0)
+    coefficients: dict = {}
+    if norm2 == 0:
+        return {"shares": shares, "outside": outside, "coefficients": coefficients}
+    fields = {p: F for p, F in _fields(image, region).items() if F.shape[0]}
+    A = torch.cat([F.reshape(F.shape[0], -1) for F in fields.values()]).T          # [D, n], all parts at once
+    coef = torch.linalg.lstsq(A, u.reshape(-1, 1), driver="gelsd").solution[:, 0]
+    proj = A @ coef
+    rest = u.reshape(-1) - proj                                                    # orthogonal to every field
+    raw, at = {}, 0
+    for part, F in fields.items():
+        c = coef[at: at + F.shape[0]]
+        raw[part] = float(((F.reshape(F.shape[0], -1).T @ c) ** 2).sum())
+        coefficients[part] = [float(v) for v in c]
+        at += F.shape[0]
+    named = float(proj @ proj) / norm2
+    for part, r in raw.items():
+        shares[part] = named * r / max(sum(raw.values()), 1e-300)
+    rest = rest.reshape(u.shape)
+    for part, (lo, hi) in BANDS.items():
+        b = _band(rest, lo, hi)
+        shares[part] = float((b ** 2).sum()) / norm2
+    coefficients["colour"] = _channel_offsets(u, region) if image.shape[0] > 1 else []
+    return {"shares": shares, "outside": outside, "coefficients": coefficients}
+
+
+def _channel_offsets(u: torch.Tensor, region: torch.Tensor) -> list[float]:
+    """Each channel's mean change inside the region minus the channels' mean."""
+    means = torch.stack([u[c][region[c]].mean() if region[c].any() else u.new_zeros(()) for c in range(u.shape[0])])
+    return [float(m) for m in means - means.mean()]
+
+
+def name_change(parts: dict, x_is_latent: bool = False) -> str:
+    """A short name of "+" from decompose_change's result: the parts of at least NAMED_SHARE (at most two; else
+    the largest), each with its sign and size."""
+    shares, coef = parts["shares"], parts["coefficients"]
+    ranked = sorted(shares, key=lambda p: -shares[p])
+    chosen = [p for p in ranked if shares[p] >= NAMED_SHARE][:2] or ranked[:1]
+    words = [_word(p, coef.get(p, []), x_is_latent) for p in chosen]
+    if parts.get("outside") is not None:
+        words.append("mostly outside the region" if parts["outside"] > 0.5 else "inside the region")
+    return ", ".join(words)
+
+
+def _word(part: str, c: list, x_is_latent: bool) -> str:
+    if part == "shift":
+        dx, dy = (c + [0.0, 0.0])[:2]
+        if abs(dx) >= abs(dy):
+            return f"shifts {'right' if dx > 0 else 'left'} {abs(dx) / 2:.2f} box"
+        return f"shifts {'down' if dy > 0 else 'up'} {abs(dy) / 2:.2f} box"
+    if part == "scale":
+        s = c[0] if c else 0.0
+        return f"{'grows' if s > 0 else 'shrinks'} {abs(s) * 100:.0f} %"
+    if part == "rotation":
+        r = c[0] if c else 0.0
+        return f"turns {'clockwise' if r > 0 else 'counter-clockwise'} {abs(math.degrees(r)):.0f} deg"
+    if part == "brightness":
+        up = (c[0] if c else 0.0) > 0
+        return ("raises the latent's level" if up else "lowers the latent's level") if x_is_latent else \
+            ("brightens" if up else "darkens")
+    if part == "colour":
+        if not c:
+            return "shifts colour"
+        i = max(range(len(c)), key=lambda j: abs(c[j]))
+        label = CHANNEL_NAMES[i] if len(c) == 3 and not x_is_latent else f"channel {i + 1}"
+        return f"{'more' if c[i] > 0 else 'less'} {label}"
+    if part == "contrast":
+        return "more contrast" if (c[0] if c else 0.0) > 0 else "less contrast"
+    return {"coarse": "coarse shape", "mid": "mid-scale detail", "fine": "fine detail"}[part]
+
+
+def shares_text(parts: dict, top: int = 3) -> str:
+    """'shift 0.62, scale 0.20, fine 0.08': the largest shares."""
+    s = parts["shares"]
+    return ", ".join(f"{p} {s[p]:.2f}" for p in sorted(s, key=lambda p: -s[p])[:top])
+
+
+def description_lines(basis) -> list[str]:
+    """'v1  shifts right 0.30 box (shift 0.81, fine 0.10, scale 0.05)' for every direction; 'v1  no description'
+    for a basis without them (older files)."""
+    if not basis.descriptions:
+        return [f"v{i + 1}  no description" for i in range(basis.k)]
+    return [f"v{i + 1}  {d['name']} ({shares_text(d)})" for i, d in enumerate(basis.descriptions)]
+
+
+def describe_basis(model, basis) -> list[dict]:
+    """A description of every direction of a basis: [{"name", "shares", "outside", "coefficients"}], from the
+    change of x0_hat along v_i at the basis' point and timestep (k JVPs through the denoised estimate; float32 on
+    the model's device). Stored in basis.descriptions (and so in the basis file)."""
+    from torch.func import jvp
+
+    from .editing import _region_x
+
+    if basis.timestep is None:
+        raise LatentBasisError("the basis does not record its timestep: it cannot be described")
+    x0 = model.denoised_function(int(basis.timestep), model.encode_prompt(basis.prompt))
+    x = basis.point.to(model.device, torch.float32)[None]
+    with torch.no_grad():
+        image = x0(x)[0].float().cpu()
+    region = _region_x(model, basis.mask) if basis.mask is not None else None
+    out = []
+    for v in basis.latent:
+        change = jvp(x0, (x,), (v.to(model.device, torch.float32)[None],))[1][0].float().cpu()
+        parts = decompose_change(image, change, region)
+        parts["name"] = name_change(parts, model.x_is_latent)
+        out.append(parts)
+    basis.descriptions = out
+    return out
+
+
+def descriptions_to_json(descriptions: list[dict] | None) -> str:
+    return json.dumps([{"name": d["name"], "shares": d["shares"], "outside": d.get("outside")}
+                       for d in descriptions or []])
+
+
+def descriptions_from_json(text: str, k: int) -> list[dict] | None:
+    """The descriptions a basis file stores, each field checked (a file is data: names are printed escaped);
+    None for an empty list (older files)."""
+    from .validate import parse_json, printable
+
+    data = parse_json(text, "the basis file's descriptions")
+    if not isinstance(data, list) or (data and len(data) != k):
+        raise LatentBasisError(f"the basis file's descriptions are not a list of {k}")
+    out = []
+    for d in data:
+        if not isinstance(d, dict) or not isinstance(d.get("name"), str) or not isinstance(d.get("shares"), dict):
+            raise LatentBasisError("a description in the basis file has no name or shares")
+        shares = {}
+        for p in PARTS:
+            s = d["shares"].get(p, 0.0)
+            if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 <= float(s) <= 1.0 + 1e-6:
+                raise LatentBasisError(f"a description's share {p!r} in the basis file is not a number in [0, 1]")
+            shares[p] = float(s)
+        o = d.get("outside")
+        if o is not None and (isinstance(o, bool) or not isinstance(o, (int, float)) or not 0.0 <= float(o) <= 1.0):
+            raise LatentBasisError("a description's outside share in the basis file is not a number in [0, 1]")
+        out.append({"name": printable(d["name"][:200]), "shares": shares, "outside": o, "coefficients": {}})
+    return out or None

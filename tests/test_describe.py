@@ -1,0 +1,106 @@
+"""latentbasis.describe: what each direction does to the denoised image, checked on changes built to be a shift, a
+brightness change and a fine-detail pattern, directly and through the Gaussian model (whose x0_hat is known)."""
+import torch
+
+from latentbasis import Basis, GaussianModel, load_basis, save_basis
+from latentbasis.describe import decompose_change, describe_basis, name_change
+from latentbasis.editing import motion_fields
+from latentbasis.families.gaussian import ddpm_linear_alphas_cumprod
+
+
+def blob(C=1, n=16, cx=7.0, cy=8.0, r=3.0):
+    """A smooth disc-like bump [C, n, n] (its colour differs by channel)."""
+    y, x = torch.meshgrid(torch.arange(n, dtype=torch.float64), torch.arange(n, dtype=torch.float64), indexing="ij")
+    b = torch.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * r ** 2))
+    return torch.stack([b * (1.0 - 0.3 * c) - 0.5 for c in range(C)])
+
+
+def built_changes(image):
+    """A shift right, a brightness change and a fine checkerboard, each [C, n, n]."""
+    C, n, _ = image.shape
+    whole = torch.ones(image.shape, dtype=torch.bool)
+    shift = motion_fields(image, whole)[0]
+    bright = torch.ones_like(image)
+    i, j = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    fine = ((-1.0) ** (i + j)).double().expand(C, n, n).clone()
+    return {"shift": shift, "brightness": bright, "fine": fine}
+
+
+def test_built_changes_are_named_as_built():
+    for C in (1, 3):
+        image = blob(C)
+        for part, u in built_changes(image).items():
+            d = decompose_change(image, 0.1 * u)
+            assert abs(sum(d["shares"].values()) - 1) < 1e-9
+            assert d["shares"][part] > 0.9, (C, part, d["shares"])
+            name = name_change(d)
+            assert {"shift": "shifts right", "brightness": "brightens", "fine": "fine detail"}[part] in name, name
+    d = decompose_change(blob(), -0.1 * built_changes(blob())["shift"])
+    assert "shifts left 0.05 box" in name_change(d)     # -0.1 of a half-box shift: 0.05 of the box, to the left
+
+
+def test_a_region_says_inside_and_outside():
+    image = blob()
+    u = built_changes(image)["brightness"]
+    region = torch.zeros(image.shape, dtype=torch.bool)
+    region[:, 4:12, 4:12] = True
+    d = decompose_change(image, u * region, region)
+    assert d["outside"] == 0.0 and d["shares"]["brightness"] > 0.9 and "inside the region" in name_change(d)
+    d = decompose_change(image, u, region)
+    assert abs(d["outside"] - (1 - 64 / 256)) < 1e-9
+
+
+def test_the_gaussian_models_directions_are_described_as_constructed(tmp_path):
+    """An isotropic Gaussian (all variances equal) has J_x0 = g I, so a direction's change of x0_hat is the
+    direction itself: built directions come out named as built, and the names travel in the basis file."""
+    image = blob(3, 8, cx=3.5, cy=4.0, r=1.5)
+    D = image.numel()
+    model = GaussianModel(image.reshape(-1), torch.eye(D, dtype=torch.float64), torch.full((D,), 50.0,
+                          dtype=torch.float64), torch.eye(D, dtype=torch.float64), torch.ones(D, dtype=torch.float64),
+                          tuple(image.shape), ddpm_linear_alphas_cumprod())
+    ts = 300
+    x_t = (float(model.alphas[ts]) * image).float()            # x0_hat(x_t) = mu = the image
+    rows = torch.stack([u / u.norm() for u in built_changes(image).values()]).float()
+    b = Basis(latent=rows, tangent=rows, singular_values=torch.ones(3), point=x_t, residuals=torch.zeros(3),
+              timestep=ts, model=model.name, model_hash=model.model_hash)
+    described = describe_basis(model, b)
+    for d, part, word in zip(described, ("shift", "brightness", "fine"), ("shifts right", "brightens", "fine detail")):
+        assert d["shares"][part] > 0.9 and word in d["name"], d
+    save_basis(b, tmp_path / "b.safetensors")
+    again = load_basis(tmp_path / "b.safetensors")
+    assert [d["name"] for d in again.descriptions] == [d["name"] for d in described]
+    b.descriptions = None                                       # an older file: no descriptions
+    save_basis(b, tmp_path / "old.safetensors")
+    assert load_basis(tmp_path / "old.safetensors").descriptions is None
+
+
+def test_basis_and_info_print_a_line_per_direction(tmp_path, capsys):
+    """`basis` describes what it computed and stores it; `info` prints `v1  <name> (<shares>)` for every direction,
+    "no description" for an older file, and a tampered description is one message."""
+    import json
+
+    import pytest
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from latentbasis import LatentBasisError
+    from latentbasis.cli import main
+
+    out = tmp_path / "b.safetensors"
+    assert main(["basis", "--model", "digits", "--k", "3", "--steps", "10", "--quiet", "--out", str(out),
+                 "--png", ""]) == 0
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln[:2] in ("v1", "v2", "v3")]
+    assert [ln.split()[0] for ln in lines] == ["v1", "v2", "v3"]
+    assert all("(" in ln and "no description" not in ln for ln in lines)
+    with safe_open(str(out), framework="pt") as fh:
+        meta, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+    del meta["descriptions"]
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata=meta)
+    assert main(["info", str(tmp_path / "old.safetensors")]) == 0
+    assert capsys.readouterr().out.count("no description") == 3
+    bad = dict(meta, descriptions=json.dumps([{"name": "x", "shares": {"shift": 7}}] * 3))
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=bad)
+    with pytest.raises(LatentBasisError, match="corrupt header"):
+        load_basis(tmp_path / "bad.safetensors")
