@@ -252,12 +252,14 @@ def _cmd_edit(a) -> None:
                                     timestep=a.timestep)
         if a.mask is not None:
             _region(a, model)
+        if a.direction is not None and a.directions is not None:
+            raise LatentBasisError("give --directions or --direction, not both")
         r = EditRecipe(model=model.name, seed=None if a.image else a.seed, image=a.image, prompt=a.prompt,
                        guidance=a.guidance, num_steps=a.steps, timestep=ts, t_fraction=frac, k=a.k,
                        basis_file=a.basis, basis_seed=a.seed, method=a.method, n_iter=a.n_iter, scale=a.scale,
                        keep_norm=a.keep_norm, directions=a.directions, strengths=a.strengths, space=a.space,
                        mask=a.mask, null_rank=a.null_rank, transport_rank=a.transport_rank,
-                       transfer=a.transfer, guidance_scale=a.guidance_scale)
+                       transfer=a.transfer, guidance_scale=a.guidance_scale, direction=a.direction)
         r.validate()
     with Stages(a.quiet) as stages:
         res = run_recipe(r, model, progress=stages)
@@ -616,6 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--timestep", type=int, default=None, help="edit timestep as an integer step, instead of --t")
     e.add_argument("--k", type=int, default=4, help="number of directions to compute")
     e.add_argument("--directions", type=_ints, default=None, help="which directions, 0-based, e.g. 0,2 (None: all k)")
+    e.add_argument("--direction", default=None,
+                   help="instead, the one direction whose description matches, e.g. 'shift right', 'motion:x+', "
+                        "'grow', 'brighten', 'fine detail' (it says which it picked)")
     e.add_argument("--strengths", type=_floats, default=[-6.0, -3.0, 0.0, 3.0, 6.0],
                    help="strengths along each direction, e.g. -6,-3,0,3,6")
     e.add_argument("--method", choices=("guidance", "direct"), default="guidance",

@@ -212,3 +212,43 @@ def descriptions_from_json(text: str, k: int) -> list[dict] | None:
             raise LatentBasisError("a description's outside share in the basis file is not a number in [0, 1]")
         out.append({"name": printable(d["name"][:200]), "shares": shares, "outside": o, "coefficients": {}})
     return out or None
+
+
+# what a user may ask for: words -> (part, component, sign); component indexes the part's coefficients
+QUERIES = {
+    "shift right": ("shift", 0, 1), "shift left": ("shift", 0, -1), "shift down": ("shift", 1, 1),
+    "shift up": ("shift", 1, -1), "motion:x+": ("shift", 0, 1), "motion:x-": ("shift", 0, -1),
+    "motion:y+": ("shift", 1, 1), "motion:y-": ("shift", 1, -1), "grow": ("scale", 0, 1), "shrink": ("scale", 0, -1),
+    "motion:scale+": ("scale", 0, 1), "motion:scale-": ("scale", 0, -1), "turn": ("rotation", 0, 1),
+    "motion:rotation+": ("rotation", 0, 1), "motion:rotation-": ("rotation", 0, -1), "brighten": ("brightness", 0, 1),
+    "darken": ("brightness", 0, -1), "more contrast": ("contrast", 0, 1), "less contrast": ("contrast", 0, -1),
+    "colour": ("colour", None, 1), "coarse shape": ("coarse", None, 1), "mid-scale detail": ("mid", None, 1),
+    "fine detail": ("fine", None, 1),
+}
+
+
+def pick_direction(descriptions: list[dict], query: str) -> tuple[int, int, str]:
+    """The direction whose description best matches a query ("shift right", "motion:x+", "grow", "fine detail";
+    QUERIES lists them): the largest share of the asked part, times, for a motion along one axis, the fraction of
+    the motion along it. Returns (index, sign, what was picked): sign -1 when the direction's "+" goes the other
+    way (the edit then runs along -v)."""
+    q = " ".join(str(query).lower().split())
+    if q not in QUERIES:
+        raise LatentBasisError(f"direction {str(query)[:40]!r} is not one latentbasis can look for; ask for one of "
+                               f"{', '.join(QUERIES)}")
+    part, comp, want = QUERIES[q]
+    best, score, sign = None, -1.0, 1
+    for i, d in enumerate(descriptions):
+        c = d.get("coefficients", {}).get(part, [])
+        frac, s = 1.0, 1
+        if comp is not None and c:
+            frac = abs(c[comp]) / max(math.sqrt(sum(x * x for x in c)), 1e-300)
+            s = 1 if c[comp] * want >= 0 else -1
+        value = d["shares"][part] * frac
+        if value > score:
+            best, score, sign = i, value, s
+    if best is None:
+        raise LatentBasisError("the basis has no directions to choose from")
+    what = (f"{q}: v{best + 1}{' (its -)' if sign < 0 else ''}, {part} share {descriptions[best]['shares'][part]:.2f}"
+            f" ({descriptions[best]['name']})")
+    return best, sign, what

@@ -41,6 +41,8 @@ class EditRecipe:
     scale: float | None = None
     keep_norm: bool = False
     directions: list[int] | None = None  # None: all k
+    direction: str | None = None         # or the one whose description matches ("shift right": latentbasis.describe);
+                                         # directions then records the pick, made again on a replay
     strengths: list[float] = field(default_factory=lambda: [-6.0, -3.0, 0.0, 3.0, 6.0])
     # one combined edit instead of a sweep: {"direction index": strength}, d = sum_i strength_i v_i (the app's sliders)
     combination: dict[str, float] | None = None
@@ -114,6 +116,9 @@ class EditRecipe:
             v.number(self.scale, "scale", lo=-v.MAX_STRENGTH, hi=v.MAX_STRENGTH)
         if not isinstance(self.keep_norm, bool):
             raise LatentBasisError(f"keep_norm must be true or false, got {self.keep_norm!r}")
+        v.optional_string(self.direction, "direction", 100)
+        if self.direction is not None and self.combination is not None:   # (directions: the last pick, redone)
+            raise LatentBasisError("give a combination of directions or one direction by its description, not both")
         if self.directions is not None:
             if not isinstance(self.directions, list) or len(self.directions) > v.MAX_K:
                 raise LatentBasisError(f"directions must be a list of at most {v.MAX_K} indices")
@@ -189,6 +194,7 @@ def run_recipe(r: EditRecipe, model=None, progress=None) -> EditResult:
     from . import __version__
     from .basis import latent_basis
     from .basisfile import load_basis
+    from .describe import describe_basis, pick_direction
     from .devices import dtype_name
     from .editing import (EditSettings, combine, edit_images, edit_steps, motion_refusal, sweep_directions,
                           transported_basis)
@@ -265,11 +271,18 @@ def run_recipe(r: EditRecipe, model=None, progress=None) -> EditResult:
     else:
         basis = latent_basis(model, x_t, timestep=r.timestep, k=r.k, prompt=r.prompt, space=r.space, **basis_kw)
     settings = EditSettings(r.method, r.n_iter, r.step, r.scale, r.keep_norm)
+    latent = basis.latent
+    if r.direction is not None:   # the direction whose description matches, along its "+" or its "-"
+        i, sign, what = pick_direction(describe_basis(model, basis), r.direction)
+        notes.append(f"picked {what}")
+        r.directions = [i]
+        latent = basis.latent.clone()
+        latent[i] *= sign
     if r.combination is not None:
         d = combine(basis.latent, {int(i): float(w) for i, w in r.combination.items()})[None]
         rows, cols = 1, 1
     else:
-        d = sweep_directions(basis.latent, r.directions, r.strengths)
+        d = sweep_directions(latent, r.directions, r.strengths)
         rows, cols = len(r.directions), len(r.strengths)
     images = x_to_image(model, edit_images(model, traj, r.timestep, d, settings,
                                            progress=stage("edits", edit_steps(traj, r.timestep, settings))))

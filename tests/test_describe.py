@@ -66,6 +66,18 @@ def test_the_gaussian_models_directions_are_described_as_constructed(tmp_path):
     described = describe_basis(model, b)
     for d, part, word in zip(described, ("shift", "brightness", "fine"), ("shifts right", "brightens", "fine detail")):
         assert d["shares"][part] > 0.9 and word in d["name"], d
+    from latentbasis.describe import pick_direction
+
+    assert pick_direction(described, "shift right")[:2] == (0, 1)
+    assert pick_direction(described, "motion:x-")[:2] == (0, -1)          # the same direction, along its "-"
+    assert pick_direction(described, "brighten")[:2] == (1, 1) and pick_direction(described, "darken")[:2] == (1, -1)
+    assert pick_direction(described, "Fine  Detail")[:2] == (2, 1)
+    import pytest
+
+    from latentbasis import LatentBasisError
+
+    with pytest.raises(LatentBasisError, match="shift right"):               # the message lists what it knows
+        pick_direction(described, "make it prettier")
     save_basis(b, tmp_path / "b.safetensors")
     again = load_basis(tmp_path / "b.safetensors")
     assert [d["name"] for d in again.descriptions] == [d["name"] for d in described]
@@ -104,3 +116,29 @@ def test_basis_and_info_print_a_line_per_direction(tmp_path, capsys):
     save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=bad)
     with pytest.raises(LatentBasisError, match="corrupt header"):
         load_basis(tmp_path / "bad.safetensors")
+
+
+def test_edit_picks_a_direction_by_its_description(tmp_path, capsys):
+    """`edit --direction "shift right"` says which direction it picked, keeps the query in the recipe, and the
+    replay gives the same pixels; a query it does not know is one message."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from latentbasis.cli import main
+
+    out = tmp_path / "e.png"
+    assert main(["edit", "--model", "digits", "--k", "3", "--steps", "10", "--strengths", "0,3", "--n-iter", "2",
+                 "--direction", "shift right", "--quiet", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "note: picked shift right: v" in said
+    r = json.loads(out.with_suffix(".json").read_text())
+    assert r["direction"] == "shift right" and len(r["directions"]) == 1
+    again = tmp_path / "again.png"
+    assert main(["edit", "--recipe", str(out.with_suffix(".json")), "--quiet", "--out", str(again)]) == 0
+    with Image.open(out) as a, Image.open(again) as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert main(["edit", "--model", "digits", "--direction", "sideways", "--quiet",
+                 "--out", str(tmp_path / "x.png")]) == 2
+    assert "not one latentbasis can look for" in capsys.readouterr().err
