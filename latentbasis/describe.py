@@ -18,7 +18,8 @@ Within a region (a mask) the fields live inside it and the box is the region's; 
 its own share (`outside`), and the parts divide the inside.
 
 The name says "+" of the slider from the largest parts (those of at least a quarter of the change, at most two,
-or the largest), with sign and size per unit strength: "shifts right 0.30 box", "grows 12 %", "turns 5 deg",
+or the largest), with sign and size per unit strength (two significant digits): "shifts right 0.03 box",
+"grows 1.2 %", "turns 0.5 deg",
 "brightens", "more red", "more contrast", "coarse shape", "fine detail".
 """
 from __future__ import annotations
@@ -122,14 +123,14 @@ def _word(part: str, c: list, x_is_latent: bool) -> str:
     if part == "shift":
         dx, dy = (c + [0.0, 0.0])[:2]
         if abs(dx) >= abs(dy):
-            return f"shifts {'right' if dx > 0 else 'left'} {abs(dx) / 2:.2f} box"
-        return f"shifts {'down' if dy > 0 else 'up'} {abs(dy) / 2:.2f} box"
+            return f"shifts {'right' if dx > 0 else 'left'} {abs(dx) / 2:.2g} box"
+        return f"shifts {'down' if dy > 0 else 'up'} {abs(dy) / 2:.2g} box"
     if part == "scale":
         s = c[0] if c else 0.0
-        return f"{'grows' if s > 0 else 'shrinks'} {abs(s) * 100:.0f} %"
+        return f"{'grows' if s > 0 else 'shrinks'} {abs(s) * 100:.2g} %"
     if part == "rotation":
         r = c[0] if c else 0.0
-        return f"turns {'clockwise' if r > 0 else 'counter-clockwise'} {abs(math.degrees(r)):.0f} deg"
+        return f"turns {'clockwise' if r > 0 else 'counter-clockwise'} {abs(math.degrees(r)):.2g} deg"
     if part == "brightness":
         up = (c[0] if c else 0.0) > 0
         return ("raises the latent's level" if up else "lowers the latent's level") if x_is_latent else \

@@ -1,0 +1,123 @@
+"""Do the directions' descriptions say what they do? On `shapes`, the description's main part against the factor the
+bundled factor reader sees move.
+
+    python benchmarks/describe_shapes.py [--samples 16] [--first-seed 600] [--ts 0.2,0.5,0.8] [--k 4] [--strength 2]
+
+Declared 2026-12-04, before its first run, on fresh seeds 600 on (no earlier benchmark used them: 0..7 are the
+development seeds, 200-216, 300-316, 400-416 and 1000-1015 are taken):
+- samples: the first --samples seeds from --first-seed whose unedited image the factor reader recovers;
+- per sample and t: the h basis (k = 4) at x_t of its DDIM trajectory (50 steps), described by
+  latentbasis.describe (describe_basis: the change of x0_hat along each v_i, split into parts), and each direction
+  applied by the guidance edit at +strength and -strength, both images read by the factor reader;
+- the factor a direction moves: the largest of |f(+s) - f(-s)| / margin over x, y, size, hue, background (margins
+  0.05, 0.05, 0.0125, 0.05, 0.05, as edit_ground_truth.py), or kind where the kind read at +s and -s differs and no
+  other factor is over its margin by more; a direction "moves a factor" when that ratio is >= 1 or the kind changed;
+- the description's main part: its part with the largest share; it agrees when it maps to that factor:
+  shift -> x where |shift x| >= |shift y| (its coefficients), else y; scale -> size; colour -> hue; brightness ->
+  background; coarse or mid -> kind; rotation, contrast and fine map to no factor here (they count as misses);
+- the figure: agreements / directions that move a factor, per t and over all, with a 95 % interval resampling the
+  samples. Target: >= 80 % (issue 31). The table prints every pair (main part, factor moved) with its count.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+
+from latentbasis import latent_basis, load_model
+from latentbasis.describe import describe_basis
+from latentbasis.editing import EditSettings, edit_images, sweep_directions
+from latentbasis.evaluate import read_shapes, recovery, shapes_reader
+from latentbasis.loading import resolve_timestep
+from latentbasis.sampling import sample_trajectory
+
+FACTORS = ("x", "y", "size", "hue", "background")
+MARGIN = np.array([0.05, 0.05, 0.05 / 4, 0.05, 0.05])
+PART_FACTOR = {"scale": "size", "colour": "hue", "brightness": "background", "coarse": "kind", "mid": "kind"}
+
+
+def moved_factor(plus: dict, minus: dict) -> str | None:
+    """The factor a direction moves (see the docstring), or None."""
+    span = np.array([plus[f] - minus[f] for f in FACTORS], dtype=float)
+    span[3] = (span[3] + 0.5) % 1.0 - 0.5                      # hue: the shortest turn
+    ratio = np.abs(span) / MARGIN
+    kind = int(plus["kind"]) != int(minus["kind"])
+    if kind and ratio.max() <= 1:
+        return "kind"
+    if ratio.max() >= 1:
+        return FACTORS[int(ratio.argmax())]
+    return "kind" if kind else None
+
+
+def main_part(d: dict) -> tuple[str, str | None]:
+    """(the description's main part, the factor it maps to)."""
+    part = max(d["shares"], key=lambda p: d["shares"][p])
+    if part == "shift":
+        c = d["coefficients"].get("shift", [0.0, 0.0])
+        return part, "x" if abs(c[0]) >= abs(c[1]) else "y"
+    return part, PART_FACTOR.get(part)
+
+
+def interval(hits: np.ndarray, groups: np.ndarray, n_boot: int = 2000) -> str:
+    if len(hits) == 0:
+        return "0 / 0"
+    ids = np.unique(groups)
+    by = [hits[groups == g] for g in ids]
+    rng = np.random.default_rng(0)
+    boot = [np.concatenate([by[j] for j in rng.integers(len(ids), size=len(ids))]).mean() for _ in range(n_boot)]
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return f"{int(hits.sum())} / {len(hits)} ({hits.mean():.1%}; {lo:.0%}-{hi:.0%})"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--first-seed", type=int, default=600)
+    ap.add_argument("--ts", default="0.2,0.5,0.8")
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--strength", type=float, default=2.0)
+    a = ap.parse_args()
+    model = load_model("shapes", device="cpu")
+    reader = shapes_reader(resolution=model.x_shape[-1])
+    fractions = [float(t) for t in a.ts.split(",")]
+    steps = [resolve_timestep(model.num_train_timesteps, fraction=t)[0] for t in fractions]
+    rows, seeds, seed = [], [], a.first_seed
+    while len(seeds) < a.samples and seed < a.first_seed + 8 * a.samples:
+        traj = sample_trajectory(model, seed, num_steps=50, through=steps)
+        seed += 1
+        if not recovery(reader, traj.x0[None])[2][0]:
+            continue
+        seeds.append(seed - 1)
+        for frac, ts in zip(fractions, steps):
+            b = latent_basis(model, traj.at(ts), timestep=ts, k=a.k)
+            described = describe_basis(model, b)
+            imgs = edit_images(model, traj, ts, sweep_directions(b.latent, list(range(a.k)),
+                                                                 [a.strength, -a.strength]), EditSettings("guidance"))
+            read = read_shapes(reader, imgs)
+            for i, d in enumerate(described):
+                plus = {f: read[f][2 * i] for f in (*FACTORS, "kind")}
+                minus = {f: read[f][2 * i + 1] for f in (*FACTORS, "kind")}
+                part, maps_to = main_part(d)
+                rows.append((seed - 1, frac, i, part, maps_to, moved_factor(plus, minus), d["name"]))
+    load = os.getloadavg()
+    print(f"\nshapes, k = {a.k}, guidance edits at +-{a.strength:g}; {len(seeds)} samples recovered unedited among "
+          f"seeds {a.first_seed}..{seed - 1} (used: {seeds}); load average {load[0]:.2f}\n")
+    print("| t | directions | move a factor | main part agrees with the factor moved |\n|---|---|---|---|")
+    for frac in fractions + [None]:
+        sel = [r for r in rows if frac is None or r[1] == frac]
+        moving = [r for r in sel if r[5] is not None]
+        hits = np.array([r[4] == r[5] for r in moving], dtype=float)
+        groups = np.array([r[0] for r in moving])
+        print(f"| {'all' if frac is None else f'{frac:g} T'} | {len(sel)} | {len(moving)} | {interval(hits, groups)} |")
+    print("\n| main part | factor moved | count |\n|---|---|---|")
+    pairs: dict = {}
+    for r in rows:
+        pairs[(r[3], r[5])] = pairs.get((r[3], r[5]), 0) + 1
+    for (part, factor), n in sorted(pairs.items(), key=lambda kv: -kv[1]):
+        print(f"| {part} | {factor or 'none'} | {n} |")
+    print("\nexamples:", "; ".join(f"seed {r[0]} t {r[1]:g} v{r[2] + 1}: {r[6]} -> {r[5]}" for r in rows[:6]))
+
+
+if __name__ == "__main__":
+    main()
