@@ -25,6 +25,8 @@ import os
 
 import numpy as np
 
+from edit_ground_truth import rate   # counts with a 95 % interval resampling the samples
+
 from latentbasis import latent_basis, load_model
 from latentbasis.describe import describe_basis
 from latentbasis.editing import EditSettings, edit_images, sweep_directions
@@ -57,17 +59,6 @@ def main_part(d: dict) -> tuple[str, str | None]:
         c = d["coefficients"].get("shift", [0.0, 0.0])
         return part, "x" if abs(c[0]) >= abs(c[1]) else "y"
     return part, PART_FACTOR.get(part)
-
-
-def interval(hits: np.ndarray, groups: np.ndarray, n_boot: int = 2000) -> str:
-    if len(hits) == 0:
-        return "0 / 0"
-    ids = np.unique(groups)
-    by = [hits[groups == g] for g in ids]
-    rng = np.random.default_rng(0)
-    boot = [np.concatenate([by[j] for j in rng.integers(len(ids), size=len(ids))]).mean() for _ in range(n_boot)]
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return f"{int(hits.sum())} / {len(hits)} ({hits.mean():.1%}; {lo:.0%}-{hi:.0%})"
 
 
 def main():
@@ -109,7 +100,8 @@ def main():
         moving = [r for r in sel if r[5] is not None]
         hits = np.array([r[4] == r[5] for r in moving], dtype=float)
         groups = np.array([r[0] for r in moving])
-        print(f"| {'all' if frac is None else f'{frac:g} T'} | {len(sel)} | {len(moving)} | {interval(hits, groups)} |")
+        agree = rate(hits, groups) if len(hits) else "0 / 0"
+        print(f"| {'all' if frac is None else f'{frac:g} T'} | {len(sel)} | {len(moving)} | {agree} |")
     print("\n| main part | factor moved | count |\n|---|---|---|")
     pairs: dict = {}
     for r in rows:

@@ -29,3 +29,42 @@ def assert_matches_dense(b, U, S, Vh, k, degrees=1.0, rtol=1e-3):
     for i in sep:
         assert float(principal_angles(b.latent[i:i + 1], Vh[i:i + 1]).max().rad2deg()) < degrees
         assert float(principal_angles(b.tangent[i].reshape(1, -1), U[:, i][None]).max().rad2deg()) < degrees
+
+
+def own_edit(m, x_T, grid, prompt, guidance, *, at=2, folder=None, direction=0, strength=2.0, method="guidance"):
+    """latentbasis' side of an edit-inside-a-pipeline check: its own trajectory over `grid` from x_T [1, ...], the
+    basis (k = 2) of model m (from_pipeline's) at grid[at], and edit_images along that basis' direction (n_iter 4,
+    not clipped). folder: the pipeline's folder; load_model's model of it must have m's weights (model hash) and
+    the same basis there (the largest angle is returned). Returns (basis, its timestep, the angle or None, the
+    edited x0 [1, ...])."""
+    from latentbasis import latent_basis, load_model, principal_angles
+    from latentbasis.editing import EditSettings, edit_images
+    from latentbasis.sampling import Trajectory, denoise
+
+    x0, kept, _ = denoise(m, x_T, grid, prompt, guidance, clip_denoised=False, keep=True)
+    traj = Trajectory(grid, kept[:, 0], x0[0], prompt, guidance)
+    ts = grid[at]
+    b = latent_basis(m, traj.at(ts), timestep=ts, k=2, prompt=prompt, tol=1e-5)
+    angle = None
+    if folder is not None:
+        ref = load_model(str(folder), device="cpu")
+        assert ref.model_hash == m.model_hash
+        a = latent_basis(ref, traj.at(ts), timestep=ts, k=2, prompt=prompt, tol=1e-5)
+        angle = float(principal_angles(a.latent, b.latent).max().rad2deg())
+    ours = edit_images(m, traj, ts, strength * b.latent[direction][None], EditSettings(method=method, n_iter=4),
+                       clip_denoised=False)
+    return b, ts, angle, ours
+
+
+def without_part(folder, part, tmp_path):
+    """A copy of a pipeline folder whose model_index.json no longer has `part` (and whose folder is gone)."""
+    import json
+    import shutil
+
+    d = tmp_path / f"no_{part}"
+    shutil.copytree(folder, d)
+    shutil.rmtree(d / part)
+    index = json.loads((d / "model_index.json").read_text())
+    index[part] = [None, None]
+    (d / "model_index.json").write_text(json.dumps(index))
+    return d

@@ -2,12 +2,12 @@
 (edit_callback), checked against load_model on the same folder and against latentbasis' own sampler edit."""
 import pytest
 import torch
+from helpers import own_edit
 
 from latentbasis import LatentBasisError, latent_basis, load_model, principal_angles
-from latentbasis.editing import EditSettings, edit_images
 from latentbasis.loading import MODELS_DIR, read_folder
 from latentbasis.pipelines import edit_callback, from_pipeline
-from latentbasis.sampling import Trajectory, denoise, initial_noise
+from latentbasis.sampling import initial_noise
 
 PROMPT = "the digit seven"
 
@@ -66,15 +66,10 @@ def test_an_edit_inside_the_users_pipeline_call_equals_latentbasis_own_edit(tiny
     pipe = _sd_pipe(tiny_sd_dir)
     m = from_pipeline(pipe)
     pipe.scheduler.set_timesteps(8)
-    grid = pipe.scheduler.timesteps.tolist()
     x_T = initial_noise(m, 3)[None]
-    x0, kept, _ = denoise(m, x_T, grid, PROMPT, 3.0, clip_denoised=False, keep=True)
-    traj = Trajectory(grid, kept[:, 0], x0[0], PROMPT, 3.0)
-    ts = grid[3]
-    basis = latent_basis(m, traj.at(ts), timestep=ts, k=2, prompt=PROMPT)
     strength = 2.0 if method == "guidance" else 0.5
-    settings = EditSettings(method=method, n_iter=4)
-    ours = edit_images(m, traj, ts, strength * basis.latent[1][None], settings, clip_denoised=False)
+    basis, _, _, ours = own_edit(m, x_T, pipe.scheduler.timesteps.tolist(), PROMPT, 3.0, at=3, direction=1,
+                                 strength=strength, method=method)
 
     cb = edit_callback(basis, 1, strength, method=method, prompt=PROMPT, n_iter=4)
     theirs = pipe(PROMPT, num_inference_steps=8, guidance_scale=3.0, latents=x_T.clone(), eta=0.0,
@@ -144,17 +139,10 @@ def test_sd35_pipeline_from_pipeline_and_an_edit_inside_its_call(tiny_sd35_dir):
 
     pipe = StableDiffusion3Pipeline.from_pretrained(str(tiny_sd35_dir))
     pipe.set_progress_bar_config(disable=True)
-    m, ref = from_pipeline(pipe), load_model(str(tiny_sd35_dir), device="cpu")
-    assert m.model_hash == ref.model_hash
-    grid = trajectory_grid(m.num_train_timesteps, 6)
-    x_T = initial_noise(m, 4)[None]
-    x0, kept, _ = denoise(m, x_T, grid, PROMPT, 2.0, clip_denoised=False, keep=True)
-    traj = Trajectory(grid, kept[:, 0], x0[0], PROMPT, 2.0)
-    ts = grid[2]
-    a = latent_basis(ref, traj.at(ts), timestep=ts, k=2, prompt=PROMPT, tol=1e-5)
-    b = latent_basis(m, traj.at(ts), timestep=ts, k=2, prompt=PROMPT, tol=1e-5)
-    assert _angle(a, b) < 0.1
-    ours = edit_images(m, traj, ts, 2.0 * b.latent[0][None], EditSettings(n_iter=4), clip_denoised=False)
+    m = from_pipeline(pipe)
+    grid, x_T = trajectory_grid(m.num_train_timesteps, 6), initial_noise(m, 4)[None]
+    b, _, angle, ours = own_edit(m, x_T, grid, PROMPT, 2.0, folder=tiny_sd35_dir)
+    assert angle < 0.1
     cb = edit_callback(b, 0, 2.0, prompt=PROMPT, n_iter=4)
     theirs = pipe(PROMPT, num_inference_steps=len(grid), guidance_scale=2.0, latents=x_T.clone(),
                   sigmas=[(t + 1) / m.num_train_timesteps for t in grid], output_type="latent",
