@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .atomic import write_text_atomic
+from .describe import GROUPS, describe_basis, group_shares
 from .errors import LatentBasisError
 from .grassmann import geodesic_distance, random_subspace_distances
 
@@ -202,6 +203,7 @@ def compute_grid(model, spec: GridSpec, cache: str | os.PathLike, *, rank: int =
                 init = prev.latent if (spec.warm_start and prev is not None) else None
                 b = latent_basis(model, traj.at(ts), timestep=ts, k=spec.k, prompt=prompt,
                                  algorithm=spec.algorithm, tol=spec.tol, init=init)
+                describe_basis(model, b)    # what each direction does (k JVPs), kept in the cached file
                 b.extra = {"sample_seed": str(seed), "guidance": str(spec.guidance)}
                 path.parent.mkdir(parents=True, exist_ok=True)
                 save_basis(b, path)
@@ -448,6 +450,10 @@ def measure(model, spec: GridSpec, bases: dict, pca: tuple[torch.Tensor, torch.T
     out["chromatography"] = {
         "m": ms, "half_signal_timestep": {str(m): half_signal_timestep(ab, m) for m in ms},
         "dominant_m_at_timesteps": [ms[int(np.argmax(rates[:, ts]))] for ts in ts_list]}
+    described = [[bases[p, sd, ts].descriptions for p in range(P) for sd in seeds] for ts in ts_list]
+    if all(d for row in described for d in row):     # bases cached by an older version have none
+        shares = [[group_shares(d) for d in row] for row in described]
+        out["description_shares"] = {g: [float(np.mean([s[g] for s in row])) for row in shares] for g in GROUPS}
     out["findings"] = findings(out)
     return out
 

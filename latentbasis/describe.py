@@ -152,6 +152,17 @@ def shares_text(parts: dict, top: int = 3) -> str:
     return ", ".join(f"{p} {s[p]:.2f}" for p in sorted(s, key=lambda p: -s[p])[:top])
 
 
+GROUPS = {"motion": ("shift", "scale", "rotation"), "level and colour": ("brightness", "colour", "contrast"),
+          "coarse": ("coarse",), "mid": ("mid",), "fine": ("fine",)}
+
+
+def group_shares(descriptions: list[dict]) -> dict[str, float]:
+    """The mean share of each group of parts (GROUPS) over a basis' directions: how much of what the basis does
+    is motion, level and colour, and each frequency band."""
+    return {g: float(sum(sum(d["shares"][p] for p in parts) for d in descriptions) / len(descriptions))
+            for g, parts in GROUPS.items()}
+
+
 def description_lines(basis) -> list[str]:
     """'v1  shifts right 0.30 box (shift 0.81, fine 0.10, scale 0.05)' for every direction; 'v1  no description'
     for a basis without them (older files)."""

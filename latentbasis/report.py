@@ -390,6 +390,10 @@ def _tables(n: dict, out: Path) -> None:
         if "teleport" in g:
             _csv(out / "teleport.csv", ["fraction", "quality", "seconds"],
                  [[r["fraction"], r["score"], r["seconds"]] for r in g["teleport"]])
+    if "description_shares" in n:
+        ds = n["description_shares"]
+        _csv(out / "descriptions.csv", ["timestep", "t", *ds], [[ts[i], tf[i], *[ds[g][i] for g in ds]]
+                                                               for i in range(len(ts))])
     if "gaussian" in n:
         g = n["gaussian"]
         _csv(out / "gaussian.csv", ["timestep", "t", "latent_to_data_pcs", "spectrum_shape_error", "spectrum_error"]
@@ -420,6 +424,19 @@ def _geometry_html(n: dict, img) -> str:
             f"each verdict comes from a rule fixed in latentbasis/geometry.py before any result was seen.</p>"
             f"<table><tr><th>claim</th><th>here</th><th>evidence</th></tr>{_findings_rows(n['geometry_findings'])}"
             f"</table>{img('geometry')}{tele}{cost}")
+
+
+def _descriptions_html(n: dict) -> str:
+    """What the directions do as t falls: the mean share of each group of parts of their change of x0_hat
+    (latentbasis.describe), the seed papers' "outline first, details later" in another measure."""
+    ds = n.get("description_shares")
+    if not ds:
+        return "<p>The directions are not described (bases cached by an older version).</p>"
+    head = "<tr><th>timestep</th><th>t</th>" + "".join(f"<th>{g}</th>" for g in ds) + "</tr>"
+    rows = "".join(f"<tr><td>{ts}</td><td>{t:.2f}</td>" + "".join(f"<td>{ds[g][i]:.2f}</td>" for g in ds) + "</tr>"
+                   for i, (ts, t) in enumerate(zip(n["timesteps"], n["t_fractions"])))
+    return ("<h2>What the directions do</h2><p>Mean share of each part of a direction's change of the denoised "
+            f"image, over the samples' directions (latentbasis.describe).</p><table>{head}{rows}</table>")
 
 
 def write_report(n: dict, out: str | os.PathLike, *, bases, pca, alphas_cumprod) -> Path:
@@ -471,7 +488,7 @@ in h and {rb['latent']['geodesic_mean']:.3f} ± {rb['latent']['geodesic_std']:.3
 {np.sqrt(n['k']) * np.pi / 2:.3f}).</p>{prompts}
 <h2>Findings of the paper, checked here</h2>
 <table><tr><th>claim</th><th>here</th><th>evidence</th></tr>{rows}</table>
-<h2>Per timestep</h2><table>{head}{per_t}</table>
+<h2>Per timestep</h2><table>{head}{per_t}</table>{_descriptions_html(n)}
 <h2>Spectrum</h2>{img('spectrum')}
 <h2>Similarity of tangent spaces across samples</h2>{img('sample_distance')}
 <h2>Across timesteps</h2>{img('timestep_distance')}

@@ -47,6 +47,10 @@ def test_report_writes_a_self_contained_page_numbers_and_plots(report):
         assert "needs at least 4 samples and 4 timesteps" in f["evidence"]
     rows = (report / "per_timestep.csv").read_text().splitlines()
     assert rows[0].startswith("timestep,t,tangent_distance_mean") and len(rows) == 4
+    shares = n["description_shares"]                # what the directions do, per timestep, adding up to 1
+    assert set(shares) == {"motion", "level and colour", "coarse", "mid", "fine"}
+    assert all(abs(sum(shares[g][i] for g in shares) - 1) < 1e-6 for i in range(3))
+    assert "What the directions do" in page and len((report / "descriptions.csv").read_text().splitlines()) == 4
 
 
 def test_a_second_run_reuses_the_cache(report, tiny_unet_dir, capsys):
