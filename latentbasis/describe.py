@@ -30,6 +30,7 @@ import math
 import torch
 
 from .errors import LatentBasisError
+from .geometry import band_pass
 
 PARTS = ("shift", "scale", "rotation", "brightness", "colour", "contrast", "coarse", "mid", "fine")
 BANDS = {"coarse": (0.0, 0.125), "mid": (0.125, 0.25), "fine": (0.25, math.inf)}
@@ -49,15 +50,6 @@ def _fields(image: torch.Tensor, region: torch.Tensor) -> dict[str, torch.Tensor
     offsets = G[4:]
     return {"shift": G[0:2], "scale": G[2:3], "rotation": G[3:4], "brightness": offsets.sum(0, keepdim=True),
             "colour": offsets[: C - 1] if C > 1 else offsets[:0], "contrast": centred[None]}
-
-
-def _band(u: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    """u [C, h, w] keeping radial frequencies in [lo, hi) cycles per pixel."""
-    H, W = u.shape[-2:]
-    fy, fx = torch.fft.fftfreq(H, dtype=torch.float64), torch.fft.fftfreq(W, dtype=torch.float64)
-    rad = (fy[:, None] ** 2 + fx[None] ** 2).sqrt()
-    keep = ((rad >= lo) & (rad < hi)).to(torch.complex128)
-    return torch.fft.ifft2(torch.fft.fft2(u) * keep).real
 
 
 def decompose_change(image: torch.Tensor, change: torch.Tensor, region: torch.Tensor | None = None) -> dict:
@@ -95,7 +87,7 @@ def decompose_change(image: torch.Tensor, change: torch.Tensor, region: torch.Te
         shares[part] = named * r / max(sum(raw.values()), 1e-300)
     rest = rest.reshape(u.shape)
     for part, (lo, hi) in BANDS.items():
-        b = _band(rest, lo, hi)
+        b = band_pass(rest[None], lo, hi)
         shares[part] = float((b ** 2).sum()) / norm2
     coefficients["colour"] = _channel_offsets(u, region) if image.shape[0] > 1 else []
     return {"shares": shares, "outside": outside, "coefficients": coefficients}
