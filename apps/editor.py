@@ -10,6 +10,7 @@ one place (the status line) and every other output stays as it was. Messages nev
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import re
@@ -19,25 +20,22 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from latentbasis.atomic import process_running
-from latentbasis.basis import latent_basis
-from latentbasis.basisfile import load_basis, save_basis
-from latentbasis.describe import describe_basis
-from latentbasis.editing import (EditSettings, combine, edit_images, edit_steps, motion_refusal, sweep_directions,
-                                 transported_basis)
+from latentbasis import session
+from latentbasis import validate as v
+from latentbasis import atomic
 from latentbasis.errors import LatentBasisError
-from latentbasis.images import image_to_x, open_image, pixel_size, read_image, x_to_image
-from latentbasis.loading import resolve_timestep
-from latentbasis.recipe import EditRecipe, sha256_file
-from latentbasis.sampling import Trajectory, invert, sample_trajectory, trajectory_grid
-from latentbasis.validate import MAX_IMAGE_PIXELS
+from latentbasis.masks import painted_mask
+from latentbasis.progress import fraction_stages
+from latentbasis.report import ReportSettings, run_report, verdict
+from latentbasis.session import EditSession
+from latentbasis.transport import motion_refusal, shares_text
+from latentbasis.viz import direction_pixels, image_pixels, side_by_side
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no network at run time
 
@@ -51,22 +49,11 @@ WORK_ROOT = Path(tempfile.gettempdir()) / "latentbasis-app"
 
 
 @dataclass
-class Session:
-    """One browser tab's state: the source, its trajectory, the basis and the current edit."""
+class Session(EditSession):
+    """One browser tab's state (latentbasis.session.EditSession: the source, its trajectory, the basis and the
+    current edit), its private folder for exports and reports, and its lock."""
 
-    seed: int | None = None
-    image: str | None = None          # path of an uploaded image (DDIM-inverted)
-    prompt: str | None = None
-    guidance: float = 1.0
-    timestep: int | None = None
-    t_fraction: float | None = None
-    trajectory: object = None
-    basis: object = None
-    basis_file: str | None = None     # an imported basis file, transported to this point
-    strengths: dict = field(default_factory=dict)
-    method: str = "guidance"
-    edited: torch.Tensor | None = None  # the current edited image, pixels [C, H, W]
-    region: dict = field(default_factory=dict)  # the basis' space, mask and null rank (transport needs the same)
+    num_steps: int = APP_STEPS
     workdir: str = field(default_factory=lambda: _new_workdir())
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
@@ -76,59 +63,21 @@ class Session:
 
 
 def _work_root() -> Path:
-    """The app's temporary root, private to this user: WORK_ROOT created 0700. Where that path is a link, not a
-    folder, or another user's, it is left alone (never followed, never deleted) and a fresh private folder is made
-    instead (tempfile.mkdtemp); this user's own folder is set to 0700."""
+    """The app's temporary root, private to this user (atomic.private_root: a planted link or another user's
+    folder there is left alone, and a fresh private folder used instead)."""
     global WORK_ROOT
-    import stat
-
-    root = WORK_ROOT
-    try:
-        os.mkdir(root, 0o700)
-    except FileExistsError:
-        pass
-    except OSError:
-        root = None
-    if root is not None:
-        st = os.lstat(root)
-        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid():
-            if st.st_mode & 0o077:
-                os.chmod(root, 0o700)
-            return root
-    WORK_ROOT = Path(tempfile.mkdtemp(prefix="latentbasis-app-"))
+    WORK_ROOT = atomic.private_root(WORK_ROOT)
     return WORK_ROOT
 
 
-_WORKDIR_NAME = re.compile(r"(\d+)-[0-9a-f]{12}")
-
-
 def _new_workdir() -> str:
-    """A folder for one session (0700), named after this process so stale ones can be told apart
-    (remove_stale_workdirs)."""
-    d = _work_root() / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-    os.mkdir(d, 0o700)
-    return str(d)
+    """A folder for one session (0700), named after this process so stale ones can be told apart."""
+    return str(atomic.new_workdir(_work_root()))
 
 
 def remove_stale_workdirs() -> int:
-    """Remove session folders left by app processes that are no longer running; returns how many. Only folders
-    the app made: named as _new_workdir names them, real folders (not links), this user's."""
-    import stat
-
-    removed = 0
-    root = _work_root()
-    for d in root.iterdir():
-        m = _WORKDIR_NAME.fullmatch(d.name)
-        if not m or int(m.group(1)) == os.getpid():
-            continue
-        st = os.lstat(d)
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-            continue
-        if process_running(int(m.group(1))):
-            continue
-        shutil.rmtree(d, ignore_errors=True)
-        removed += 1
-    return removed
+    """Remove session folders left by app processes that are no longer running (only folders the app made)."""
+    return atomic.remove_stale_workdirs(_work_root())
 
 
 class AppError(Exception):
@@ -147,23 +96,7 @@ def public(message: str) -> str:
 
 def display(x: torch.Tensor, size: int = DISPLAY) -> np.ndarray:
     """Pixels [C, H, W] in [-1, 1] -> uint8 [size, size, 3] (nearest-neighbour, so pixels stay visible)."""
-    img = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    img = img.expand(3, -1, -1) if img.shape[0] == 1 else img[:3]
-    f = max(1, size // img.shape[-1])
-    return img.repeat_interleave(f, 1).repeat_interleave(f, 2).permute(1, 2, 0).numpy()
-
-
-def direction_picture(v: torch.Tensor, size: int = DISPLAY // 2) -> np.ndarray:
-    """A latent direction [C, H, W] as uint8 RGB: blue-white-red for one channel, centred colours for three."""
-    from matplotlib import colormaps
-
-    from latentbasis.viz import direction_image
-
-    a = direction_image(v)
-    rgb = colormaps["RdBu_r"]((a + 1) / 2)[..., :3] if a.ndim == 2 else a
-    t = torch.from_numpy((rgb * 255).round().astype(np.uint8)).permute(2, 0, 1)
-    f = max(1, size // t.shape[-1])
-    return t.repeat_interleave(f, 1).repeat_interleave(f, 2).permute(1, 2, 0).numpy()
+    return image_pixels(x, size)
 
 
 def legend(model) -> str:
@@ -177,394 +110,125 @@ def legend(model) -> str:
             "the channels +v raises there). Then the image at -6 and +6.</div>")
 
 
-def _strip(pictures: list[np.ndarray], gap: int = 4) -> np.ndarray:
-    h = max(p.shape[0] for p in pictures)
-    sep = np.full((h, gap, 3), 255, np.uint8)
-    parts = []
-    for p in pictures:
-        parts += [np.pad(p, ((0, h - p.shape[0]), (0, 0), (0, 0)), constant_values=255), sep]
-    return np.concatenate(parts[:-1], axis=1)
-
-
 # ---------------------------------------------------------------- handlers (plain functions; tests call these)
 
-def _checked_t(model, t: float) -> tuple[int, float]:
-    try:
-        return resolve_timestep(model.num_train_timesteps, fraction=float(t))
-    except (LatentBasisError, TypeError, ValueError) as e:
-        raise AppError(str(e)) from None
-
-
-def _checked_prompt(model, prompt) -> str | None:
-    """The condition: a text model's prompt, or a class-conditional model's label as the string "7"."""
-    prompt = (str(prompt) if prompt is not None else "").strip() or None
-    if prompt and not model.conditional:
-        raise AppError(f"{model.name} is not a text model: it takes no prompt")
-    if prompt and len(prompt) > 2000:
-        raise AppError("the prompt is longer than 2000 characters")
-    if prompt:
+def checked(fn):
+    """A handler whose bad input, found by the library (LatentBasisError, validate.py's bounds), is the page's
+    AppError: one message in the status line."""
+    @functools.wraps(fn)
+    def run(*args, **kw):
         try:
-            model.encode_prompt(prompt)
+            return fn(*args, **kw)
         except LatentBasisError as e:
             raise AppError(str(e)) from None
-    return prompt
+    return run
 
 
+@checked
 def new_sample(model, s: Session, seed, t, prompt: str = "", guidance: float = 1.0, progress=None) -> np.ndarray:
     """Source = the DDIM sample of a seed (a text model's prompt and guidance); returns its picture."""
-    try:
-        seed = int(seed)
-    except (TypeError, ValueError, OverflowError):
-        raise AppError(f"the seed must be a whole number, got {seed!r}") from None
-    if not 0 <= seed <= 2**63 - 1:
-        raise AppError(f"the seed must be in [0, 2^63 - 1], got {seed}")
-    prompt = _checked_prompt(model, prompt)
-    try:
-        guidance = float(guidance)
-    except (TypeError, ValueError):
-        raise AppError(f"guidance must be a number, got {guidance!r}") from None
-    if not 0 <= guidance <= 100:
-        raise AppError(f"guidance {guidance} is out of range [0, 100]")
-    ts, frac = _checked_t(model, t)
-    n = len(trajectory_grid(model.num_train_timesteps, APP_STEPS, ts))
-    traj = sample_trajectory(model, seed, num_steps=APP_STEPS, prompt=prompt, guidance=guidance, through=ts,
-                             progress=_steps(progress, "sampling", n))
-    _reset(s, seed=seed, image=None, prompt=prompt, guidance=guidance if model.conditional else 1.0,
-           timestep=ts, t_fraction=frac, trajectory=traj)
-    s.edited = x_to_image(model, traj.x0[None])[0]
-    return display(s.edited)
+    return display(session.sample(model, s, seed, t, prompt, guidance, stage=fraction_stages(progress)))
 
 
-def _steps(progress, desc: str, total: int):
-    """A step counter feeding a Gradio progress (progress(fraction, desc)) with real steps; None without one."""
-    if progress is None or total <= 0:
-        return None
-    done = [0]
-
-    def step(n: int = 1) -> None:
-        done[0] += n
-        progress(min(1.0, done[0] / total), desc=f"{desc}: step {done[0]} of {total}")
-
-    return step
-
-
+@checked
 def upload_image(model, s: Session, path, t, prompt: str = "", progress=None) -> tuple[np.ndarray, str]:
     """Source = an uploaded image, DDIM-inverted to t; returns (its reconstruction's picture, a status line with
     what was converted on the way in)."""
-    from latentbasis.recipe import psnr
-    from latentbasis.sampling import denoise
-
-    if not path:
-        raise AppError("no image was uploaded")
-    prompt = _checked_prompt(model, prompt)
-    ts, frac = _checked_t(model, t)
-    img, traj, notes = _inverted(model, path, prompt, ts, progress)
-    _reset(s, seed=None, image=str(path), prompt=prompt, guidance=1.0, timestep=ts, t_fraction=frac, trajectory=traj)
-    i = traj.index(ts)
-    rec = x_to_image(model, denoise(model, traj.xs[i][None], traj.timesteps[i:], prompt,
-                                    progress=_steps(progress, "reconstruction", len(traj.timesteps) - i)))[0]
-    s.edited = rec
-    msg = f"Inverted {Path(path).name}: reconstruction from t = {frac:.2f} at {psnr(rec, img):.1f} dB PSNR."
+    rec, db, notes = session.upload(model, s, path, t, prompt, stage=fraction_stages(progress))
+    msg = f"Inverted {Path(path).name}: reconstruction from t = {s.t_fraction:.2f} at {db:.1f} dB PSNR."
     return display(rec), "".join(f"Note: {n}. " for n in notes) + msg
 
 
-def _inverted(model, path, prompt: str | None, ts: int, progress=None):
-    """(the image read for the model [C, H, W], its DDIM inversion on the app's grid through ts, notes)."""
-    c, size = pixel_size(model)
-    try:
-        img, notes = read_image(path, c, size)
-    except LatentBasisError as e:
-        raise AppError(str(e)) from None
-    n = len(trajectory_grid(model.num_train_timesteps, APP_STEPS, ts))
-    traj = invert(model, image_to_x(model, img), num_steps=APP_STEPS, prompt=prompt, through=ts,
-                  progress=_steps(progress, "inversion", n))
-    return img, traj, notes
-
-
-def _reset(s: Session, **kw) -> None:
-    for k, v in kw.items():
-        setattr(s, k, v)
-    s.basis, s.basis_file, s.strengths, s.region = None, None, {}, {}
-
-
-def _move_to_t(model, s: Session, t, progress=None) -> None:
-    """Make the session's trajectory pass through t (a new t re-samples or re-inverts the same source)."""
-    ts, frac = _checked_t(model, t)
-    if s.trajectory is None:
-        raise AppError("choose a source first: press Sample, or upload an image")
-    if ts in s.trajectory.timesteps:
-        s.timestep, s.t_fraction = ts, frac
-        return
-    if s.image:
-        s.trajectory = _inverted(model, s.image, s.prompt, ts, progress)[1]
-    else:
-        n = len(trajectory_grid(model.num_train_timesteps, APP_STEPS, ts))
-        s.trajectory = sample_trajectory(model, s.seed, num_steps=APP_STEPS, prompt=s.prompt, guidance=s.guidance,
-                                         through=ts, progress=_steps(progress, "sampling", n))
-    s.timestep, s.t_fraction = ts, frac
-
-
+@checked
 def region_mask(model, painted) -> torch.Tensor | None:
-    """The region painted over the shown image (an ImageEditor value: its first layer's painted pixels) as a mask
-    of the model's images [S, S] (a pixel is in when at least half of it is painted); None when nothing is."""
-    if not painted:
-        return None
-    layers = painted.get("layers") if isinstance(painted, dict) else None
-    if not layers:
-        return None
-    layer = layers[0]
-    if isinstance(layer, (str, os.PathLike)):   # the page sends a file: opened as uploads are, limits before decoding
-        try:
-            layer = open_image(layer, "the painted layer").convert("RGBA")
-        except LatentBasisError as e:
-            raise AppError(str(e)) from None
-    a = np.asarray(layer)
-    if a.ndim >= 2 and a.shape[0] * a.shape[1] > MAX_IMAGE_PIXELS:   # the limit uploads are held to
-        raise AppError(f"the painted layer is {a.shape[1]}x{a.shape[0]} pixels: more than the {MAX_IMAGE_PIXELS:,} "
-                       "read")
-    if a.ndim != 3 or a.shape[-1] < 4 or not (a[..., 3] > 0).any():
-        return None
-    S = model.pixel_size()[1]
-    m = torch.from_numpy((a[..., 3] > 0).astype(np.float32))[None, None]
-    return torch.nn.functional.adaptive_avg_pool2d(m, (S, S))[0, 0] >= 0.5
+    """The region painted over the shown image (an ImageEditor value: its first layer) as a mask of the model's
+    images [S, S] (masks.painted_mask); None when nothing is painted."""
+    layer = (painted.get("layers") or [None])[0] if isinstance(painted, dict) else None
+    return None if layer is None else painted_mask(layer, model.pixel_size()[1])
 
 
+@checked
 def find_directions(model, s: Session, t, k, method: str, progress=None, space: str = "h", mask=None,
                     null_rank=0) -> list[tuple[np.ndarray, str]]:
-    """The top-k latent basis at x_t; returns the gallery: per direction (picture | -preview | +preview, caption).
-    space "x0" takes the Jacobian of x0_hat, of the region `mask` (an image mask [S, S]) when given, optionally kept
-    off the rest's top null_rank directions (LOCO-Edit). progress(fraction, desc): the basis by its residual (it
-    falls from ~1 to the tolerance 1e-3), then the previews by their real DDIM steps."""
-    try:
-        k = int(k)
-    except (TypeError, ValueError):
-        raise AppError(f"k must be a whole number, got {k!r}") from None
-    if not 1 <= k <= MAX_K:
-        raise AppError(f"k = {k} is out of range: 1 <= k <= {MAX_K}")
-    s.method = _checked_method(method)
-    _move_to_t(model, s, t, progress)
-    x_t = s.trajectory.at(s.timestep)
-
+    """The top-k latent basis at x_t (session.find_directions); returns the gallery: per direction (picture |
+    -preview | +preview, caption). progress(fraction, desc): the basis by its residual (it falls from ~1 to the
+    tolerance 1e-3), then the previews by their real DDIM steps."""
     def report(info):
         r = info["residual"]
         frac = min(1.0, max(0.0, np.log10(r) / -3.0)) if np.isfinite(r) and r > 0 else 0.0
         progress(frac, desc=f"basis: iteration {info['iteration']}, residual {r:.1e} (stops at 1e-3)")
 
-    if space not in ("h", "x0"):
-        raise AppError(f"unknown space {space!r}")
-    if mask is not None and not bool(torch.as_tensor(mask).any()):
-        raise AppError("the painted region is empty: paint over the image, or clear it")
-    try:
-        null_rank = int(null_rank or 0)
-    except (TypeError, ValueError):
-        raise AppError(f"the null rank must be a whole number, got {null_rank!r}") from None
-    region = dict(space=space, mask=mask if space == "x0" else None, null_rank=null_rank if space == "x0" else 0)
-    if region["null_rank"] and region["mask"] is None:
-        raise AppError("a null rank needs a painted region: it keeps the edit off the rest of the image")
-    try:
-        basis = latent_basis(model, x_t, timestep=s.timestep, k=k, prompt=s.prompt,
-                             callback=report if progress is not None else None, **region)
-        describe_basis(model, basis)     # the captions: what each direction does (k JVPs)
-    except LatentBasisError as e:
-        raise AppError(str(e)) from None
-    s.basis, s.basis_file, s.strengths, s.region = basis, None, {}, region
+    session.find_directions(model, s, t, k, method, space, mask, null_rank, max_k=MAX_K, stage=fraction_stages(progress),
+                            callback=report if progress is not None else None)
     return _gallery(model, s, progress)
 
 
+@checked
 def apply_to_others(model, s: Session, method: str, strengths: list[float], n: int = 3,
                     progress=None) -> list[tuple[np.ndarray, str]]:
-    """The current edit carried to the next n seeds: each one's own basis (same space and region) with the edit's
-    directions transported onto it; x0 directions of this image are first re-made on each seed as the same motion of
-    the region's content (transfer "motion"). Pictures (unedited | edited) captioned with how much of each direction
-    the seed's tangent span keeps (and, carried by motion, how much of it is a motion there)."""
-
-    w = _weights(s, strengths)
-    if not w:
-        raise AppError("move a slider first: there is no edit to carry")
-    method = _checked_method(method)
+    """The current edit carried to the next n seeds (session.carry). Pictures (unedited | edited) captioned with
+    how much of each direction the seed's tangent span keeps (and, carried by motion, how much of it is a motion
+    there)."""
     start = (s.seed if s.seed is not None else 0) + 1
     out = []
-    for j, seed in enumerate(range(start, start + n)):
-        if progress is not None:
-            progress(j / n, desc=f"seed {seed}")
-        traj = sample_trajectory(model, seed, num_steps=APP_STEPS, prompt=s.prompt, guidance=s.guidance,
-                                 through=s.timestep)
-        region = getattr(s, "region", {}) or {}
-        try:
-            moved = transported_basis(model, s.basis, traj.at(s.timestep), s.timestep, prompt=s.prompt,
-                                      mask=region.get("mask"), null_rank=region.get("null_rank", 0),
-                                      transfer="tangent" if motion_refusal(s.basis) else "motion")
-        except LatentBasisError as e:
-            raise AppError(str(e)) from None
-        d = combine(moved.latent, w)[None]
-        img = x_to_image(model, edit_images(model, traj, s.timestep, d, EditSettings(method=method)))[0]
-        kept = moved.extra.get("kept") or [1.0] * moved.k
-        cap = f"seed {seed}: kept " + ", ".join(f"v{i + 1} {100 * kept[i]:.0f} %" for i in sorted(w))
-        share = moved.extra.get("motion_share")
-        if share is not None:
-            cap += "; a motion " + ", ".join(f"v{i + 1} {100 * share[i]:.0f} %" for i in sorted(w))
-        out.append((_strip([display(x_to_image(model, traj.x0[None])[0], DISPLAY // 2),
-                            display(img, DISPLAY // 2)]), cap))
+    for c in session.carry(model, s, range(start, start + n), strengths, method,
+                           progress=(lambda j, seed: progress(j / n, desc=f"seed {seed}")) if progress else None):
+        w = sorted(session.weights(s, strengths))
+        cap = f"seed {c.seed}: kept {shares_text(c.kept, w)}" + (
+            f"; a motion {shares_text(c.motion_share, w)}" if c.motion_share is not None else "")
+        out.append((side_by_side([display(c.unedited, DISPLAY // 2), display(c.edited, DISPLAY // 2)]), cap))
     return out
-
-
-def _checked_method(method: str) -> str:
-    if method not in ("guidance", "direct"):
-        raise AppError(f"unknown edit method {method!r}")
-    return method
-
-
-def _settings(s: Session) -> EditSettings:
-    return EditSettings(method=s.method)
 
 
 def _gallery(model, s: Session, progress=None) -> list[tuple[np.ndarray, str]]:
     b = s.basis
-    d = sweep_directions(b.latent, list(range(b.k)), [-PREVIEW, PREVIEW])
-    n = edit_steps(s.trajectory, s.timestep, _settings(s))
-    prev = x_to_image(model, edit_images(model, s.trajectory, s.timestep, d, _settings(s),
-                                         progress=_steps(progress, "previews", n)))
-    out = []
-    for i in range(b.k):
-        pic = _strip([direction_picture(b.latent[i]), display(prev[2 * i], DISPLAY // 2),
-                      display(prev[2 * i + 1], DISPLAY // 2)])
-        what = f"  {b.descriptions[i]['name']}" if b.descriptions else ""
-        out.append((pic, f"v{i + 1}{what}  s = {float(b.singular_values[i]):.3g}   (-{PREVIEW:g} | +{PREVIEW:g})"))
-    return out
+    prev = session.previews(model, s, PREVIEW,
+                            progress=fraction_stages(progress)("previews", session.preview_steps(s)))
+    names = [f"  {d['name']}" for d in b.descriptions] if b.descriptions else [""] * b.k
+    return [(side_by_side([direction_pixels(b.latent[i], DISPLAY // 2), display(prev[i, 0], DISPLAY // 2),
+                           display(prev[i, 1], DISPLAY // 2)]),
+             f"v{i + 1}{names[i]}  s = {float(b.singular_values[i]):.3g}   (-{PREVIEW:g} | +{PREVIEW:g})")
+            for i in range(b.k)]
 
 
-def _weights(s: Session, strengths) -> dict[int, float]:
-    if s.basis is None:
-        raise AppError("press Find directions first")
-    w = {}
-    for i, v in enumerate(list(strengths)[:s.basis.k]):
-        try:
-            v = float(v)
-        except (TypeError, ValueError):
-            raise AppError(f"strength of direction {i + 1} is not a number: {v!r}") from None
-        if not np.isfinite(v) or abs(v) > 50:
-            raise AppError(f"strength {v} of direction {i + 1} is out of range [-50, 50]")
-        if v != 0:
-            w[i] = v
-    return w
-
-
+@checked
 def preview_edit(model, s: Session, method: str, strengths: list[float]) -> np.ndarray:
-    """A quick look at the combined edit: the same edit at x_t, then DDIM in PREVIEW_STEPS steps from t instead of
-    the trajectory's own grid (what a slider shows at once; apply_edit gives the full image, and the recipe)."""
-    method = _checked_method(method)
-    w = _weights(s, strengths)
-    i = s.trajectory.index(s.timestep)
-    coarse = sorted({int(round(v)) for v in np.linspace(s.timestep, 0, PREVIEW_STEPS + 1)}, reverse=True)
-    quick = Trajectory(coarse, s.trajectory.xs[i][None].expand(len(coarse), *s.trajectory.xs.shape[1:]), None,
-                       s.trajectory.prompt, s.trajectory.guidance)
-    d = combine(s.basis.latent, w)[None]
-    if not w:
-        return display(s.trajectory.x0 if s.trajectory.x0 is not None else s.edited)
-    return display(x_to_image(model, edit_images(model, quick, s.timestep, d, EditSettings(method=method)))[0])
+    """A quick look at the combined edit: DDIM in PREVIEW_STEPS steps from t (what a slider shows at once;
+    apply_edit gives the full image, and the recipe)."""
+    return display(session.preview_edit(model, s, strengths, method, steps=PREVIEW_STEPS))
 
 
+@checked
 def apply_edit(model, s: Session, method: str, strengths: list[float]) -> np.ndarray:
     """The combined edit d = sum_i strength_i v_i at x_t (what a released slider runs); returns its picture."""
-    w = _weights(s, strengths)
-    s.method = _checked_method(method)
-    s.strengths = w
-    d = combine(s.basis.latent, w)[None]
-    s.edited = x_to_image(model, edit_images(model, s.trajectory, s.timestep, d, _settings(s)))[0]
-    return display(s.edited)
+    return display(session.apply_edit(model, s, strengths, method))
 
 
+@checked
 def import_basis(model, s: Session, path) -> list[tuple[np.ndarray, str]]:
     """Use the directions of a basis file here: checked against this model, transported to this x_t."""
-    if s.trajectory is None or s.timestep is None:
-        raise AppError("choose a source first: press Sample, or upload an image")
-    if not path:
-        raise AppError("no basis file was given")
-    try:
-        given = load_basis(path, model=model, layer=model.default_layer)
-        if given.k > MAX_K:
-            raise LatentBasisError(f"the basis has k = {given.k} directions; the app shows at most {MAX_K}")
-        basis = transported_basis(model, given, s.trajectory.at(s.timestep), s.timestep, prompt=s.prompt)
-    except LatentBasisError as e:
-        raise AppError(str(e)) from None
-    s.basis, s.basis_file, s.strengths = basis, str(path), {}
+    session.import_basis(model, s, path, max_k=MAX_K)
     return _gallery(model, s)
 
 
-def recipe_of(model, s: Session) -> EditRecipe:
-    """The current edit as a recipe that `latentbasis edit --recipe` replays to the same pixels."""
-    if s.basis is None:
-        raise AppError("press Find directions first")
-    b = s.basis
-    return EditRecipe(
-        model=model.name, model_hash=model.model_hash, seed=s.seed, image=s.image,
-        image_sha256=sha256_file(s.image) if s.image else None, prompt=s.prompt, guidance=s.guidance,
-        num_steps=APP_STEPS, timestep=s.timestep, t_fraction=s.t_fraction, k=b.k, basis_file=s.basis_file,
-        basis_sha256=sha256_file(s.basis_file) if s.basis_file else None, algorithm=b.algorithm, basis_seed=b.seed,
-        tol=1e-3, method=s.method, directions=None, strengths=[],
-        combination={str(i): float(v) for i, v in sorted(s.strengths.items())} or {"0": 0.0},
-        dtype=str(model.dtype).removeprefix("torch."), device=str(model.device),
-        space=b.space, mask=_mask_file(s), null_rank=b.null_rank)
-
-
-def _mask_file(s: Session) -> str | None:
-    """The session's painted region as a PNG in its folder (what a recipe records), or None."""
-    mask = (s.region or {}).get("mask")
-    if mask is None:
-        return None
-    from PIL import Image
-
-    from latentbasis.atomic import atomic_path
-
-    path = Path(s.workdir) / "mask.png"
-    with atomic_path(path) as tmp:
-        Image.fromarray((mask.numpy() * 255).astype(np.uint8)).save(tmp, format="PNG")
-    return str(path)
-
-
+@checked
 def export(model, s: Session) -> tuple[str, ...]:
     """(basis .safetensors, edited image .png, recipe .json[, the region's mask .png]): files in this session's
     folder, for download."""
-    from PIL import Image
-
-    from latentbasis.atomic import atomic_path, write_text_atomic
-
-    if s.basis is None or s.edited is None:
-        raise AppError("press Find directions first")
-    d = Path(s.workdir)
-    d.mkdir(parents=True, exist_ok=True)
-    basis_path = save_basis(s.basis, d / "basis.safetensors")
-    png = d / "edited.png"
-    pix = ((s.edited.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    arr = pix[0].numpy() if pix.shape[0] == 1 else pix[:3].permute(1, 2, 0).numpy()
-    with atomic_path(png) as tmp:
-        Image.fromarray(arr).save(tmp, format="PNG")
-    recipe = d / "recipe.json"
-    write_text_atomic(recipe, recipe_of(model, s).to_json())
-    mask = d / "mask.png"
-    return (str(basis_path), str(png), str(recipe)) + ((str(mask),) if (s.region or {}).get("mask") is not None
-                                                        else ())
+    return tuple(map(str, session.export(model, s, s.workdir)))
 
 
+@checked
 def small_report(model, s: Session, samples, timesteps, k, progress=None) -> tuple[list[tuple[str, str]], str, str]:
     """A small similarity report of this model in the session folder: (plots with captions, findings, report.html).
     The tangent-space part only (the generation-geometry part is the command line's `latentbasis report`).
     progress(fraction, desc): one step per basis of the grid."""
-    from latentbasis.report import ReportSettings, run_report, verdict
-
-    try:
-        settings = ReportSettings(samples=int(samples), timesteps=int(timesteps), k=int(k), num_steps=APP_STEPS,
-                                  geometry=False)
-    except (TypeError, ValueError):
-        raise AppError("samples, timesteps and k must be whole numbers") from None
-    if not (2 <= settings.samples <= 16 and 2 <= settings.timesteps <= 12 and 1 <= settings.k <= MAX_K):
-        raise AppError(f"out of range: 2-16 samples, 2-12 timesteps, 1 <= k <= {MAX_K}")
+    settings = ReportSettings(samples=v.count(samples, "samples", 16, lo=2),
+                              timesteps=v.count(timesteps, "timesteps", 12, lo=2), k=v.count(k, "k", MAX_K),
+                              num_steps=APP_STEPS, geometry=False)
     out = Path(s.workdir) / f"report-{settings.samples}-{settings.timesteps}-{settings.k}"
     cb = (lambda done, total: progress(done / total, desc=f"bases: {done} of {total}")) if progress else None
-    try:
-        n = run_report(model, out, settings, progress=False, callback=cb)
-    except LatentBasisError as e:
-        raise AppError(str(e)) from None
+    n = run_report(model, out, settings, progress=False, callback=cb)
     names = [("spectrum", "singular values"), ("sample_distance", "tangent spaces across samples"),
              ("timestep_distance", "across timesteps"), ("frequency", "frequency content"),
              ("prompt_distance", "prompts"), ("theory", "theory overlays"), ("directions", "directions")]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from bench_edit import median_seconds  # the same timing rule as the edit benchmark (run as a script)
-from latentbasis.cli import load_editor
+from latentbasis.app import load_editor
 from latentbasis.loading import load_model
 
 

@@ -46,9 +46,10 @@ import numpy as np
 import torch
 
 from latentbasis import principal_angles
-from latentbasis.basis import JacobianOperator, pullback_basis, saved_activation_bytes
+from latentbasis.basis import pullback_basis
+from latentbasis.jacobian import JacobianOperator, saved_activation_bytes
 from latentbasis.devices import dtype_name, format_bytes, parse_memory, resolve_device, resolve_dtype, total_memory
-from latentbasis.families import Conditioning, TransformerModel, UNetModel
+from latentbasis.families import Conditioning, DiTModel, SD3Model, UNetModel
 from latentbasis.loading import cast_weights
 
 SD15 = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
@@ -98,7 +99,7 @@ class FixedPromptUNet(UNetModel):
         return self.fixed
 
 
-class FixedPromptSD3(TransformerModel):
+class FixedPromptSD3(SD3Model):
     """An SD3 transformer whose every prompt is one fixed random conditioning."""
 
     def encode_prompt(self, prompt):
@@ -125,7 +126,7 @@ def build(name: str, device: torch.device, dtype: torch.dtype):
     if name == "celebahq":
         return UNetModel(net, DDPM_SCHEDULE, **common), params
     if name == "dit":
-        return TransformerModel(net, DDPM_SCHEDULE, **common), params
+        return DiTModel(net, DDPM_SCHEDULE, **common), params
     if name == "sd3m":
         m = FixedPromptSD3(net, FLOW_SCHEDULE, text_encoders=(None, None), **common)
         m.fixed = Conditioning({"encoder_hidden_states": torch.randn(1, 333, 4096, generator=g).to(device),

@@ -23,7 +23,7 @@ import torch
 
 import latentbasis as lb
 from latentbasis import principal_angles
-from latentbasis.analysis import report_timesteps
+from latentbasis.grid import report_timesteps
 from latentbasis.sampling import sample_trajectory
 
 

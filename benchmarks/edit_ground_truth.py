@@ -45,7 +45,8 @@ import numpy as np
 import torch
 
 from latentbasis import latent_basis, load_model
-from latentbasis.editing import EditSettings, edit_images, sweep_directions, transport
+from latentbasis.editing import EditSettings, edit_images, sweep_directions
+from latentbasis.transport import transport
 from latentbasis.evaluate import read_shapes, recovery, shapes_reader
 from latentbasis.loading import resolve_timestep
 from latentbasis.sampling import sample_trajectory

@@ -29,7 +29,7 @@ miss of both readings below: a third reading, for transfer, chosen on developmen
 --null-rank 32 --region-edit direct --region-strength 4 --region-transfer motion --t 0.2`): the second reading's
 region directions at t = 0.2 T, carried to B by motion transport (A's tangent vector read as an affine motion of its
 box's content plus a colour offset, the same motion re-made of B's own x0_hat in B's box, then transported into
-B's region basis of rank k; editing.motion_transport). On seeds 0..7: transfer 55 / 56 = 98.2 % (at 0.3 T 94.6 %;
+B's region basis of rank k; motion.motion_transport). On seeds 0..7: transfer 55 / 56 = 98.2 % (at 0.3 T 94.6 %;
 at 0.8 T, where these directions are 4 % motion, 52 %). Everything else as declared below; h beside it.
 
 Declared 2026-12-02, before its run on fresh seeds 300 on (never used before), after the miss below: a second
@@ -55,8 +55,9 @@ import numpy as np
 import torch
 
 from latentbasis import latent_basis, load_model
-from latentbasis.editing import (EditSettings, edit_images, global_directions, motion_carried_row, transport,
-                                 transported_basis)
+from latentbasis.editing import EditSettings, edit_images
+from latentbasis.motion import motion_carried_row
+from latentbasis.transport import global_directions, transport, transported_basis
 from latentbasis.evaluate import read_shapes, recovery, shapes_reader
 from latentbasis.loading import resolve_timestep
 from latentbasis.sampling import sample_trajectory
@@ -100,13 +101,13 @@ def interval(hits: np.ndarray, groups: np.ndarray, n_boot: int = 2000) -> tuple[
 
 
 def carry_motion(model, ra, rb, i, ts, x0: str = "unclamped") -> torch.Tensor:
-    """Region direction i of sample A carried to B by motion transport (editing.motion_transport: A's tangent vector
+    """Region direction i of sample A carried to B by motion transport (motion.motion_transport: A's tangent vector
     read as a motion of its box's content, re-made of B's x0_hat in B's box), then transported into B's region basis
     of rank k: the computation of transported_basis(..., transfer="motion"), with B's basis computed once. x0
     "unclamped": the motion fields are made of the x0_hat whose Jacobian the basis is, as the library does;
     "clamped": of the trajectory's kept x0_hat, clamped to [-1, 1] as the sampler does (how the third reading below
     was first measured; on seeds 400..405 at 0.2 T the two differ by at most 0.12 in any entry)."""
-    from latentbasis.editing import _x0_hat
+    from latentbasis.transport import _x0_hat
 
     from latentbasis.masks import mask_in_x
 

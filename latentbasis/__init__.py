@@ -9,11 +9,9 @@ Python API:
     pipe(prompt, callback_on_step_end=edit_callback(basis, 0, 3.0, prompt=prompt))   # edit inside its call
     numbers = run_report(model, "report/", ReportSettings(samples=8, timesteps=10, k=8))   # report.html + CSV
 """
-__version__ = "0.1.0"
-
-from .basis import Basis, latent_basis, pullback_basis
+from .basis import Basis, GlobalDirections, Provenance, Region, latent_basis, pullback_basis
 from .basisfile import load_basis, save_basis
-from .cli import launch_app
+from .app import launch_app
 from .errors import LatentBasisError
 from .families import DiffusionModel, GaussianModel
 from .grassmann import chordal_distance, geodesic_distance, principal_angles, random_subspace_distances
@@ -21,9 +19,12 @@ from .loading import load_model, resolve_timestep
 from .pipelines import edit_callback, from_pipeline
 from .report import ReportSettings, run_report
 from .sampling import ddim_timesteps, sample_to
+from .version import __version__
 
 __all__ = [
-    "Basis", "DiffusionModel", "GaussianModel", "LatentBasisError", "chordal_distance", "ddim_timesteps", "edit_callback", "from_pipeline", "launch_app",
-    "geodesic_distance", "latent_basis", "load_basis", "load_model", "principal_angles", "pullback_basis",
-    "random_subspace_distances", "ReportSettings", "resolve_timestep", "run_report", "sample_to", "save_basis",
+    "Basis", "DiffusionModel", "GaussianModel", "GlobalDirections", "LatentBasisError", "Provenance", "Region",
+    "ReportSettings", "__version__",
+    "chordal_distance", "ddim_timesteps", "edit_callback", "from_pipeline", "geodesic_distance", "latent_basis",
+    "launch_app", "load_basis", "load_model", "principal_angles", "pullback_basis", "random_subspace_distances",
+    "resolve_timestep", "run_report", "sample_to", "save_basis",
 ]

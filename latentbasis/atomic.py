@@ -1,9 +1,14 @@
-"""Atomic file writes: a temporary file in the same folder, renamed over the target only once complete."""
+"""Files written safely: atomic writes (a temporary file in the same folder, renamed over the target only once
+complete), and private working folders named after the process that made them (removed once it is gone)."""
 from __future__ import annotations
 
 import contextlib
 import errno
 import os
+import re
+import shutil
+import stat
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -96,3 +101,48 @@ def _umask() -> int:
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
+
+
+def private_root(root: str | os.PathLike) -> Path:
+    """`root` made a private folder of this user (created 0700; this user's own folder set to 0700), or, where that
+    path is a link, not a folder, or another user's, a fresh private folder instead (tempfile.mkdtemp): such a
+    path is never followed and never deleted."""
+    root = Path(root)
+    try:
+        os.mkdir(root, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return Path(tempfile.mkdtemp(prefix=f"{root.name}-"))
+    st = os.lstat(root)
+    if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid():
+        if st.st_mode & 0o077:
+            os.chmod(root, 0o700)
+        return root
+    return Path(tempfile.mkdtemp(prefix=f"{root.name}-"))
+
+
+_WORKDIR_NAME = re.compile(r"(\d+)-[0-9a-f]{12}")
+
+
+def new_workdir(root: Path) -> Path:
+    """A fresh folder (0700) in `root`, named after this process ("{pid}-{12 hex}"), so that remove_stale_workdirs
+    can tell the folders of processes that are gone."""
+    d = root / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    os.mkdir(d, 0o700)
+    return d
+
+
+def remove_stale_workdirs(root: Path) -> int:
+    """Remove the folders in `root` that new_workdir made for processes no longer running; returns how many. Only
+    such folders: named as new_workdir names them, real folders (not links), this user's."""
+    removed = 0
+    for d in root.iterdir():
+        m = _WORKDIR_NAME.fullmatch(d.name)
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        st = os.lstat(d)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not process_running(int(m.group(1))):
+            shutil.rmtree(d, ignore_errors=True)
+            removed += 1
+    return removed

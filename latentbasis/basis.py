@@ -20,14 +20,16 @@ Two algorithms behind `pullback_basis`:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable
 
 import torch
-from torch.func import jvp, vjp, vmap
 
 from .errors import LatentBasisError
 from .features import FeatureMap
+from .jacobian import JacobianOperator
+from .loading import resolve_timestep
+from .masks import mask_in_x, mask_sha256
 
 ALGORITHMS = ("krylov", "subspace")
 
@@ -46,32 +48,56 @@ def default_block(k: int, chunk_size: int = 16) -> int:
 
 
 @dataclass
+class Provenance:
+    """Where a basis comes from and what it cost: the model (name, weights' hash), the layer h is taken at, the
+    point's timestep and condition, where it was computed (always in float32, through weights as loaded), and the
+    algorithm's run."""
+
+    model: str = ""
+    model_hash: str = ""
+    layer: str = "mid_block"
+    timestep: int | None = None
+    t_fraction: float | None = None
+    prompt: str | None = None
+    device: str = "cpu"
+    weights_dtype: str = "float32"
+    algorithm: str = "krylov"
+    seed: int = 0
+    iterations: int = 0
+    jvps: int = 0
+    vjps: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class Region:
+    """Which map a basis is of: space "h", the pullback of the feature map h (the paper), or "x0", the Jacobian of
+    x0_hat, over a region `mask` (bool [S, S] on the image; None: the whole image; masks.mask_sha256 its hash),
+    its directions kept orthogonal to the top `null_rank` directions of the region's complement."""
+
+    space: str = "h"
+    mask: torch.Tensor | None = None
+    mask_sha256: str = ""
+    null_rank: int = 0
+
+
+PROVENANCE = tuple(f.name for f in fields(Provenance))
+REGION = tuple(f.name for f in fields(Region))
+
+
+@dataclass
 class Basis:
-    """A local basis at one point x_t. Rows are unit vectors; see the module docstring for the math."""
+    """A local basis at one point x_t: the maths (rows are unit vectors; see the module docstring), with its
+    provenance and region as their own records. Their fields read and write through the basis too (b.timestep is
+    b.provenance.timestep, b.mask is b.region.mask)."""
 
     latent: torch.Tensor            # [k, *x_shape]  right singular vectors v_i
     tangent: torch.Tensor           # [k, *h_shape]  left singular vectors u_i
     singular_values: torch.Tensor   # [k]            descending
     point: torch.Tensor             # [*x_shape]     the x_t the basis was computed at
     residuals: torch.Tensor         # [k]            ||J^T u_i - s_i v_i|| / s_i
-    jvps: int = 0
-    vjps: int = 0
-    algorithm: str = "krylov"
-    seed: int = 0
-    iterations: int = 0
-    seconds: float = 0.0
-    timestep: int | None = None
-    t_fraction: float | None = None
-    prompt: str | None = None
-    layer: str = "mid_block"
-    model: str = ""
-    device: str = "cpu"             # where it was computed (always in float32) ...
-    weights_dtype: str = "float32"  # ... through the network's weights as loaded (--dtype)
-    space: str = "h"                # "h": the pullback of the feature map h; "x0": the Jacobian of x0_hat ...
-    mask_sha256: str = ""           # ... restricted to a region (masks.mask_sha256; "" for the whole image)
-    null_rank: int = 0              # directions kept orthogonal to the top null_rank of the region's complement
-    mask: torch.Tensor | None = None  # the region itself (bool [S, S] on the image; None for the whole image)
-    model_hash: str = ""
+    provenance: Provenance = field(default_factory=Provenance)
+    region: Region = field(default_factory=Region)
     descriptions: list | None = None  # what each direction does to x0_hat (latentbasis.describe; None: not described)
     extra: dict = field(default_factory=dict)
 
@@ -79,236 +105,28 @@ class Basis:
     def k(self) -> int:
         return int(self.singular_values.shape[0])
 
+    def __getattr__(self, name):
+        record = "provenance" if name in PROVENANCE else "region" if name in REGION else None
+        if record is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(self.__dict__[record], name)
 
-JVP_MODES = ("reverse", "forward")
-CPU_CHUNK_BYTES = 512 * 2**20
-
-
-def saved_activation_bytes(f: FeatureMap, x: torch.Tensor) -> int:
-    """Bytes of the tensors one reverse-mode pass through f at x saves for its backward (weights excluded): the
-    memory one VJP or JVP through f holds, measured with autograd's saved-tensor hooks on one plain forward."""
-    from torch.multiprocessing.reductions import StorageWeakRef
-
-    alive: dict[int, StorageWeakRef] = {}
-    total = [0]
-
-    def pack(t: torch.Tensor):
-        base = t._base if t._base is not None else t
-        if not isinstance(base, torch.nn.Parameter):
-            ref = StorageWeakRef(t.untyped_storage())
-            seen = alive.get(ref.cdata)
-            if seen is None or seen.expired():      # a storage counted once while it lives
-                alive[ref.cdata] = ref
-                total[0] += t.untyped_storage().nbytes()
-        return None   # nothing is held: this pass is never run backward, so measuring costs a plain forward's memory
-                      # (holding t made a whole pass resident, 8.9 GiB at SDXL size, past a budget that then recomputed)
-
-    def unpack(_):
-        raise RuntimeError("saved_activation_bytes' pass has no backward")
-
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-        f(x.detach().clone().requires_grad_(True))
-    return total[0]
+    def __setattr__(self, name, value):
+        if name in PROVENANCE:
+            setattr(self.provenance, name, value)
+        elif name in REGION:
+            setattr(self.region, name, value)
+        else:
+            object.__setattr__(self, name, value)
 
 
-def forward_peak_bytes(f: FeatureMap, x: torch.Tensor) -> int:
-    """Bytes of the tensors alive at once, at the peak, during one forward of f at x without gradients (weights
-    and x excluded): what a forward-mode JVP holds, about twice over (a tangent beside each primal; FORWARD_MODE
-    below). Measured on one plain forward with a dispatch mode that counts each new storage until it is freed."""
-    import weakref
-
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    state = {"live": 0, "peak": 0}
-    counted: set[int] = set()
-
-    def free(key: int, n: int):
-        counted.discard(key)
-        state["live"] -= n
-
-    class Count(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            for t in (out if isinstance(out, (tuple, list)) else (out,)):
-                if isinstance(t, torch.Tensor) and t.device.type != "meta":
-                    key = t.untyped_storage().data_ptr()
-                    if key and key not in counted:
-                        n = t.untyped_storage().nbytes()
-                        counted.add(key)
-                        state["live"] += n
-                        state["peak"] = max(state["peak"], state["live"])
-                        weakref.finalize(t, free, key, n)
-            return out
-
-    x = x.detach()    # outside the mode: x's own storage is not counted
-    with torch.no_grad(), Count():
-        h = f(x)
-    del h
-    return state["peak"]
-
-
-# Memory of the Jacobian products, in units of one pass's saved activations (saved_activation_bytes), measured
-# with the resident set of a 25M-parameter U-Net at 64x64 and of Stable Diffusion 1.5's (tests/test_basis.py checks
-# a budget is kept): recording the pullback (and, for reverse-mode JVPs, its own pullback) holds RECORDED[mode];
-# each product of a chunk PER_PRODUCT[mode] more at its peak. Rounded up from 2.7 / 1.2 and 0.9 / 1.4.
-RECORDED = {"reverse": 3.0, "forward": 1.5}
-PER_PRODUCT = {"reverse": 1.0, "forward": 1.5}
-# Where the budget cannot hold the recorded passes, nothing is recorded: each VJP runs the forward and backward
-# again (with the network's gradient checkpointing) and each JVP is forward-mode AD (slower: about 1.5 and 3.5
-# recorded VJPs at Stable Diffusion 1.5 size), one product at a time. Neither keeps a whole pass: each holds a few
-# times the live tensors of a plain forward (forward_peak_bytes), measured on the resident set, one product at a
-# time: 3.9-4.6 (VJP) and 6.1-6.3 (JVP) at the 25M U-Net of tests/test_devices.py, 3.4 and 5.1 at Stable
-# Diffusion 1.5 size; beside them, in either mode, SLACK of kernels' scratch and bookkeeping that does not scale
-# with the model (40 MiB over 7 peaks seen at the 25M U-Net over a whole basis; 1 MiB over the recorded estimate
-# once, in the full test suite). Rounded up:
-RECOMPUTED_PEAKS = 7.0
-SLACK = 64 * 2**20
-
-
-def chunk_for_budget(per_item: int, fixed: int, budget: int) -> int:
-    """How many Jacobian products fit in `budget` bytes at once, when one costs `per_item` beyond a `fixed` part;
-    one clear error when not even one does."""
-    from .devices import format_bytes
-
-    if budget < fixed + per_item:
-        raise LatentBasisError(f"the memory budget {format_bytes(budget)} (--max-memory) is too small for one "
-                               f"Jacobian-vector product of this model, which needs about "
-                               f"{format_bytes(fixed + per_item)} (the model and what is in memory now included): "
-                               f"raise --max-memory")
-    return max(1, int((budget - fixed) // max(per_item, 1)))
-
-
-class JacobianOperator:
-    """J of f at x as two batched maps on row blocks, counted:
-    jvp: V [b, D_x] -> J V^T as rows [b, D_h];  vjp: U [b, D_h] -> J^T U^T as rows [b, D_x].
-    f and x are float32 on x's device (`dtype` says so); rows go in and out in float64 (float32 on MPS), on the
-    same device.
-
-    VJPs go through the pullback u -> J^T u, recorded once per point and replayed. JVPs:
-    - jvp_mode "reverse" (default): J v is the VJP of that linear pullback (J v = d/du <J^T u, v>), recorded once
-      too, so no JVP re-runs the network's Python forward; measured 2-3x faster than forward mode on CPU;
-    - jvp_mode "forward": torch.func.jvp through f for every block (forward-mode AD).
-    Both are exact; tests check they agree.
-
-    Memory: products run in chunks of `chunk_size` under vmap. chunk_size None: as many as `max_memory` bytes
-    allow (the process's whole memory, the weights included: latentbasis.devices; default: the device's), from
-    what is in use now and the activations one pass saves (saved_activation_bytes), times RECORDED and
-    PER_PRODUCT. A budget too small for the recorded passes recomputes instead (`recorded` False: checkpointed
-    VJPs and forward-mode JVPs, one at a time, each about RECOMPUTED_PEAKS times a plain forward's live tensors,
-    so SDXL fits 24 GB); a budget too small for that is refused before anything runs.
-    Running out of memory halves the chunk and retries; at one product it is one clear error. On a CPU a chunk
-    also stays under CPU_CHUNK_BYTES of saved activations: batching big passes there is slower per product
-    (benchmarks/bench_scale.py, Stable Diffusion 1.5 size: 4 VJPs in one batch 28 s against 3 s for one).
-    """
-
-    dtype = torch.float32
-
-    def __init__(self, f: FeatureMap, x: torch.Tensor, chunk_size: int | None = 16, jvp_mode: str = "reverse",
-                 max_memory: int | None = None, record: bool | None = None):
-        from .devices import default_memory_budget, is_out_of_memory, memory_in_use, out_of_memory_error
-
-        if jvp_mode not in JVP_MODES:
-            raise LatentBasisError(f"unknown jvp_mode {jvp_mode!r}; choose one of {', '.join(JVP_MODES)}")
-        self.x = x.detach().to(self.dtype)
-        self.device = self.x.device
-        self.rows_dtype = torch.float32 if self.device.type == "mps" else torch.float64
-        self.max_memory = max_memory
-        self.recorded = record is not False
-        self.saved_bytes = None      # one pass's saved activations, where the budget needed them ...
-        self.forward_peak = None     # ... and a plain forward's live tensors, where it weighed recomputing
-        if record is False and max_memory is None and chunk_size is not None:
-            jvp_mode = "forward"
-        elif chunk_size is None or max_memory is not None:
-            in_use = memory_in_use(self.device)
-            budget = max_memory if max_memory is not None else default_memory_budget(self.device)
-            self.max_memory = budget
-            if record is not False:
-                saved = self.saved_bytes = saved_activation_bytes(f, self.x)
-                recorded = in_use + int(RECORDED[jvp_mode] * saved)
-            if record is False or (record is None and recorded + PER_PRODUCT[jvp_mode] * saved > budget):
-                # recompute: nothing recorded, forward-mode JVPs, one product at a time
-                self.forward_peak = forward_peak_bytes(f, self.x)
-                chunk_for_budget(int(RECOMPUTED_PEAKS * self.forward_peak), in_use + SLACK, budget)
-                self.recorded, jvp_mode, fit = False, "forward", 1
-            else:
-                fit = chunk_for_budget(int(PER_PRODUCT[jvp_mode] * saved), recorded + SLACK, budget)
-                if self.device.type == "cpu":   # large batches of big passes run slower per item on a CPU
-                    fit = min(fit, max(1, CPU_CHUNK_BYTES // max(saved, 1)))
-            chunk_size = fit if chunk_size is None else min(chunk_size, fit)
-        self.chunk_size = int(chunk_size)
-        self.jvp_mode = jvp_mode
-        self._oom, self._oom_error = is_out_of_memory, out_of_memory_error
-        x0 = self.x
-        try:
-            if not self.recorded:
-                with torch.no_grad():
-                    self.h = f(x0)
-                self._pull_rows = self._recomputed_pullback(f, x0)
-            else:
-                self.h, pullback = vjp(f, x0)  # built once, reused by every VJP
-                self._pull_one = lambda u: pullback(u)[0]
-            if jvp_mode == "reverse":
-                _, pushforward = vjp(self._pull_one, torch.zeros_like(self.h))
-                self._push_one = lambda v: pushforward(v)[0]
-            else:
-                self._push_one = lambda v: jvp(f, (x0,), (v,))[1]
-        except Exception as e:
-            if is_out_of_memory(e):
-                raise out_of_memory_error(self.max_memory, "the forward pass of the feature map") from None
-            raise
-        self.x_shape, self.h_shape = tuple(self.x.shape), tuple(self.h.shape)
-        self.n, self.m = self.x.numel(), self.h.numel()
-        self.jvps = self.vjps = 0
-
-    @staticmethod
-    def _recomputed_pullback(f: FeatureMap, x0: torch.Tensor):
-        """U [b, *h_shape] -> J^T U rows, each by a forward and a backward of plain autograd, in the feature map's
-        checkpointed context where it has one (f.checkpointed: each block keeps only its input)."""
-        import contextlib
-
-        context = getattr(f, "checkpointed", contextlib.nullcontext)
-
-        def pull(U):
-            out = []
-            for u in U:
-                x = x0.clone().requires_grad_(True)
-                with torch.enable_grad(), context():
-                    out.append(torch.autograd.grad(f(x), x, u)[0])
-            return torch.stack(out)
-
-        return pull
-
-    def _batched(self, fn, rows: torch.Tensor, shape: tuple[int, ...], what: str) -> torch.Tensor:
-        """fn over the rows (reshaped to `shape`) in chunks; on out-of-memory the chunk halves and it retries."""
-        inp = rows.to(self.device, self.dtype).reshape(-1, *shape)
-        while True:
-            try:
-                if fn is None:     # nothing recorded: the VJPs recompute, one at a time
-                    out = torch.cat([self._pull_rows(c) for c in inp.split(self.chunk_size)])
-                else:
-                    out = vmap(fn, chunk_size=self.chunk_size)(inp)
-                return out.reshape(rows.shape[0], -1).to(self.rows_dtype)
-            except Exception as e:
-                if not self._oom(e):
-                    raise
-                if self.chunk_size <= 1:
-                    raise self._oom_error(self.max_memory, what) from None
-                self.chunk_size = max(1, self.chunk_size // 2)
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-
-    def jvp(self, V: torch.Tensor) -> torch.Tensor:
-        if V.shape[0] == 0:
-            return torch.zeros(0, self.m, device=self.device, dtype=self.rows_dtype)
-        self.jvps += V.shape[0]
-        return self._batched(self._push_one, V, self.x_shape, "Jacobian-vector products")
-
-    def vjp(self, U: torch.Tensor) -> torch.Tensor:
-        if U.shape[0] == 0:
-            return torch.zeros(0, self.n, device=self.device, dtype=self.rows_dtype)
-        self.vjps += U.shape[0]
-        pull = self._pull_one if self.recorded else None
-        return self._batched(pull, U, self.h_shape, "vector-Jacobian products")
+@dataclass
+class GlobalDirections(Basis):
+    """Directions many samples' bases share at one timestep (transport.global_directions). Not a local basis:
+    the latent and tangent rows come from two separate decompositions, so J v = s u does not hold for them, and
+    `singular_values` are shares in [0, 1] (the mean share of the samples' spans each direction lies in), not
+    singular values of a Jacobian; `point` is the samples' mean x_t. Applied at a point only by transport
+    (transport.transported_basis)."""
 
 
 def orth_rows(A: torch.Tensor, against: torch.Tensor | None = None, rtol: float = 1e-6) -> torch.Tensor:
@@ -488,8 +306,8 @@ def pullback_basis(f: FeatureMap, x: torch.Tensor, k: int, *, algorithm: str = "
     cpu = {"device": "cpu", "dtype": torch.float32}
     return Basis(latent=V.to(**cpu).reshape(k, *op.x_shape), tangent=Uh.to(**cpu).reshape(k, *op.h_shape),
                  singular_values=s.to(**cpu), point=op.x.to(**cpu).clone(), residuals=res.to(**cpu),
-                 jvps=op.jvps, vjps=op.vjps, algorithm=algorithm, seed=int(seed), iterations=it,
-                 seconds=time.perf_counter() - t0)
+                 provenance=Provenance(jvps=op.jvps, vjps=op.vjps, algorithm=algorithm, seed=int(seed),
+                                       iterations=it, seconds=time.perf_counter() - t0))
 
 
 SPACES = ("h", "x0")
@@ -530,8 +348,6 @@ def latent_basis(model, x_t: torch.Tensor, *, t: float | None = None, timestep: 
     family's, a U-Net's mid_block). Other keyword arguments go to pullback_basis (algorithm, seed, tol, init,
     chunk_size, callback, ...); max_memory defaults to the model's.
     """
-    from .loading import resolve_timestep
-
     ts, frac = resolve_timestep(model.num_train_timesteps, fraction=t, timestep=timestep)
     x = x_t[0] if x_t.dim() == len(model.x_shape) + 1 and x_t.shape[0] == 1 else x_t
     if tuple(x.shape) != tuple(model.x_shape):
@@ -552,17 +368,15 @@ def latent_basis(model, x_t: torch.Tensor, *, t: float | None = None, timestep: 
         layer = layer or model.default_layer
         f = model.features(ts, prompt=prompt, layer=layer)
     else:
-        from .masks import mask_in_x
-
         layer = "x0_hat"
         mask_x = mask_in_x(model, mask) if mask is not None else None
         f, f_c = region_maps(model, ts, prompt, mask_x)
         if null_rank:
             if f_c is None:
-                raise LatentBasisError("--null-rank needs a mask: it keeps the edit off the rest of the image")
+                raise LatentBasisError("null_rank needs a mask: it keeps the edit off the rest of the image")
             outside = int((~mask_x).sum())
             if not 1 <= null_rank <= min(outside, D - k):
-                raise LatentBasisError(f"--null-rank {null_rank} is out of range: the rest of the image has {outside} "
+                raise LatentBasisError(f"null_rank = {null_rank} is out of range: the rest of the image has {outside} "
                                        f"numbers and x leaves {D - k} beside k = {k}, so 1 <= r <= "
                                        f"{min(outside, D - k)}")
             rest = pullback_basis(f_c, xd, null_rank, **{**kwargs, "init": None, "callback": None})
@@ -575,8 +389,6 @@ def latent_basis(model, x_t: torch.Tensor, *, t: float | None = None, timestep: 
         L = L - (L @ Vn.T) @ Vn
         b.latent = (L / L.norm(dim=1, keepdim=True)).float().reshape(b.latent.shape)
     if space == "x0":
-        from .masks import mask_sha256
-
         b.space, b.null_rank = "x0", int(null_rank)
         b.mask_sha256 = mask_sha256(mask) if mask is not None else ""
         b.mask = mask.bool().cpu().clone() if mask is not None else None

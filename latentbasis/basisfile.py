@@ -16,18 +16,16 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_path
-from .basis import Basis
-from .describe import descriptions_from_json, descriptions_to_json
+from .basis import ALGORITHMS, Basis, GlobalDirections, Provenance, Region
+from .describe import description_lines, descriptions_from_json, descriptions_to_json
 from .errors import LatentBasisError
+from .images import pixel_size
+from .masks import mask_in_x, mask_sha256
+from .validate import MAX_ITERS, MAX_K, MAX_SEED, number, optional_string, parse_json, printable
+from .version import __version__
 
 FORMAT = "latentbasis.basis/1"
 TENSORS = ("latent", "tangent", "singular_values", "point")
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 def basis_metadata(b: Basis) -> dict[str, str]:
@@ -37,7 +35,7 @@ def basis_metadata(b: Basis) -> dict[str, str]:
         "t_fraction": "" if b.t_fraction is None else repr(float(b.t_fraction)),
         "prompt": b.prompt or "", "k": str(b.k), "algorithm": b.algorithm, "jvps": str(b.jvps),
         "vjps": str(b.vjps), "residuals": json.dumps([float(r) for r in b.residuals]), "seed": str(b.seed),
-        "version": _version(), "iterations": str(b.iterations), "seconds": f"{b.seconds:.3f}",
+        "version": __version__, "iterations": str(b.iterations), "seconds": f"{b.seconds:.3f}",
         "device": b.device, "weights_dtype": b.weights_dtype, "space": b.space, "mask_sha256": b.mask_sha256,
         "null_rank": str(b.null_rank),
         "descriptions": descriptions_to_json(b.descriptions),
@@ -62,8 +60,6 @@ def save_basis(b: Basis, path: str | os.PathLike) -> Path:
 
 def _header_number(meta: dict, key: str, path: Path, *, integer: bool = False, lo=None, hi=None, default=None):
     """A number from the string header, checked (validate.number); missing -> default (None: required)."""
-    from .validate import number
-
     raw = meta.get(key, "")
     if raw == "":
         if default is None:
@@ -81,8 +77,6 @@ def _header_number(meta: dict, key: str, path: Path, *, integer: bool = False, l
 
 def _check_tensors(tensors: dict, meta: dict, path: Path) -> int:
     """Shapes, dtypes and values of the tensors against each other and the header; returns k."""
-    from .validate import MAX_K
-
     bad = lambda why: LatentBasisError(f"{path} is not a valid basis file: {why}")  # noqa: E731
     for name, t in tensors.items():
         if t.dtype != torch.float32:
@@ -110,8 +104,6 @@ def _check_tensors(tensors: dict, meta: dict, path: Path) -> int:
 
 def _checked_mask(mask: torch.Tensor, digest: str, path: Path) -> torch.Tensor:
     """The file's region: a square of 0s and 1s, not empty, whose sha256 is the header's mask_sha256."""
-    from .masks import mask_sha256
-
     if mask.dim() != 2 or mask.shape[0] != mask.shape[1] or mask.dtype != torch.float32 \
             or not bool(((mask == 0) | (mask == 1)).all()) or not bool(mask.any()):
         raise LatentBasisError(f"{path} is not a valid basis file: its mask must be a square of 0s and 1s, not "
@@ -126,12 +118,7 @@ def _checked_mask(mask: torch.Tensor, digest: str, path: Path) -> torch.Tensor:
 def load_basis(path: str | os.PathLike, model=None, layer: str | None = None) -> Basis:
     """Read a basis file, every tensor and header field checked (one message for anything wrong); with `model`,
     also that it was computed with that model's weights (model_hash) and fits its x and schedule."""
-    import json
-
     from safetensors import safe_open
-
-    from .basis import ALGORITHMS
-    from .validate import MAX_ITERS, MAX_SEED, optional_string
 
     path = Path(path)
     if not path.exists():
@@ -153,7 +140,6 @@ def load_basis(path: str | os.PathLike, model=None, layer: str | None = None) ->
         raise LatentBasisError(f"{path} is not a latentbasis basis file (format {str(meta.get('format'))[:40]!r}, "
                                f"expected {FORMAT!r})")
     k = _check_tensors(tensors, meta, path)
-    from .validate import parse_json
 
     try:
         residuals = parse_json(meta.get("residuals", "[]"), "residuals")
@@ -169,23 +155,24 @@ def load_basis(path: str | os.PathLike, model=None, layer: str | None = None) ->
                                f"{', '.join(ALGORITHMS)}")
     num = lambda key, **kw: _header_number(meta, key, path, **kw)  # noqa: E731
     T = model.num_train_timesteps if model is not None else 100_000
-    b = Basis(latent=tensors["latent"], tangent=tensors["tangent"], singular_values=tensors["singular_values"],
-              point=tensors["point"], residuals=torch.tensor(residuals, dtype=torch.float32),
-              jvps=num("jvps", integer=True, lo=0, default=0), vjps=num("vjps", integer=True, lo=0, default=0),
-              algorithm=algorithm, seed=num("seed", integer=True, lo=0, hi=MAX_SEED, default=0),
-              iterations=num("iterations", integer=True, lo=0, hi=MAX_ITERS, default=0),
-              seconds=num("seconds", lo=0, default=0.0),
-              timestep=(num("timestep", integer=True, lo=0, hi=T - 1) if meta.get("timestep") else None),
-              t_fraction=(num("t_fraction", lo=0, hi=1) if meta.get("t_fraction") else None),
-              prompt=optional_string(meta.get("prompt"), f"{path}: prompt") or None,
-              layer=optional_string(meta.get("layer", "mid_block"), f"{path}: layer", 200) or "mid_block",
-              model=optional_string(meta.get("model", ""), f"{path}: model", 4096) or "",
-              model_hash=optional_string(meta.get("model_hash", ""), f"{path}: model_hash", 64) or "",
-              device=optional_string(meta.get("device", "cpu"), f"{path}: device", 40) or "cpu",
-              weights_dtype=optional_string(meta.get("weights_dtype", "float32"), f"{path}: weights_dtype", 20)
-              or "float32", space=meta.get("space", "h"),
-              mask_sha256=optional_string(meta.get("mask_sha256", ""), f"{path}: mask_sha256", 64) or "",
-              null_rank=num("null_rank", integer=True, lo=0, hi=10**9, default=0))
+    provenance = Provenance(
+        jvps=num("jvps", integer=True, lo=0, default=0), vjps=num("vjps", integer=True, lo=0, default=0),
+        algorithm=algorithm, seed=num("seed", integer=True, lo=0, hi=MAX_SEED, default=0),
+        iterations=num("iterations", integer=True, lo=0, hi=MAX_ITERS, default=0), seconds=num("seconds", lo=0, default=0.0),
+        timestep=(num("timestep", integer=True, lo=0, hi=T - 1) if meta.get("timestep") else None),
+        t_fraction=(num("t_fraction", lo=0, hi=1) if meta.get("t_fraction") else None),
+        prompt=optional_string(meta.get("prompt"), f"{path}: prompt") or None,
+        layer=optional_string(meta.get("layer", "mid_block"), f"{path}: layer", 200) or "mid_block",
+        model=optional_string(meta.get("model", ""), f"{path}: model", 4096) or "",
+        model_hash=optional_string(meta.get("model_hash", ""), f"{path}: model_hash", 64) or "",
+        device=optional_string(meta.get("device", "cpu"), f"{path}: device", 40) or "cpu",
+        weights_dtype=optional_string(meta.get("weights_dtype", "float32"), f"{path}: weights_dtype", 20) or "float32")
+    region = Region(space=meta.get("space", "h"), null_rank=num("null_rank", integer=True, lo=0, hi=10**9, default=0),
+                    mask_sha256=optional_string(meta.get("mask_sha256", ""), f"{path}: mask_sha256", 64) or "")
+    kind = GlobalDirections if algorithm == "global" else Basis
+    b = kind(latent=tensors["latent"], tangent=tensors["tangent"], singular_values=tensors["singular_values"],
+             point=tensors["point"], residuals=torch.tensor(residuals, dtype=torch.float32), provenance=provenance,
+             region=region)
     try:
         b.descriptions = descriptions_from_json(meta.get("descriptions", "[]"), k)
     except LatentBasisError as e:
@@ -203,8 +190,6 @@ def load_basis(path: str | os.PathLike, model=None, layer: str | None = None) ->
             raise LatentBasisError(f"{path} is for x of shape {tuple(b.point.shape)}; this model's x_t is "
                                    f"{tuple(model.x_shape)}")
         if b.mask is not None:     # a region basis: its tangent rows are x0_hat's entries inside the region
-            from .images import pixel_size
-            from .masks import mask_in_x
 
             size = pixel_size(model)[1]
             if tuple(b.mask.shape) != (size, size):
@@ -216,8 +201,22 @@ def load_basis(path: str | os.PathLike, model=None, layer: str | None = None) ->
                                        f"tangent vectors have {b.tangent[0].numel()}: the mask is not theirs")
     if layer is not None and b.space == "h" and b.layer != layer:   # another layer of the same shape is no match
         raise LatentBasisError(f"{path} was computed at the layer {b.layer[:80]!r}; here h is the layer {layer!r}: "
-                               "compute a basis at this layer (or use the basis' layer where the command has --layer)")
+                               f"compute a basis at this layer (or use the basis' own layer, {b.layer[:80]!r})")
     if b.mask_sha256 and b.timestep is None:
         raise LatentBasisError(f"{path} has a corrupt header: a basis of a region without the timestep it was "
                                "computed at")
     return b
+
+
+def info_lines(path: str | os.PathLike) -> list[str]:
+    """What `latentbasis info` prints of a basis file: every header field (escaped: a header is the file's word,
+    it may not drive a terminal), the tensors' shapes, and a line per direction saying what it does. The file is
+    checked first (load_basis): one that is not a valid basis gets one message."""
+    from safetensors import safe_open
+
+    b = load_basis(path)
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+    lines = [f"{printable(key)}: {printable(meta[key])}" for key in sorted(meta) if key != "descriptions"]
+    lines.append(f"latent: {tuple(b.latent.shape)}  tangent: {tuple(b.tangent.shape)}  point: {tuple(b.point.shape)}")
+    return lines + description_lines(b)

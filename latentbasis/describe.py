@@ -8,7 +8,7 @@ to every field, is split by frequency, so the shares add up to 1:
 
     shift      the content moving along x and along y: -grad I . (hx, 0), -grad I . (0, hy)  (I = x0_hat)
     scale      the content growing about the centre of its box: -grad I . (p - c)
-    rotation   the content turning about it: -grad I . (-(y - cy), x - cx)       (latentbasis.editing.motion_fields)
+    rotation   the content turning about it: -grad I . (-(y - cy), x - cx)       (latentbasis.motion.motion_fields)
     brightness the same offset in every channel
     colour     offsets between the channels (C > 1)
     contrast   the image's own deviation from its mean, scaled: I - mean(I)
@@ -31,6 +31,8 @@ import torch
 
 from .errors import LatentBasisError
 from .geometry import band_pass
+from .motion import motion_fields, region_in_x
+from .validate import parse_json, printable
 
 PARTS = ("shift", "scale", "rotation", "brightness", "colour", "contrast", "coarse", "mid", "fine")
 BANDS = {"coarse": (0.0, 0.125), "mid": (0.125, 0.25), "fine": (0.25, math.inf)}
@@ -40,8 +42,6 @@ NAMED_SHARE = 0.25       # a part names the direction when it holds at least thi
 
 def _fields(image: torch.Tensor, region: torch.Tensor) -> dict[str, torch.Tensor]:
     """The fields of each non-frequency part, {part: [n, C, h, w]} (float64, zero outside the region)."""
-    from .editing import motion_fields
-
     C = image.shape[0]
     G = motion_fields(image, region)                       # shift x, shift y, scale, rotation, C channel offsets
     r = region.double()
@@ -163,13 +163,18 @@ def description_lines(basis) -> list[str]:
     return [f"v{i + 1}  {d['name']} ({shares_text(d)})" for i, d in enumerate(basis.descriptions)]
 
 
+def summary_lines(b) -> list[str]:
+    """A basis in a few lines: its singular values, its cost, and what each direction does (description_lines)."""
+    return [f"singular values: {', '.join(f'{float(s):.4g}' for s in b.singular_values)}",
+            f"cost: {b.jvps} JVPs + {b.vjps} VJPs, {b.iterations} iterations, {b.seconds:.2f} s ({b.algorithm}); "
+            f"max residual {float(b.residuals.max()):.1e}", *description_lines(b)]
+
+
 def describe_basis(model, basis) -> list[dict]:
     """A description of every direction of a basis: [{"name", "shares", "outside", "coefficients"}], from the
     change of x0_hat along v_i at the basis' point and timestep (k JVPs through the denoised estimate; float32 on
     the model's device). Stored in basis.descriptions (and so in the basis file)."""
     from torch.func import jvp
-
-    from .editing import _region_x
 
     if basis.timestep is None:
         raise LatentBasisError("the basis does not record its timestep: it cannot be described")
@@ -177,7 +182,7 @@ def describe_basis(model, basis) -> list[dict]:
     x = basis.point.to(model.device, torch.float32)[None]
     with torch.no_grad():
         image = x0(x)[0].float().cpu()
-    region = _region_x(model, basis.mask) if basis.mask is not None else None
+    region = region_in_x(model, basis.mask) if basis.mask is not None else None
     out = []
     for v in basis.latent:
         change = jvp(x0, (x,), (v.to(model.device, torch.float32)[None],))[1][0].float().cpu()
@@ -196,8 +201,6 @@ def descriptions_to_json(descriptions: list[dict] | None) -> str:
 def descriptions_from_json(text: str, k: int) -> list[dict] | None:
     """The descriptions a basis file stores, each field checked (a file is data: names are printed escaped);
     None for an empty list (older files)."""
-    from .validate import parse_json, printable
-
     data = parse_json(text, "the basis file's descriptions")
     if not isinstance(data, list) or (data and len(data) != k):
         raise LatentBasisError(f"the basis file's descriptions are not a list of {k}")

@@ -46,12 +46,12 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cpu")
     if kind == "mps":
         if not _mps_available():
-            raise LatentBasisError("device 'mps': Apple's MPS is not available here (use --device cpu)")
+            raise LatentBasisError("device 'mps': Apple's MPS is not available here (use the device 'cpu')")
         return torch.device("mps")
     if not torch.cuda.is_available():
         raise LatentBasisError(f"device {name!r}: no CUDA GPU is available here (this torch "
                                f"{'has no CUDA support' if torch.version.cuda is None else 'sees no GPU'}; "
-                               "use --device cpu)")
+                               "use the device 'cpu')")
     i = int(index) if index is not None else torch.cuda.current_device()
     if i >= torch.cuda.device_count():
         raise LatentBasisError(f"device {name!r}: there are {torch.cuda.device_count()} CUDA GPU(s), "
@@ -155,7 +155,7 @@ def check_memory_budget(budget: int | None, device: torch.device) -> int | None:
     total = total_memory(device)
     if budget is not None and total and budget > total:
         where = "this GPU" if device.type == "cuda" else "this machine"
-        raise LatentBasisError(f"--max-memory {format_bytes(budget)} is more than {where} has "
+        raise LatentBasisError(f"the memory budget (max_memory) {format_bytes(budget)} is more than {where} has "
                                f"({format_bytes(total)}): give at most that")
     return budget
 
@@ -182,6 +182,18 @@ def is_out_of_memory(e: BaseException) -> bool:
     return isinstance(e, (RuntimeError, MemoryError)) and (
         isinstance(e, MemoryError) or "out of memory" in text or "can't allocate memory" in text
         or "not enough memory" in text or "failed to allocate" in text)
+
+
+def error_line(e: BaseException) -> str:
+    """Any error as one line for the user: latentbasis' own message (LatentBasisError), running out of memory, a
+    file system error, or, for a failure not foreseen, its kind and first line (never a traceback)."""
+    if isinstance(e, LatentBasisError):
+        return str(e)
+    if is_out_of_memory(e):
+        return "out of memory: lower the memory budget (--max-memory), k or the dtype, or use a device with more memory"
+    if isinstance(e, OSError):
+        return f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}"
+    return f"unexpected {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''} (please report this)"
 
 
 def out_of_memory_error(budget: int | None, what: str) -> LatentBasisError:

@@ -3,11 +3,22 @@
     score = mean over samples of the classifier's top-class probability, for generated samples and for real
     digits passed through the same resize (up to the model's resolution, then area-averaged back to 8x8);
     ratio = score(generated) / score(real).  Every class should also appear among the samples.
+
+What a bundled model was trained on (its training_log.json): dataset_of, training_data.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import torch
+
+from .data import CAPTION_TEMPLATES, digit_caption, digits_images, downsample_to_digits, render_shapes, shapes_images
+from .errors import LatentBasisError
+from .sampling import generate
+from .train import PRESETS, labels_markdown, load_dataset, prompt_markdown, quality_markdown, shapes_markdown
+from .validate import read_json_object
 
 
 def digits_classifier(resolution: int = 16):
@@ -17,8 +28,6 @@ def digits_classifier(resolution: int = 16):
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.model_selection import train_test_split
     from sklearn.svm import SVC
-
-    from .data import digits_images, downsample_to_digits
 
     images, labels = digits_images(resolution)
     X = downsample_to_digits(images)
@@ -32,9 +41,6 @@ def digits_classifier(resolution: int = 16):
 def digits_quality(model, n: int = 256, num_steps: int = 50, seed0: int = 0, batch: int = 128) -> dict:
     """{'samples', 'confidence', 'real_confidence', 'real_accuracy', 'ratio', 'classes', 'histogram', 'images'}
     for n DDIM samples (seeds seed0 .. seed0 + n - 1)."""
-    from .data import downsample_to_digits
-    from .sampling import generate
-
     clf, real_conf, real_acc = digits_classifier(model.x_shape[-1])
     xs = torch.cat([generate(model, list(range(s, min(s + batch, seed0 + n))), num_steps=num_steps)
                     for s in range(seed0, seed0 + n, batch)])
@@ -55,9 +61,6 @@ def prompt_following(model, per_prompt: int = 8, guidance: float = 3.0, num_step
     samples each (seeds 0..per_prompt-1), classifier-free guidance `guidance`. Returns the overall accuracy,
     per digit and per wording.
     """
-    from .data import CAPTION_TEMPLATES, digit_caption, downsample_to_digits
-    from .sampling import generate
-
     clf, _, _ = digits_classifier(model.x_shape[-1])
     per_digit = np.zeros(10)
     per_template = {CAPTION_TEMPLATES[t]: 0.0 for t in templates}
@@ -76,9 +79,6 @@ def prompt_following(model, per_prompt: int = 8, guidance: float = 3.0, num_step
 def label_following(model, per_label: int = 24, guidance: float = 3.0, num_steps: int = 50) -> dict:
     """Fraction of class-conditional samples (seeds 0..per_label-1 for each label, classifier-free guidance
     `guidance` against the null label) that the real-digit classifier assigns to their label; overall, per label."""
-    from .data import downsample_to_digits
-    from .sampling import generate
-
     clf, _, _ = digits_classifier(model.x_shape[-1])
     per = np.zeros(model.num_classes)
     for d in range(model.num_classes):
@@ -110,8 +110,6 @@ def shape_measurements(images: torch.Tensor) -> np.ndarray:
     """Model-free features of each image's shape [N, 9]: coverage centroid (x, y), sqrt(area), the half-extent each
     kind would have at that area (square sqrt(A)/2, circle sqrt(A/pi), triangle sqrt(A / (3 sqrt 3 / 4))), and for
     each kind the squared error of that kind rendered at the centroid with that size against the coverage."""
-    from .data import render_shapes
-
     a = shape_alpha(images)
     N, R = a.shape[0], a.shape[-1]
     g = (np.arange(R) + 0.5) / R
@@ -134,8 +132,6 @@ def shapes_reader(n: int = 4000, seed: int = 1, resolution: int = 32):
     from sklearn.linear_model import LinearRegression, LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-
-    from .data import shapes_images
 
     images, f = shapes_images(n, seed=seed, resolution=resolution)
     X = shape_measurements(images)
@@ -184,8 +180,6 @@ def recovery(reader, images: torch.Tensor) -> tuple[dict, np.ndarray, np.ndarray
 
     pixel R^2 = 1 - ||render(read(x)) - x||^2 / ||x - mean(x)||^2; an image is recovered when it is >= 0.9 and the
     image holds a shape at all (coverage area >= MIN_SHAPE_AREA: a blank image is not a recovered shape)."""
-    from .data import render_shapes
-
     read = read_shapes(reader, images)
     again = render_shapes({k: read[k] for k in ("kind", "x", "y", "size", "hue", "background")}, images.shape[-1])
     err = ((again - images) ** 2).flatten(1).sum(1)
@@ -204,9 +198,6 @@ def shapes_quality(model, n: int = 256, num_steps: int = 50, batch: int = 128, r
     (pixel R^2 >= 0.9), which a wrong kind, position or size cannot do. Reported: the fraction recovered, the mean
     pixel R^2, the kinds found, and the reader's mean kind probability against the same on procedural images.
     """
-    from .data import shapes_images
-    from .sampling import generate
-
     reader = reader or shapes_reader(resolution=model.x_shape[-1])
     R = model.x_shape[-1]
     test, f = shapes_images(1000, seed=2, resolution=R)
@@ -227,15 +218,63 @@ def quality_judge(model):
     """A score of generated images [n, *x] for a bundled model's data (None for any other model): the digits
     classifier's mean top-class probability (digits, digits-text, digits-flow), or the fraction of samples the
     shapes factor reader recovers (shapes). Used by the report's teleportation measurement."""
-    from .analysis import dataset_of
 
     dataset = dataset_of(model)
     if dataset in ("digits", "digits-text", "digits-flow"):
-        from .data import downsample_to_digits
-
         clf, _, _ = digits_classifier(model.x_shape[-1])
         return lambda xs: float(clf.predict_proba(downsample_to_digits(xs.float())).max(axis=1).mean())
     if dataset == "shapes":
         reader = shapes_reader(resolution=model.x_shape[-1])
         return lambda xs: float(recovery(reader, xs.float())[2].mean())
     return None
+
+
+def card_checks(model, cfg) -> tuple[dict, str]:
+    """The quality checks of a freshly trained bundled model for its card (train.write_model_card's keyword
+    arguments), by its dataset: the shapes factor reader, label following of a class-conditional model, prompt
+    following of a text model, else the digits judge. Returns (the checks, their text in Markdown)."""
+    if cfg.dataset == "shapes":
+        q = shapes_quality(model)
+        return {"shapes": q}, shapes_markdown(q)
+    if cfg.num_classes:
+        q, p = digits_quality(model), label_following(model)
+        return {"quality": q, "labels": p}, quality_markdown(q) + "\n" + labels_markdown(p)
+    if cfg.text:
+        p = prompt_following(model)
+        return {"prompts": p}, prompt_markdown(p)
+    q = digits_quality(model)
+    return {"quality": q}, quality_markdown(q)
+
+
+# ---------------------------------------------------------------- what a bundled model was trained on
+
+def _training_config(model) -> dict | None:
+    """The training config of a model latentbasis trained (its training_log.json), or None."""
+    if not getattr(model, "path", None):
+        return None
+    log = Path(model.path) / "training_log.json"
+    if not log.exists():
+        return None
+
+    try:
+        cfg = read_json_object(log, "training log")["config"]
+    except (LatentBasisError, KeyError):
+        return None
+    return cfg if isinstance(cfg, dict) else None
+
+
+def dataset_of(model) -> str | None:
+    """The name of the bundled dataset a model was trained on (digits, shapes, ...), or None."""
+    cfg = _training_config(model)
+    return cfg.get("dataset") if cfg and cfg.get("dataset") in PRESETS else None
+
+
+def training_data(model) -> torch.Tensor | None:
+    """The images a bundled model was trained on ([N, *x_shape] in [-1, 1]), from its training_log.json, or None
+    (a user's checkpoint, or a latent model: the data PCA overlay then is left out)."""
+    if model.x_is_latent or dataset_of(model) is None:
+        return None
+
+    cfg = _training_config(model)
+    settings = {"dataset": cfg["dataset"], "seed": int(cfg.get("seed", 0)), "resolution": model.x_shape[-1]}
+    return load_dataset(replace(PRESETS[cfg["dataset"]], **settings))[0]

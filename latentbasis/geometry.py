@@ -35,6 +35,9 @@ import math
 import numpy as np
 import torch
 
+from .sampling import ddim_timesteps, denoise, initial_noise
+from .theory import data_pca, half_signal_timestep
+
 SETTLE = 1 - 1 / math.sqrt(2)   # the share of its final value x0_hat still has to go at the Gaussian commit time
 EARLY = 0.7                     # "the early phase": t >= EARLY T
 TELEPORT_FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4)
@@ -180,8 +183,6 @@ def perturbation_impacts(model, trajectories: list, timesteps: list[int], direct
     the network calls. The unperturbed x0(x_t) is the trajectory's own final x0_hat (the same deterministic steps
     from x_t: equal up to rounding), where it was kept; else x_t is re-run too. seeds[j] seeds trajectory j's
     random directions (drawn in timestep order)."""
-    from .sampling import denoise
-
     grid = trajectories[0].timesteps
     if any(list(tr.timesteps) != list(grid) for tr in trajectories):
         raise ValueError("perturbation_impacts needs trajectories on one timestep grid")
@@ -212,9 +213,7 @@ def perturbation_impacts(model, trajectories: list, timesteps: list[int], direct
 def gaussian_fit(data: torch.Tensor, rank: int | None = None, pca=None) -> tuple[torch.Tensor, torch.Tensor,
                                                                                 torch.Tensor]:
     """(mu [*x], U [D, r] orthonormal columns, lam [r]) of the training data's Gaussian fit (top r components;
-    pca: analysis.data_pca's result when already computed)."""
-    from .analysis import data_pca
-
+    pca: theory.data_pca's result when already computed)."""
     lam, comps = pca if pca is not None else data_pca(data)
     r = rank or len(lam)
     return data.mean(0).double(), comps[:r].reshape(r, -1).double().T, lam[:r].double()
@@ -225,8 +224,6 @@ def teleport(model, seeds: list[int], fraction: float, fit, num_steps: int = 50,
              guidance: float = 1.0) -> torch.Tensor:
     """Images [len(seeds), *x] sampled with the first `fraction` of the steps replaced by the Gaussian closed form
     (Gaussian teleportation): x_T from the seed, jumped to the grid point at that fraction, then the model."""
-    from .sampling import ddim_timesteps, denoise, initial_noise
-
     grid = ddim_timesteps(model.num_train_timesteps - 1, 0, num_steps)
     skip = int(round(fraction * (len(grid) - 1)))
     x = torch.stack([initial_noise(model, s) for s in seeds])
@@ -279,7 +276,6 @@ def measure_geometry(model, trajectories: list, *, data: torch.Tensor | None = N
     out["convergence"] = {"sampling_mean": d_s.mean(0).tolist(), "denoising_mean": d_d.mean(0).tolist(),
                           "denoising_faster_share": float((d_d[:, inner] < d_s[:, inner]).mean())}
     # measured chromatography: pooled x0_hat settling, against the schedule's half-signal timesteps
-    from .analysis import half_signal_timestep
 
     R = model.x_shape[-1]
     ms = [2 ** i for i in range(int(np.log2(R)) + 1) if R % 2 ** i == 0]
@@ -341,67 +337,3 @@ def measure_geometry(model, trajectories: list, *, data: torch.Tensor | None = N
                 rows.append({"fraction": f, "score": float(judge(imgs)), "seconds": time.perf_counter() - t0})
             out["teleport"] = rows
     return out
-
-
-def geometry_findings(g: dict) -> list[dict]:
-    """The claims of the module docstring decided on measure_geometry's numbers (fixed rules)."""
-    from .analysis import verdict_word
-
-    res = []
-
-    def add(claim, holds, evidence):
-        res.append({"claim": claim, "holds": holds, "judged": True, "verdict": verdict_word(holds),
-                    "evidence": evidence})
-
-    top2 = float(np.median(g["top2_share"]))
-    add("sampling trajectories are low-dimensional (top 2 principal components hold them)",
-        verdict3(top2, 0.90, 0.75), f"median variance share in the top 2 components {top2:.3f} (holds >= 0.90, does "
-        f"not < 0.75); share in the plane of (x_T, x_0) {float(np.median(g['plane_share'])):.3f}")
-    if "commit" in g:
-        c = g["commit"]
-        rho = spearman(c["data_variances"], c["measured_median"])
-        gap = np.median(np.abs(np.array(c["measured_median"]) - np.array(c["predicted"])))
-        add("high-variance features (data principal components) commit earlier than low-variance ones",
-            verdict3(rho, 0.5, -0.5), f"Spearman correlation of variance with commit timestep {rho:+.2f} (holds > 0.5)"
-            f"; measured commit timesteps {', '.join(f'{v:.0f}' for v in c['measured_median'])} against the "
-            f"Gaussian's {', '.join(f'{v:.0f}' for v in c['predicted'])} (median gap {gap:.0f} steps)")
-    b = g["bands"]
-    rho_b = spearman([lo for lo, _ in b["bands"]], b["commit_timestep_median"])
-    add("low frequencies commit earlier than high ones (frequency bands of x0_hat)", verdict3(-rho_b, 0.5, -0.5),
-        f"commit timesteps of the bands {', '.join(f'{lo:g}-{hi:g}' for lo, hi in b['bands'])} cycles/px: "
-        f"{', '.join(f'{v:.0f}' for v in b['commit_timestep_median'])}; Spearman with frequency {rho_b:+.2f}")
-    p = g["perturbation"]
-    imp, ts = p["random_mean"], p["timesteps"]
-    rho_p = spearman(ts, imp)
-    holds = True if (rho_p > 0.5 and imp[0] > imp[-1]) else False if (rho_p < -0.5 and imp[0] < imp[-1]) else None
-    add("early perturbations change the final image more than late ones", holds,
-        f"change per unit perturbation (random direction) {imp[0]:.3f} at t = {ts[0]} vs {imp[-1]:.3f} at t = "
-        f"{ts[-1]}; Spearman with t {rho_p:+.2f}")
-    if "gaussian" in g:
-        e = g["gaussian"]["early_median"]
-        add(f"the Gaussian closed form describes the early phase (t >= {EARLY} T)", verdict3(e, 0.1, 0.3, False),
-            f"median relative distance of the real trajectory from the closed form {e:.3f} (holds <= 0.1, does not "
-            ">= 0.3)")
-    if "teleport" in g:
-        rows = {r["fraction"]: r for r in g["teleport"]}
-        base, at20 = rows[0.0]["score"], rows[0.2]["score"]
-        ratio = at20 / base if base else float("nan")
-        add("skipping the first 20 % of the steps with the Gaussian closed form keeps the quality (teleportation)",
-            verdict3(ratio, 0.98, 0.90), f"quality judge {at20:.3f} at 20 % skipped vs {base:.3f} with none "
-            f"(ratio {ratio:.3f}; holds >= 0.98, does not < 0.90); 20 % of the network evaluations saved")
-    c = g["chromatography"]
-    rho_c = spearman(c["m"], c["settle_timestep_median"])
-    add("coarser resolutions settle earlier (measured resolution chromatography)", verdict3(rho_c, 0.5, -0.5),
-        f"pooled x0_hat settles at timesteps {', '.join(f'{m}x{m}: {v:.0f}' for m, v in zip(c['m'], c['settle_timestep_median']))}"
-        f" (theory, half signal: {', '.join(str(v) for v in c['theory_half_signal'])}); Spearman {rho_c:+.2f}")
-    dev = float(np.median(g["chord_deviation"]["max_per_sample"]))
-    add("the sampling trajectory is quasi-linear (close to the chord x_T -> x_0)", verdict3(dev, 0.2, 0.5, False),
-        f"median over samples of the largest distance from the chord, relative to its length: {dev:.3f} (holds <= 0.2)")
-    share = g["convergence"]["denoising_faster_share"]
-    add("the denoising trajectory converges faster than the sampling trajectory", verdict3(share, 0.8, 0.5),
-        f"x0_hat closer to the final image than x_t (normalised) at {100 * share:.0f} % of interior (sample, t) pairs")
-    if "mean_shift" in g:
-        m = g["mean_shift"]["late_median"]
-        add("the learned denoiser deviates measurably from the training set's optimal (mean-shift) denoiser",
-            verdict3(m, 0.05, 0.01), f"median relative distance at t <= 0.2 T {m:.3f} (holds >= 0.05)")
-    return res

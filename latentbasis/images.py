@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from .errors import LatentBasisError
+from .validate import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, regular_file
 
 
 # The formats an image or a mask may be read in. Pillow's readers for these decode in-process; others (EPS and PS
@@ -24,8 +25,6 @@ def open_image(path: str | os.PathLike, what: str = "image"):
     import warnings
 
     from PIL import Image, UnidentifiedImageError
-
-    from .validate import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, regular_file
 
     p = regular_file(path, what)
     size = p.stat().st_size

@@ -11,18 +11,20 @@ are data, and users download them and share them.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
-import contextlib
-import json
 import os
+import sys
 from pathlib import Path
 
 import torch
 
-from .devices import resolve_device, resolve_dtype
+from .devices import check_memory_budget, resolve_device, resolve_dtype
 from .errors import LatentBasisError
-from .families import FAMILIES
+from .families import FAMILIES, adapter_for
+from .validate import DENOISER_FIELDS, MAX_JSON_AUX_BYTES, SCHEDULER_FIELDS, check_fields, read_json, read_json_object
+
 
 def _models_dir() -> Path:
     """Where the bundled models are: $LATENTBASIS_ASSETS/models if set; inside the installed package
@@ -91,8 +93,6 @@ def resolve_model_path(name_or_path: str) -> Path:
 
 def _read_json(path: Path, fields: dict[str, str] | None = None) -> dict:
     """A JSON object of a model folder through the one reader (validate.read_json_object), its fields checked."""
-    from .validate import check_fields, read_json_object
-
     data = read_json_object(path, path.name)
     return check_fields(data, fields, str(path)) if fields else data
 
@@ -100,8 +100,6 @@ def _read_json(path: Path, fields: dict[str, str] | None = None) -> dict:
 def _check_part_files(folder: Path) -> None:
     """Every JSON file of a component folder (configs, a tokenizer's vocabulary), before a library reads it: a
     regular file, within MAX_JSON_AUX_BYTES, JSON no deeper than MAX_JSON_DEPTH."""
-    from .validate import MAX_JSON_AUX_BYTES, read_json
-
     for f in sorted(folder.glob("*.json")):
         read_json(f, f.name, MAX_JSON_AUX_BYTES)
 
@@ -159,22 +157,39 @@ def _check_finite(module: torch.nn.Module, folder: Path) -> None:
                                        "is broken")
 
 
+def quiet_libraries() -> None:
+    """diffusers' and transformers' notices and progress bars off for good (a command's stderr is for its own
+    one-line errors)."""
+    import diffusers
+    import transformers
+
+    for mod in (diffusers.utils.logging, transformers.utils.logging):
+        mod.set_verbosity_error()
+        if hasattr(mod, "disable_progress_bar"):
+            mod.disable_progress_bar()
+
+
 @contextlib.contextmanager
 def libraries_quiet():
     """diffusers' and transformers' own log lines held back while they load (e.g. "An error occurred while trying
     to fetch ...: no file named ...safetensors" before a .bin checkpoint loads): latentbasis says what went wrong,
-    in one line of its own. Their verbosity is restored after."""
-    import diffusers.utils.logging as dlog
-    import transformers.utils.logging as tlog
+    in one line of its own. Their loggers are silenced outright (errors included) and their handlers pointed at the
+    current stderr (a handler made under another stream, e.g. a closed test capture, would print "Logging error");
+    levels are restored after."""
+    import logging
 
-    levels = dlog.get_verbosity(), tlog.get_verbosity()
-    dlog.set_verbosity_error()
-    tlog.set_verbosity_error()
+    loggers = [logging.getLogger(name) for name in ("diffusers", "transformers")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+        for h in lg.handlers:
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                h.setStream(sys.stderr)
     try:
         yield
     finally:
-        dlog.set_verbosity(levels[0])
-        tlog.set_verbosity(levels[1])
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def cast_weights(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
@@ -190,8 +205,6 @@ def cast_weights(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module
 
 
 def _scheduler_config(folder: Path) -> dict:
-    from .validate import SCHEDULER_FIELDS
-
     cfg = folder / "scheduler_config.json"
     if not cfg.exists() and not cfg.is_symlink():
         raise LatentBasisError(f"no scheduler_config.json in {folder}")
@@ -200,8 +213,6 @@ def _scheduler_config(folder: Path) -> dict:
 
 def read_folder(root: Path) -> tuple[dict, dict, dict]:
     """(components {part: (folder, library, class name)}, scheduler config, pipeline config) of a model folder."""
-    from .validate import DENOISER_FIELDS
-
     if (root / "model_index.json").exists():
         index = _read_json(root / "model_index.json")
         parts = {}
@@ -259,9 +270,6 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, device: str | torch.device 
     max_memory: bytes the process may hold while the Jacobian products run (None: the device's default); more than
         the device has is refused.
     """
-    from .devices import check_memory_budget
-    from .families import adapter_for
-
     dev = resolve_device(device)
     check_memory_budget(max_memory, dev)
     root = resolve_model_path(name_or_path)

@@ -14,7 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import atomic_path
 from .errors import LatentBasisError
+from .images import open_image
+from .validate import MAX_IMAGE_PIXELS
 
 
 def parse_mask(spec: str | os.PathLike | np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
@@ -36,8 +39,7 @@ def parse_mask(spec: str | os.PathLike | np.ndarray | torch.Tensor, size: int) -
         return m
     p = Path(text)
     if not p.is_file():
-        raise LatentBasisError(f"--mask {text!r} is neither a box x0,y0,x1,y1 nor an existing PNG file")
-    from .images import open_image
+        raise LatentBasisError(f"the mask {text!r} is neither a box x0,y0,x1,y1 nor an existing PNG file")
 
     im = open_image(p, "the mask")
     if im.size != (size, size):
@@ -69,3 +71,28 @@ def mask_sha256(mask: torch.Tensor) -> str:
     h = hashlib.sha256(str(tuple(mask.shape)).encode())
     h.update(mask.bool().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def painted_mask(layer, size: int) -> torch.Tensor | None:
+    """The region painted on a picture of the image, as a mask [size, size]: `layer` an RGBA picture (an array
+    [H, W, 4], or a file, opened as uploads are: the pixel limit read before decoding), non-zero alpha where
+    painted; a pixel of the image is in when at least half of it is painted (area pooling). None when nothing is."""
+    if isinstance(layer, (str, os.PathLike)):
+        layer = open_image(layer, "the painted layer").convert("RGBA")
+    a = np.asarray(layer)
+    if a.ndim >= 2 and a.shape[0] * a.shape[1] > MAX_IMAGE_PIXELS:
+        raise LatentBasisError(f"the painted layer is {a.shape[1]}x{a.shape[0]} pixels: more than the "
+                               f"{MAX_IMAGE_PIXELS:,} read")
+    if a.ndim != 3 or a.shape[-1] < 4 or not (a[..., 3] > 0).any():
+        return None
+    m = torch.from_numpy((a[..., 3] > 0).astype(np.float32))[None, None]
+    return torch.nn.functional.adaptive_avg_pool2d(m, (size, size))[0, 0] >= 0.5
+
+
+def save_mask_png(mask: torch.Tensor, path: str | os.PathLike) -> Path:
+    """A mask [S, S] as a grey PNG (255 inside), which parse_mask reads back to the same mask; written atomically."""
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray((mask.bool().numpy() * 255).astype(np.uint8)).save(tmp, format="PNG")
+    return Path(path)

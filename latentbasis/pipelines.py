@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import torch
 
+from .devices import check_memory_budget
+from .editing import METHODS, EditSettings, direct_edit, guidance_edit
 from .errors import LatentBasisError
 from .families import FAMILIES, adapter_for, supported_pipelines
 from .loading import DENOISERS, TEXT_PARTS, weights_hash
+from .validate import SCHEDULER_FIELDS, check_fields
 
 
 def _unsupported(pipe) -> LatentBasisError:
@@ -39,9 +42,6 @@ def from_pipeline(pipe, *, name: str | None = None, max_memory: int | None = Non
 
     name: the model's name in basis files and recipes (default: the pipeline's name_or_path, else its class).
     max_memory: bytes the Jacobian products may use (None: the device's default)."""
-    from .devices import check_memory_budget
-    from .validate import SCHEDULER_FIELDS, check_fields
-
     components = getattr(pipe, "components", None)
     if not isinstance(components, dict):
         raise _unsupported(pipe)
@@ -100,8 +100,6 @@ class EditCallback:
 
     def _edit(self, scheduler, step: int, latents: torch.Tensor) -> torch.Tensor | None:
         """The edited latents when the state after `step` is at the edit's level, else None."""
-        from .editing import direct_edit, guidance_edit
-
         if self._steps is None:
             levels = self._next_levels(scheduler)
             want = float(self.model.sigmas[self.timestep])
@@ -157,8 +155,6 @@ def edit_callback(basis, direction: int = 0, strength: float = 1.0, t: int | Non
     The basis must come from this pipeline's model (checked by its model hash when the edit is placed); the call
     must pass through the timestep (checked at its first step). Returns an EditCallback; its `fired` is True once
     the edit was applied."""
-    from .editing import METHODS, EditSettings
-
     if method not in METHODS:
         raise LatentBasisError(f"unknown edit method {method!r}; choose one of {', '.join(METHODS)}")
     k = int(basis.latent.shape[0])

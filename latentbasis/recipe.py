@@ -11,7 +11,20 @@ from pathlib import Path
 
 import torch
 
+from . import validate as v
+from .basis import ALGORITHMS, latent_basis
+from .basisfile import load_basis
+from .describe import describe_basis, pick_direction
+from .devices import DTYPE_NAMES, dtype_name
+from .editing import METHODS, EditSettings, combine, edit_images, edit_steps, sweep_directions
 from .errors import LatentBasisError
+from .images import pixel_size, x_to_image
+from .loading import load_model
+from .masks import mask_sha256, parse_mask
+from .sampling import denoise, predict_x0, sample_to, trajectory_for, trajectory_grid
+from .transport import TRANSFERS, motion_refusal, shares_text, transported_basis
+from .validate import read_json_object
+from .version import __version__
 
 FORMAT = "latentbasis.recipe/1"
 
@@ -64,8 +77,6 @@ class EditRecipe:
     def from_file(cls, path: str | os.PathLike) -> "EditRecipe":
         """A recipe from JSON, every field checked (validate): a wrong type, a value out of range or work beyond
         the bounds is one message, before anything runs."""
-        from .validate import read_json_object
-
         p = Path(path)
         data = read_json_object(p, "edit recipe")
         if data.get("format") != FORMAT:
@@ -84,11 +95,6 @@ class EditRecipe:
 
     def validate(self) -> "EditRecipe":
         """Check every field's type and range (latentbasis.validate); returns self."""
-        from . import validate as v
-        from .basis import ALGORITHMS
-        from .devices import DTYPE_NAMES
-        from .editing import METHODS, TRANSFERS
-
         v.optional_string(self.model, "model", 4096)
         if not isinstance(self.model, str) or not self.model:
             raise LatentBasisError("model must be a model name or folder")
@@ -160,6 +166,67 @@ class EditResult:
     notes: list[str] = field(default_factory=list)   # what was converted on the way in (an RGB photo made grey, ...)
     kept: list[float] | None = None   # transported directions: the share of each the target's tangent span keeps
 
+    def grid_labels(self) -> tuple[list[str], list[str]]:
+        """(a label per row, a label per column) of the edit grid: directions with their singular values and
+        strengths, or one combined edit."""
+        r = self.recipe
+        if r.combination is not None:
+            return [", ".join(f"v{int(i) + 1} {float(w):+g}" for i, w in sorted(r.combination.items(),
+                                                                               key=lambda kv: int(kv[0])))], ["combined"]
+        return ([f"v{i + 1}  s={float(self.basis.singular_values[i]):.3g}" for i in r.directions],
+                [f"{s:+g}" for s in r.strengths])
+
+    def summary_lines(self) -> list[str]:
+        """What the edit measured beside its images: the reconstruction of a real image, how much of each carried
+        direction the target keeps, and how much of it is a motion of the region."""
+        lines = []
+        if self.reconstruction_psnr is not None:
+            lines.append(f"inversion: reconstruction PSNR {self.reconstruction_psnr:.2f} dB ({self.recipe.num_steps} "
+                         "steps)")
+        if self.kept is not None:
+            lines.append(f"transported into a tangent span of rank {self.basis.extra.get('transport_rank')}: kept "
+                         f"{shares_text(self.kept)} of each direction (a low share: the direction means little here)")
+        share = self.basis.extra.get("motion_share")
+        if share is not None:
+            lines.append(f"carried as motions of the region: {shares_text(share)} of each direction is a motion or "
+                         "colour offset there (a low share: it is not, and its carry means little)")
+        return lines
+
+
+@dataclass
+class BasisRun:
+    basis: object                       # the Basis, described (basis.descriptions)
+    image: torch.Tensor | None = None   # the sample the trajectory ends in, or the real image as read [C, H, W]
+    denoised: torch.Tensor | None = None   # x0_hat at x_t, as an image [C, H, W]
+    notes: list[str] = field(default_factory=list)   # what reading a real image converted
+
+
+def basis_for(model, *, timestep: int, t_fraction: float | None = None, k: int = 8, seed: int = 0, image=None,
+              num_steps: int = 100, prompt: str | None = None, guidance: float = 1.0, pictures: bool = True,
+              stage=None, **basis_kw) -> BasisRun:
+    """The basis at x_t of a seed's DDIM trajectory, or of a DDIM-inverted image (the same x_t as an edit recipe's
+    of the same seed, steps and timestep), described (describe_basis: what each direction does to x0_hat), with the
+    pictures `latentbasis basis` draws when `pictures`. basis_kw go to latent_basis (layer, algorithm, tol, init,
+    space, mask, null_rank, callback, ...); the basis' random start is `seed`. stage: as trajectory_for's."""
+    stage = stage or (lambda desc, total: None)
+    if image is None and not pictures:   # only down to t
+        n = len([g for g in trajectory_grid(model.num_train_timesteps, num_steps, timestep) if g > timestep])
+        x_t, traj, img, notes = sample_to(model, seed, timestep=timestep, num_steps=num_steps, prompt=prompt,
+                                          guidance=guidance, progress=stage("sampling", n)), None, None, []
+    else:
+        traj, img, notes = trajectory_for(model, timestep=timestep, seed=seed, image=image, num_steps=num_steps,
+                                          prompt=prompt, guidance=guidance, stage=stage)
+        x_t = traj.at(timestep)
+    b = latent_basis(model, x_t, timestep=timestep, k=k, prompt=prompt, seed=seed, **basis_kw)
+    if t_fraction is not None:
+        b.t_fraction = t_fraction
+    describe_basis(model, b)
+    run = BasisRun(b, notes=notes)
+    if pictures:
+        run.image = img if image is not None else x_to_image(model, traj.x0[None])[0]
+        run.denoised = x_to_image(model, predict_x0(model, x_t[None], timestep, prompt))[0]
+    return run
+
 
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
@@ -191,17 +258,6 @@ def run_recipe(r: EditRecipe, model=None, progress=None) -> EditResult:
 
     progress: a stage reporter, progress(description, total steps or None) -> a function called with the number
     of steps done since its last call (the CLI's progress bars; the app's progress)."""
-    from . import __version__
-    from .basis import latent_basis
-    from .basisfile import load_basis
-    from .describe import describe_basis, pick_direction
-    from .devices import dtype_name
-    from .editing import (EditSettings, combine, edit_images, edit_steps, motion_refusal, sweep_directions,
-                          transported_basis)
-    from .images import image_to_x, pixel_size, read_image, x_to_image
-    from .loading import load_model
-    from .sampling import denoise, invert, sample_trajectory, trajectory_grid
-
     stage = progress or (lambda desc, total: None)
     r.validate()
     model = model or load_model(r.model, dtype=r.dtype)
@@ -229,13 +285,12 @@ def run_recipe(r: EditRecipe, model=None, progress=None) -> EditResult:
         why = motion_refusal(given) if r.transfer == "motion" else None
         if why:   # before any slow work
             raise LatentBasisError(f"{r.basis_file}: {why}")
-        if given.mask_sha256 and not r.mask:
-            raise LatentBasisError(f"{r.basis_file} is a basis of a region: give the region here too (--mask; a "
-                                   "region of the same number of pixels)")
-    mask = None
+        if given.mask_sha256 and not r.mask and given.mask is None:
+            raise LatentBasisError(f"{r.basis_file} is a basis of a region and does not hold its mask (a file from an "
+                                   "older version): give the region here too (mask; a region of the same number of "
+                                   "pixels)")
+    mask = given.mask if given is not None and not r.mask else None   # a region basis' own region, where not given
     if r.mask:
-        from .masks import mask_sha256, parse_mask
-
         mask = parse_mask(r.mask, pixel_size(model)[1])
         digest = mask_sha256(mask)
         if r.mask_sha256 and r.mask_sha256 != digest:
@@ -246,21 +301,15 @@ def run_recipe(r: EditRecipe, model=None, progress=None) -> EditResult:
     ts_max = model.num_train_timesteps - 1
     if r.timestep > ts_max:
         raise LatentBasisError(f"timestep {r.timestep} is outside the schedule [0, {ts_max}]")
-    recon, notes = None, []
-    if r.image:
-        c, size = pixel_size(model)
-        img, notes = read_image(r.image, c, size)
+    if r.image:   # before any slow work
         r.image_sha256 = _checked_sha256(r.image, r.image_sha256, "image")
-        x_img = image_to_x(model, img)
-        n = len(trajectory_grid(model.num_train_timesteps, r.num_steps, r.timestep))
-        traj = invert(model, x_img, num_steps=r.num_steps, prompt=r.prompt, through=r.timestep,
-                      progress=stage("inversion", n))
-        rec = denoise(model, traj.xs[:1], traj.timesteps, r.prompt, 1.0, progress=stage("reconstruction", n))
+    traj, img, notes = trajectory_for(model, timestep=r.timestep, seed=r.seed, image=r.image, num_steps=r.num_steps,
+                                      prompt=r.prompt, guidance=r.guidance, stage=stage)
+    recon = None
+    if r.image:
+        rec = denoise(model, traj.xs[:1], traj.timesteps, r.prompt, 1.0,
+                      progress=stage("reconstruction", len(traj.timesteps)))
         recon = psnr(x_to_image(model, rec)[0], img)
-    else:
-        n = len(trajectory_grid(model.num_train_timesteps, r.num_steps, r.timestep))
-        traj = sample_trajectory(model, r.seed or 0, num_steps=r.num_steps, prompt=r.prompt, guidance=r.guidance,
-                                 through=r.timestep, progress=stage("trajectory", n))
     x_t = traj.at(r.timestep)
     step = stage("basis", None)
     basis_kw = dict(algorithm=r.algorithm, seed=r.basis_seed, tol=r.tol, mask=mask, null_rank=r.null_rank,
@@ -292,3 +341,19 @@ def run_recipe(r: EditRecipe, model=None, progress=None) -> EditResult:
     return EditResult(images.reshape(rows, cols, *images.shape[1:]), basis, traj, r, recon, notes,
                       basis.extra.get("kept"))
 
+
+def recipe_for(model, basis, trajectory, weights: dict[int, float], *, timestep: int, t_fraction: float | None,
+               num_steps: int, seed: int | None = None, image: str | None = None, basis_file: str | None = None,
+               method: str = "guidance", mask_file: str | None = None) -> EditRecipe:
+    """The recipe of one combined edit sum_i weights[i] v_i of `basis` at `timestep` of `trajectory` (a seed's, or
+    the inversion of `image`, on trajectory_grid(T, num_steps, timestep)), which run_recipe replays to the same
+    pixels (the app's export)."""
+    return EditRecipe(
+        model=model.name, model_hash=model.model_hash, seed=seed, image=image,
+        image_sha256=sha256_file(image) if image else None, prompt=trajectory.prompt,
+        guidance=trajectory.guidance, num_steps=num_steps, timestep=timestep, t_fraction=t_fraction, k=basis.k, basis_file=basis_file,
+        basis_sha256=sha256_file(basis_file) if basis_file else None, algorithm=basis.algorithm,
+        basis_seed=basis.seed, tol=1e-3, method=method, directions=None, strengths=[],
+        combination={str(i): float(w) for i, w in sorted(weights.items())} or {"0": 0.0},
+        dtype=dtype_name(model.dtype), device=str(model.device), space=basis.space, mask=mask_file,
+        null_rank=basis.null_rank)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import LatentBasisError
+from .images import image_to_x, pixel_size, read_image
 from .loading import resolve_timestep
 from .schedules import clip_x0, ddim_update, to_eps_x0
 
@@ -187,6 +188,27 @@ def invert(model, x0: torch.Tensor, *, num_steps: int = 100, prompt: str | None 
         if progress:
             progress(1)
     return Trajectory(grid, torch.stack(kept[::-1])[:, 0], None, prompt, 1.0)
+
+
+def trajectory_for(model, *, timestep: int, seed: int | None = 0, image=None, num_steps: int = 100,
+                   prompt: str | None = None, guidance: float = 1.0, stage=None) -> tuple[Trajectory, object, list]:
+    """The trajectory a basis or an edit starts from, through `timestep` (trajectory_grid(T, num_steps, timestep)):
+    the DDIM sample of `seed` (sample_trajectory, with prompt and guidance), or, given `image` (a path), the image
+    read for the model (images.read_image) and DDIM-inverted (invert: the prompt, no guidance).
+
+    stage(description, total steps) -> a step counter or None (the CLI's progress bars, the app's progress).
+    Returns (trajectory, the image as read [C, H, W] in [-1, 1] or None, notes on what reading it converted)."""
+    stage = stage or (lambda desc, total: None)
+    n = len(trajectory_grid(model.num_train_timesteps, num_steps, timestep))
+    if image is None:
+        traj = sample_trajectory(model, seed or 0, num_steps=num_steps, prompt=prompt, guidance=guidance,
+                                 through=timestep, progress=stage("sampling", n))
+        return traj, None, []
+    c, size = pixel_size(model)
+    img, notes = read_image(image, c, size)
+    traj = invert(model, image_to_x(model, img), num_steps=num_steps, prompt=prompt, through=timestep,
+                  progress=stage("inversion", n))
+    return traj, img, notes
 
 
 def generate(model, seeds: list[int], *, num_steps: int = 50, prompt: str | None = None, guidance: float = 1.0,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from .errors import LatentBasisError
+from .validate import MAX_TRAIN_TIMESTEPS, integer, number
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -100,8 +101,6 @@ def vp_alphas_cumprod(config: dict) -> torch.Tensor:
     that gives a schedule DDIM cannot walk (abar not in (0, 1], not decreasing) is refused with one message."""
     from diffusers import DDIMScheduler
 
-    from .validate import MAX_TRAIN_TIMESTEPS, integer
-
     integer(config.get("num_train_timesteps", 1000), "num_train_timesteps of the scheduler config", 2,
             MAX_TRAIN_TIMESTEPS)
     try:
@@ -131,8 +130,6 @@ def flow_sigmas(config: dict, image_seq_len: int | None = None) -> torch.Tensor:
     exp(mu) / (exp(mu) + (1 / u - 1)) ("exponential"; "linear": mu / (mu + (1 / u - 1))), which is the fixed-shift
     formula with shift = exp(mu) (or mu). It needs the image's token count (image_seq_len)."""
     import math
-
-    from .validate import MAX_TRAIN_TIMESTEPS, integer, number
 
     T = integer(config.get("num_train_timesteps", 1000), "num_train_timesteps of the scheduler config", 2,
                 MAX_TRAIN_TIMESTEPS)

@@ -21,7 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from .atomic import atomic_path
+from .data import CAPTION_TEMPLATES, SHAPES_TRAIN_SIZE, caption_vocabulary, digit_caption, digits_images, shapes_images
+from .devices import resolve_device
 from .errors import LatentBasisError
+from .schedules import flow_sigmas
+from .text import word_tokenizer
 
 
 @dataclass
@@ -135,9 +139,6 @@ def build_text(cfg: TrainConfig):
     """(tokenizer over the captions' own words, a small CLIPTextModel initialised at random)."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from .data import caption_vocabulary
-    from .text import word_tokenizer
-
     tok = word_tokenizer(caption_vocabulary(), max_length=cfg.text_max_length)
     enc = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tok), hidden_size=cfg.cross_attention_dim, intermediate_size=2 * cfg.cross_attention_dim,
@@ -158,21 +159,15 @@ def build_scheduler(cfg: TrainConfig):
 def load_dataset(cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(images [N, C, R, R] in [-1, 1], labels [N] or None)."""
     if cfg.dataset in ("digits", "digits-text", "digits-flow"):
-        from .data import digits_images
-
         x, y = digits_images(cfg.resolution)
         return x, torch.from_numpy(y)
     if cfg.dataset == "shapes":
-        from .data import SHAPES_TRAIN_SIZE, shapes_images
-
         x, _ = shapes_images(SHAPES_TRAIN_SIZE, seed=cfg.seed, resolution=cfg.resolution)
         return x, None
     raise LatentBasisError(f"unknown dataset {cfg.dataset!r}; known: {', '.join(PRESETS)}")
 
 
 def _captions(labels: torch.Tensor, gen: torch.Generator, dropout: float) -> list[str]:
-    from .data import CAPTION_TEMPLATES, digit_caption
-
     t = torch.randint(0, len(CAPTION_TEMPLATES), (len(labels),), generator=gen)
     drop = torch.rand(len(labels), generator=gen) < dropout
     return ["" if d else digit_caption(int(y), int(k)) for y, k, d in zip(labels, t, drop)]
@@ -220,7 +215,6 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    from .devices import resolve_device
 
     dev = resolve_device(cfg.device)     # its message says what is wrong, once
     out = Path(out_dir)
@@ -233,8 +227,6 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
         text_encoder.to(dev)
     scheduler = build_scheduler(cfg)
     if cfg.objective == "flow":
-        from .schedules import flow_sigmas
-
         flow_levels = flow_sigmas(dict(scheduler.config)).float().to(dev)   # s_t, t = 0..T-1
     params = list(unet.parameters()) + (list(text_encoder.parameters()) if cfg.text else [])
     ema = EMAModel(params, decay=cfg.ema_decay)
@@ -246,7 +238,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
     if ckpt_path.exists():
         ckpt = read_checkpoint(ckpt_path, dev)
         if _trajectory_settings(ckpt["config"]) != _trajectory_settings(dataclasses.asdict(cfg)):
-            raise LatentBasisError(f"{ckpt_path} was written with other settings; remove it or use another --out")
+            raise LatentBasisError(f"{ckpt_path} was written with other settings; remove it or use another output folder")
         if ckpt["step"] > cfg.steps:
             raise LatentBasisError(f"{ckpt_path} is at step {ckpt['step']}, past the {cfg.steps} steps asked for")
         unet.load_state_dict(ckpt["unet"])
@@ -330,14 +322,10 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
 
 
 def _caption_templates() -> tuple[str, ...]:
-    from .data import CAPTION_TEMPLATES
-
     return CAPTION_TEMPLATES
 
 
 def _shapes_data_lines(cfg: TrainConfig) -> list[str]:
-    from .data import SHAPES_TRAIN_SIZE
-
     return ["Data: latentbasis' own procedural shapes (`latentbasis.data.shapes_images`, seed "
             f"{cfg.seed}, {SHAPES_TRAIN_SIZE:,} images): one anti-aliased square, circle or triangle of one hue on a "
             f"grey background, {cfg.resolution}x{cfg.resolution} RGB in [-1, 1]. The factors (kind, x, y, size, hue, "

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .atomic import NAME_MAX
 from .errors import LatentBasisError
 
 # Ceilings on work and sizes (a value above one is refused with the bound in the message).
@@ -38,20 +39,20 @@ def number(value: Any, name: str, *, lo: float | None = None, hi: float | None =
            lo_open: bool = False, hi_open: bool = False) -> float | int:
     """A finite number (an int when `integer`), inside [lo, hi] (open ends where asked); else one message.
     Booleans and strings are not numbers here (a JSON "3" is a mistake, not a 3)."""
+    left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+    bounds = f"{left}{'-inf' if lo is None else _fmt(lo)}, {'inf' if hi is None else _fmt(hi)}{right}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise LatentBasisError(f"{name} must be a {'whole ' if integer else ''}number, got {value!r}")
+        raise LatentBasisError(f"{name} is not a {'whole ' if integer else ''}number: got {value!r}")
     if isinstance(value, float) and not math.isfinite(value):
-        raise LatentBasisError(f"{name} must be a finite number, got {value}")
+        raise LatentBasisError(f"{name} = {value} is not a finite number"
+                               + (f" (out of range {bounds})" if lo is not None or hi is not None else ""))
     if integer:
         if isinstance(value, float) and not value.is_integer():
-            raise LatentBasisError(f"{name} must be a whole number, got {value}")
+            raise LatentBasisError(f"{name} is not a whole number: got {value}")
         value = int(value)
     low = lo is not None and (value <= lo if lo_open else value < lo)
     high = hi is not None and (value >= hi if hi_open else value > hi)
     if low or high:
-        left = "(" if lo_open else "["
-        right = ")" if hi_open else "]"
-        bounds = f"{left}{'-inf' if lo is None else _fmt(lo)}, {'inf' if hi is None else _fmt(hi)}{right}"
         raise LatentBasisError(f"{name} = {value} is out of range {bounds}")
     return value
 
@@ -107,8 +108,25 @@ def optional_string(value: Any, name: str, max_chars: int = MAX_PROMPT_CHARS) ->
 
 def choice(value: Any, name: str, options: tuple[str, ...]) -> str:
     if value not in options:
-        raise LatentBasisError(f"{name} {value!r} is not one of {', '.join(options)}")
+        raise LatentBasisError(f"unknown {name} {value!r}: it is not one of {', '.join(options)}")
     return value
+
+
+def condition(model, prompt, label, names: tuple[str, str] = ("prompt", "label")):
+    """The condition as latentbasis passes it on: a text model's prompt, or a class-conditional model's label as
+    the string "7" (a list of either, for a report); one clear message for the mix-ups, naming the two inputs by
+    `names` (the CLI's --prompt and --label)."""
+    p, lab = names
+    if label is not None and label != []:
+        if model.conditioning != "class":
+            raise LatentBasisError(f"model {model.name!r} is not class-conditional: it takes no {lab}")
+        if prompt:
+            raise LatentBasisError(f"give {lab} or {p}, not both")
+        return [str(x) for x in label] if isinstance(label, list) else str(label)
+    if prompt and model.conditioning == "class":
+        raise LatentBasisError(f"model {model.name!r} is class-conditional: give a class label with {lab} "
+                               f"(0..{model.num_classes - 1}), not a {p.lstrip('-')}")
+    return prompt
 
 
 def finite_tensor(t, name: str):
@@ -307,8 +325,6 @@ def check_outputs(outputs: dict[str, str | os.PathLike | None], inputs: dict[str
     from: its configs, weights and tokenizer) or another output, and every output's folder exists and can be written to. `outputs` / `inputs`:
     what the user calls them (e.g. "--out") -> path or None; the inputs are every path the command reads
     (cli.read_paths)."""
-    from .atomic import NAME_MAX
-
     for k, v in outputs.items():
         if v is not None and not str(v).strip():
             raise LatentBasisError(f"{k} is empty: give a file path")

@@ -98,3 +98,46 @@ def render_edit_grid(images: torch.Tensor, row_labels: list[str], col_labels: li
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return _save(fig, path, dpi=100)
+
+
+def image_pixels(x: torch.Tensor, size: int | None = None) -> np.ndarray:
+    """Pixels [C, H, W] in [-1, 1] -> uint8 [H', W', 3], upscaled nearest-neighbour (pixels stay visible) by the
+    whole factor that reaches `size` (None: none)."""
+    img = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return _upscaled(img.expand(3, -1, -1) if img.shape[0] == 1 else img[:3], size)
+
+
+def direction_pixels(v: torch.Tensor, size: int | None = None) -> np.ndarray:
+    """A latent direction [C, H, W] as uint8 RGB (direction_image): blue-white-red for one channel, centred colours
+    for three; upscaled as image_pixels."""
+    from matplotlib import colormaps
+
+    a = direction_image(v)
+    rgb = colormaps["RdBu_r"]((a + 1) / 2)[..., :3] if a.ndim == 2 else a
+    return _upscaled(torch.from_numpy((rgb * 255).round().astype(np.uint8)).permute(2, 0, 1), size)
+
+
+def _upscaled(img: torch.Tensor, size: int | None) -> np.ndarray:
+    f = max(1, (size or 0) // img.shape[-1])
+    return img.repeat_interleave(f, 1).repeat_interleave(f, 2).permute(1, 2, 0).numpy()
+
+
+def side_by_side(pictures: list[np.ndarray], gap: int = 4) -> np.ndarray:
+    """uint8 RGB pictures in a row, top-aligned on white, `gap` white pixels apart."""
+    h = max(p.shape[0] for p in pictures)
+    sep = np.full((h, gap, 3), 255, np.uint8)
+    parts = []
+    for p in pictures:
+        parts += [np.pad(p, ((0, h - p.shape[0]), (0, 0), (0, 0)), constant_values=255), sep]
+    return np.concatenate(parts[:-1], axis=1)
+
+
+def save_png(x: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Pixels [C, H, W] in [-1, 1] as a PNG at their own size (grey for one channel), written atomically."""
+    from PIL import Image
+
+    pix = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    arr = pix[0].numpy() if pix.shape[0] == 1 else pix[:3].permute(1, 2, 0).numpy()
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
+    return Path(path)

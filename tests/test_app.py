@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("gradio")
 
 from latentbasis.basisfile import save_basis  # noqa: E402
-from latentbasis.cli import load_editor  # noqa: E402
+from latentbasis.app import load_editor  # noqa: E402
 from latentbasis.loading import load_model  # noqa: E402
 from latentbasis.recipe import EditRecipe, run_recipe  # noqa: E402
 
@@ -105,10 +105,27 @@ def test_bad_input_gives_a_message(model, found, other_unet_dir, tmp_path):
 
 
 def test_sessions_are_independent(model):
+    """Two tabs' sessions share nothing: each edit changes its own image only, each export writes into its own
+    private folder only, and closing one removes its folder and leaves the other's files."""
     a, b = E.Session(), E.Session()
     E.new_sample(model, a, 1, 0.6)
     E.new_sample(model, b, 2, 0.6)
     assert a.seed == 1 and b.seed == 2 and a.workdir != b.workdir
+    assert not torch.equal(a.trajectory.x0, b.trajectory.x0)
+    E.find_directions(model, a, 0.6, 2, "direct")
+    b_image = b.edited.clone()
+    E.apply_edit(model, a, "direct", [6, 0])
+    assert b.basis is None and torch.equal(b.edited, b_image)       # a's edit left b as it was
+    files = E.export(model, a)
+    assert all(Path(f).parent == Path(a.workdir) for f in files) and not any(Path(b.workdir).iterdir())
+    E.find_directions(model, b, 0.6, 2, "direct")
+    E.apply_edit(model, b, "direct", [0, -6])
+    b_files = E.export(model, b)
+    assert {Path(f).name for f in b_files} == {Path(f).name for f in files}
+    assert [Path(f).read_bytes() for f in files] != [Path(f).read_bytes() for f in b_files]
+    a.close()
+    assert not Path(a.workdir).exists() and all(Path(f).is_file() for f in b_files)
+    b.close()
 
 
 def test_small_report_tab(model):

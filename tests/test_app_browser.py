@@ -58,7 +58,7 @@ def test_upload_find_slide_export_report_in_a_browser(browser, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
-    from latentbasis.cli import load_editor
+    from latentbasis.app import load_editor
     from latentbasis.loading import load_model
 
     photo = tmp_path / "photo.png"                     # an RGB picture: a bright stroke on a coloured ground
@@ -152,7 +152,7 @@ def test_paint_a_region_find_its_directions_and_slide_in_a_browser(browser, tmp_
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
-    from latentbasis.cli import load_editor
+    from latentbasis.app import load_editor
     from latentbasis.loading import load_model
 
     editor = load_editor()

@@ -395,7 +395,7 @@ def test_a_model_folder_cannot_import_what_it_names(tmp_path, tiny_unet_dir, cap
 def app(tiny_unet_dir, ws):
     pytest.importorskip("gradio")
     from latentbasis import load_model
-    from latentbasis.cli import load_editor
+    from latentbasis.app import load_editor
 
     E = load_editor()
     model = load_model(str(tiny_unet_dir), device="cpu")
@@ -452,7 +452,7 @@ def test_app_bad_input(name, app, ws):
 
 def test_app_messages_never_show_server_paths():
     pytest.importorskip("gradio")
-    from latentbasis.cli import load_editor
+    from latentbasis.app import load_editor
 
     E = load_editor()
     assert E.public("/tmp/gradio/abc123/photo.png is not a readable image") == "photo.png is not a readable image"
@@ -477,7 +477,7 @@ def _kill_at_random(args, cwd, delays):
 
 @pytest.mark.slow
 def test_killed_reports_resume_to_the_same_numbers(tmp_path, tiny_unet_dir):
-    from latentbasis.analysis import load_trajectory
+    from latentbasis.grid import load_trajectory
     from latentbasis.basisfile import load_basis
     from latentbasis.loading import load_model
 
@@ -796,7 +796,7 @@ def test_a_basis_of_its_own_layer_is_taken_as_init(other_layer_basis, tiny_unet_
 
 @pytest.fixture(scope="module")
 def report_cache(tmp_path_factory, tiny_unet_dir):
-    from latentbasis.analysis import GridSpec, check_cache, compute_grid
+    from latentbasis.grid import check_cache, compute_grid, GridSpec
     from latentbasis.loading import load_model
 
     model = load_model(str(tiny_unet_dir))
@@ -813,7 +813,7 @@ def report_cache(tmp_path_factory, tiny_unet_dir):
                                        ("samples_swapped", "another x_t"),
                                        ("entry_of_a_k3_report", "its k is 3")])
 def test_a_report_cache_entry_is_held_to_its_key(case, says, report_cache, tmp_path):
-    from latentbasis.analysis import compute_grid, load_grid
+    from latentbasis.grid import compute_grid, load_grid
 
     model, spec, cache, other_cache = report_cache
     work = tmp_path / "cache"

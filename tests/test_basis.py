@@ -109,7 +109,7 @@ def test_matches_dense_jacobian(tiny_unet_dir, tiny_sd_dir, alg, which):
 @pytest.mark.parametrize("which", ["pixel", "sd"])
 def test_jvp_modes_agree(tiny_unet_dir, tiny_sd_dir, which):
     """J v by forward-mode AD and by the VJP of the pullback are the same numbers."""
-    from latentbasis.basis import JacobianOperator
+    from latentbasis.jacobian import JacobianOperator
 
     model = load_model(str(tiny_unet_dir if which == "pixel" else tiny_sd_dir))
     f = model.features(300, prompt="a cat" if which == "sd" else None)
@@ -218,7 +218,7 @@ def test_default_block_by_how_products_run():
 def test_recomputed_products_equal_the_recorded_ones(tiny_unet_dir, tiny_sdxl_dir, which):
     """Where the budget cannot hold the recorded passes, each VJP recomputes (a forward and a backward, with the
     network's gradient checkpointing) and each JVP is forward-mode AD: the same products, nothing kept between."""
-    from latentbasis.basis import JacobianOperator
+    from latentbasis.jacobian import JacobianOperator
 
     m = load_model(str(tiny_unet_dir if which == "pixel" else tiny_sdxl_dir), device="cpu")
     f = m.features(500, None if which == "pixel" else "a cat")
@@ -236,7 +236,7 @@ def test_measuring_the_saved_activations_keeps_none_of_them():
     """saved_activation_bytes holds each saved tensor only while its pass runs: tanh saves its own output, which
     packed as itself would form a cycle through its node that no collector frees (it kept one whole pass of SDXL,
     8.9 GiB, per call, and the system killed the benchmark)."""
-    from latentbasis.basis import saved_activation_bytes
+    from latentbasis.jacobian import saved_activation_bytes
     from latentbasis.devices import memory_in_use
 
     x = torch.randn(2**22)                                           # 16 MiB
@@ -260,7 +260,7 @@ def test_measuring_the_saved_activations_holds_no_pass_while_it_runs():
     chose to recompute.)"""
     from torch.multiprocessing.reductions import StorageWeakRef
 
-    from latentbasis.basis import saved_activation_bytes
+    from latentbasis.jacobian import saved_activation_bytes
 
     x = torch.randn(2**16)
     outputs: list = []
@@ -281,7 +281,7 @@ def test_measuring_the_saved_activations_holds_no_pass_while_it_runs():
 def test_forward_peak_counts_the_tensors_alive_at_once():
     """forward_peak_bytes: the live tensors of a plain forward at their peak, temporaries freed as they die (what
     the recompute mode's memory budget is sized from)."""
-    from latentbasis.basis import forward_peak_bytes
+    from latentbasis.jacobian import forward_peak_bytes
 
     x = torch.randn(1000)
     n = x.numel() * 4

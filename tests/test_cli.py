@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from latentbasis import load_basis
@@ -269,3 +270,24 @@ def test_region_basis_and_its_motion_transfer_from_the_cli(tiny_unet_dir, tmp_pa
 
     recipe = json.loads(out.with_suffix(".json").read_text())
     assert recipe["transfer"] == "motion" and recipe["null_rank"] == 3 and recipe["space"] == "x0"
+
+
+def test_edit_with_a_region_basis_acts_on_its_own_region(tiny_unet_dir, tmp_path, capsys):
+    """`edit --basis` with a region basis and no --mask uses the region the file holds: the same pixels as giving
+    that region again; another region gives other pixels; the recipe (no mask in it) replays to the same pixels."""
+    from PIL import Image
+
+    f = tmp_path / "region.safetensors"
+    base = ["--model", str(tiny_unet_dir), "--steps", "5", "--quiet"]
+    assert main(["basis", *base, "--seed", "0", "--t", "0.3", "--k", "2", "--space", "x0", "--mask", "0,0,4,4",
+                 "--null-rank", "2", "--out", str(f), "--png", ""]) == 0
+    edit = ["edit", *base, "--seed", "1", "--t", "0.3", "--basis", str(f), "--strengths", "0,3", "--method", "direct"]
+    outs = {name: tmp_path / f"{name}.png" for name in ("stored", "given", "other", "again")}
+    assert main(edit + ["--out", str(outs["stored"])]) == 0
+    assert main(edit + ["--mask", "0,0,4,4", "--out", str(outs["given"])]) == 0
+    assert main(edit + ["--mask", "4,4,8,8", "--out", str(outs["other"])]) == 0
+    assert main(["edit", "--recipe", str(outs["stored"].with_suffix(".json")), "--quiet", "--out",
+                 str(outs["again"])]) == 0
+    px = {name: np.asarray(Image.open(p)) for name, p in outs.items()}
+    assert np.array_equal(px["stored"], px["given"]) and np.array_equal(px["stored"], px["again"])
+    assert not np.array_equal(px["stored"], px["other"])

@@ -3,8 +3,9 @@ brightness change and a fine-detail pattern, directly and through the Gaussian m
 import torch
 
 from latentbasis import Basis, GaussianModel, load_basis, save_basis
+from latentbasis.basis import Provenance
 from latentbasis.describe import decompose_change, describe_basis, name_change
-from latentbasis.editing import motion_fields
+from latentbasis.motion import motion_fields
 from latentbasis.families.gaussian import ddpm_linear_alphas_cumprod
 
 
@@ -62,7 +63,7 @@ def test_the_gaussian_models_directions_are_described_as_constructed(tmp_path):
     x_t = (float(model.alphas[ts]) * image).float()            # x0_hat(x_t) = mu = the image
     rows = torch.stack([u / u.norm() for u in built_changes(image).values()]).float()
     b = Basis(latent=rows, tangent=rows, singular_values=torch.ones(3), point=x_t, residuals=torch.zeros(3),
-              timestep=ts, model=model.name, model_hash=model.model_hash)
+              provenance=Provenance(timestep=ts, model=model.name, model_hash=model.model_hash))
     described = describe_basis(model, b)
     for d, part, word in zip(described, ("shift", "brightness", "fine"), ("shifts right", "brightens", "fine detail")):
         assert d["shares"][part] > 0.9 and word in d["name"], d

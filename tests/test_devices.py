@@ -7,7 +7,7 @@ import torch
 
 from latentbasis import LatentBasisError, latent_basis, load_model
 from latentbasis import devices
-from latentbasis.basis import RECORDED, SLACK, JacobianOperator, saved_activation_bytes
+from latentbasis.jacobian import JacobianOperator, RECORDED, saved_activation_bytes, SLACK
 from latentbasis.devices import parse_memory, resolve_device, resolve_dtype
 
 
@@ -129,8 +129,7 @@ import json, sys
 import torch
 from diffusers import UNet2DModel
 from latentbasis import latent_basis
-from latentbasis.basis import (PER_PRODUCT, RECOMPUTED_PEAKS, SLACK, RECORDED, JacobianOperator,
-                               forward_peak_bytes, saved_activation_bytes)
+from latentbasis.jacobian import (forward_peak_bytes, JacobianOperator, PER_PRODUCT, RECOMPUTED_PEAKS, RECORDED, saved_activation_bytes, SLACK)
 from latentbasis.devices import memory_in_use
 from latentbasis.families import UNetModel
 

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from latentbasis import GaussianModel, LatentBasisError, latent_basis, load_model
-from latentbasis.editing import EditSettings, combine, edit_images, sweep_directions, transport
+from latentbasis.editing import EditSettings, combine, edit_images, sweep_directions
+from latentbasis.transport import transport
 from latentbasis.sampling import invert, sample_trajectory
 
 
@@ -91,6 +92,21 @@ def test_transport_on_a_constant_jacobian():
 def test_inversion_round_trip_shapes(model, traj):
     inv = invert(model, traj.x0, num_steps=20)
     assert inv.xs.shape == traj.xs.shape and inv.timesteps == traj.timesteps
+
+
+def test_inversion_round_trip_reconstructs_the_image():
+    """DDIM inversion of a sample of the bundled digits model to x_{T-1}, then DDIM back on the same 50-step grid,
+    gives the image again: PSNR >= 30 dB (measured 34-39 dB on seeds 0..3), far above an unrelated sample's."""
+    from latentbasis.recipe import psnr
+    from latentbasis.sampling import denoise
+
+    digits = load_model("digits")
+    samples = [sample_trajectory(digits, seed=s, num_steps=50) for s in range(4)]
+    for i, tr in enumerate(samples):
+        inv = invert(digits, tr.x0, num_steps=50)
+        rec = denoise(digits, inv.xs[:1], inv.timesteps)[0]
+        assert psnr(rec, tr.x0) >= 30.0
+        assert psnr(rec, tr.x0) > psnr(rec, samples[(i + 1) % 4].x0) + 10
 
 
 @pytest.mark.parametrize("which", ["sd", "sdxl"])

@@ -114,7 +114,7 @@ def _box(x0, y0, x1, y1, size=24):
 
 
 def test_motion_fields_are_the_first_order_change_under_a_shift_and_a_scaling():
-    from latentbasis.editing import motion_fields
+    from latentbasis.motion import motion_fields
 
     region = _box(4, 4, 20, 20)                      # centre (11.5, 11.5), half-sizes 8
     I = _blob(11.5, 11.5, 3.0, (0.9, 0.1, 0.1))
@@ -131,7 +131,7 @@ def test_motion_fields_are_the_first_order_change_under_a_shift_and_a_scaling():
 def test_motion_transport_moves_another_colour_the_same_way():
     """A red blob moved right, carried to a cyan blob elsewhere and larger: the cyan blob moved right (the
     pixel changes of the two have opposite signs in every channel but one, so any pixelwise carry goes wrong)."""
-    from latentbasis.editing import motion_transport
+    from latentbasis.motion import motion_transport
 
     ra, rb = _box(2, 2, 14, 14), _box(8, 6, 24, 22)
     A, B = _blob(7.5, 7.5, 2.0, (0.9, 0.1, 0.1)), _blob(15.5, 13.5, 2.7, (0.1, 0.9, 0.9))
@@ -153,7 +153,8 @@ def test_motion_transfer_of_a_region_basis(model, tmp_path):
     keeps the file's mask, reports each direction's motion share, and stays off the rest's top directions."""
     from latentbasis.basis import pullback_basis, region_maps
     from latentbasis.basisfile import load_basis, save_basis
-    from latentbasis.editing import motion_transport, transport, transported_basis
+    from latentbasis.motion import motion_transport
+    from latentbasis.transport import transport, transported_basis
 
     gen = torch.Generator().manual_seed(7)
     xa, xb = torch.randn(model.x_shape, generator=gen), torch.randn(model.x_shape, generator=gen)
@@ -182,7 +183,7 @@ def test_motion_transfer_of_a_region_basis(model, tmp_path):
 
 
 def test_motion_transfer_refuses_what_it_cannot_carry(model):
-    from latentbasis.editing import transported_basis
+    from latentbasis.transport import transported_basis
 
     x = torch.randn(model.x_shape)
     h = latent_basis(model, x, timestep=300, k=2)

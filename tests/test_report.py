@@ -121,11 +121,11 @@ def test_two_gloo_processes_give_the_single_process_numbers(report, tiny_unet_di
 
 
 def test_a_trend_is_judged_only_with_enough_evidence():
-    """The rule fixed in analysis.findings: at least 4 samples and 4 timesteps, and a bootstrap interval of the
+    """The rule fixed in findings.findings: at least 4 samples and 4 timesteps, and a bootstrap interval of the
     end-point change that excludes 0 on the claimed side."""
     import numpy as np
 
-    from latentbasis.analysis import findings
+    from latentbasis.findings import findings
 
     def numbers(n_samples, n_t, spread):
         rng = np.random.default_rng(0)

@@ -25,9 +25,15 @@ def test_sample_to_is_seeded_and_starts_from_noise(tiny_unet_dir):
 
 
 def test_sample_with_prompt(tiny_sd_dir):
+    """The prompt conditions the sample: two prompts give different x_t from the same seed, one prompt the same
+    x_t twice, and without guidance the unconditional one."""
     m = load_model(str(tiny_sd_dir))
     x = sample_to(m, 0, t=0.5, num_steps=6, prompt="a cat", guidance=3.0)
     assert x.shape == (4, 8, 8) and torch.isfinite(x).all()
+    assert torch.equal(x, sample_to(m, 0, t=0.5, num_steps=6, prompt="a cat", guidance=3.0))
+    dog = sample_to(m, 0, t=0.5, num_steps=6, prompt="a dog", guidance=3.0)
+    assert (x - dog).abs().max() > 1e-3 * x.abs().max()
+    assert not torch.equal(x, sample_to(m, 0, t=0.5, num_steps=6, guidance=3.0))
 
 
 @pytest.mark.parametrize("which", ["pixel", "text"])

@@ -1,8 +1,8 @@
 """Model families: one adapter per family behind the interface of families/base.py.
 
-Adding a family is one new module here plus one line in FAMILIES: the denoiser class name it wraps. The loader's
-allow-list of denoiser classes (latentbasis.loading) and the pipelines from_pipeline names (each adapter's
-`pipelines`) derive from it.
+Adding a family is one new module here (a DiffusionModel subclass declaring the diffusers denoiser classes it wraps,
+`denoisers`, and the pipelines built around them, `pipelines`) plus its line in ADAPTERS. FAMILIES, the loader's
+allow-list of denoiser classes (latentbasis.loading) and the pipelines from_pipeline names derive from it.
 """
 from __future__ import annotations
 
@@ -11,18 +11,13 @@ from .base import Conditioning, DiffusionModel
 from .flux import FluxModel
 from .gaussian import GaussianModel
 from .pixart import PixArtModel
-from .transformer import TransformerModel
+from .transformer import DiTModel, SD3Model, TransformerModel
 from .unet import UNetModel
 
+ADAPTERS: tuple[type[DiffusionModel], ...] = (UNetModel, DiTModel, SD3Model, PixArtModel, FluxModel)
+
 # the denoiser's class name (model_index.json or config.json) -> the adapter that wraps it
-FAMILIES: dict[str, type[DiffusionModel]] = {
-    "UNet2DModel": UNetModel,
-    "UNet2DConditionModel": UNetModel,
-    "DiTTransformer2DModel": TransformerModel,
-    "SD3Transformer2DModel": TransformerModel,
-    "PixArtTransformer2DModel": PixArtModel,
-    "FluxTransformer2DModel": FluxModel,
-}
+FAMILIES: dict[str, type[DiffusionModel]] = {name: adapter for adapter in ADAPTERS for name in adapter.denoisers}
 
 
 def supported_pipelines() -> list[str]:
@@ -37,5 +32,5 @@ def adapter_for(class_name: str) -> type[DiffusionModel]:
     return FAMILIES[class_name]
 
 
-__all__ = ["Conditioning", "DiffusionModel", "FAMILIES", "FluxModel", "GaussianModel", "PixArtModel", "TransformerModel", "UNetModel",
-           "adapter_for", "supported_pipelines"]
+__all__ = ["ADAPTERS", "Conditioning", "DiTModel", "DiffusionModel", "FAMILIES", "FluxModel", "GaussianModel",
+           "PixArtModel", "SD3Model", "TransformerModel", "UNetModel", "adapter_for", "supported_pipelines"]

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import LatentBasisError
-from ..schedules import to_eps_x0
+from ..features import (OUTPUT, checkpointed, differentiable_attention, _first_tensor, forward_to, modules_run_before,
+                        output_shapes)
+from ..schedules import to_eps_x0, vp_equivalent_alphas_cumprod
 
 
 @dataclass
@@ -45,6 +47,7 @@ class DiffusionModel:
     __init__ and implement the methods marked 'family'."""
 
     family: str = "base"
+    denoisers: tuple[str, ...] = ()         # the diffusers denoiser classes this adapter wraps (families.FAMILIES)
     pipelines: tuple[str, ...] = ()         # the diffusers pipeline classes built around this family's denoiser
     name: str
     model_hash: str
@@ -97,8 +100,6 @@ class DiffusionModel:
         model's, returned on x's) -> h [B, *h_shape] (float32), differentiable under torch.func (forward and reverse mode): the output of the
         module `layer` (feature_select of it), or with layer = features.OUTPUT the network's whole output. Whatever
         it needs beyond the model (float32 copies of half-precision weights) lives as long as the function."""
-        from ..features import OUTPUT, differentiable_attention, forward_to
-
         self.require_weights(f"the feature map at {layer!r}", layer)
         cond = cond if cond is not None else self._default_condition()
         kw = cond.batch(1, torch.float32) if cond is not None else {}
@@ -122,8 +123,6 @@ class DiffusionModel:
     def denoised_function(self, timestep: int, cond: Conditioning | None):
         """x0_hat(x_t) at one timestep as a batched, differentiable function (float32): the network's output
         converted from its prediction type (no clamping: the posterior mean whose Jacobian LOCO-Edit reads)."""
-        from ..features import OUTPUT
-
         net = self.feature_function(timestep, cond, OUTPUT)
         alpha, sigma = (float(v[int(timestep)]) for v in (self.alphas, self.sigmas))
 
@@ -140,16 +139,22 @@ class DiffusionModel:
         """The candidate layers for h, in forward order (the family's)."""
         return [self.default_layer]
 
+    def layer_lines(self) -> list[str]:
+        """The candidate layers for h in forward order, each with the shape of h for one sample, the default
+        marked (what `latentbasis layers` prints)."""
+        shapes = self.layer_shapes()
+        width = max(len(n) for n in shapes)
+        return [f"model {self.name} ({self.family}, {type(self.denoiser).__name__}): candidate layers for h, in "
+                "forward order, with the shape of h for one sample"] + [
+            f"  {name:<{width}}  {' x '.join(map(str, shape)) if shape else 'no tensor output'}"
+            f"{'  (default)' if name == self.default_layer else ''}" for name, shape in shapes.items()]
+
     def layer_shapes(self) -> dict[str, tuple[int, ...]]:
         """{layer: shape of h there (one sample)} for every candidate layer, from one forward of the network."""
-        from ..features import output_shapes
-
         return output_shapes(self.denoiser, self.layers(), self._probe, self.feature_select)
 
     def feature_select(self, output) -> torch.Tensor:
         """h from a layer's output (a tensor, or the first tensor of a tuple; transformers pick image tokens)."""
-        from ..features import _first_tensor
-
         return _first_tensor(output)
 
     def _probe(self) -> None:
@@ -211,8 +216,6 @@ class DiffusionModel:
         """None for a float32 model (detached views where its weights require gradients); else float32 copies of the weights the feature map uses (the modules of `root`
         that run before `layer` ends, found once per layer by running probe() under hooks): the Jacobian is float32
         whatever the sampling dtype. The copies live as long as the caller keeps them (one feature map)."""
-        from ..features import modules_run_before
-
         if self.dtype == torch.float32:
             if not any(p.requires_grad for p in root.parameters()):
                 return None
@@ -238,8 +241,6 @@ class DiffusionModel:
         to the 'meta' device, so the Jacobian products of a model too big for memory fit (SDXL on 24 GB: 10.3 GB of
         float32 weights, 5.0 GB of them before mid_block). Sampling, editing, x0_hat and other layers need the
         whole network and refuse afterwards, with one message. Returns the bytes freed."""
-        from ..features import modules_run_before
-
         layer = layer or self.default_layer
         used = modules_run_before(self.denoiser, layer, self._probe)
         freed = 0
@@ -274,8 +275,6 @@ class DiffusionModel:
     def alphas_cumprod(self) -> torch.Tensor:
         """abar_t of the VP process with the same signal-to-noise ratio as each level (the VP schedule itself for a
         VP model), for SNR-based theory in the analysis."""
-        from ..schedules import vp_equivalent_alphas_cumprod
-
         return vp_equivalent_alphas_cumprod(self.alphas, self.sigmas)
 
     def level(self, timestep: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -308,8 +307,6 @@ class DiffusionModel:
         """The feature map f_t: x_t [*x_shape] -> h [*h_shape], float32, computed on the model's device (x_t on any:
         h comes back on x_t's), at an integer
         timestep (and prompt, for text models: no classifier-free guidance inside J)."""
-        from ..features import checkpointed
-
         run = self.feature_function(int(timestep), self.encode_prompt(prompt), layer or self.default_layer)
 
         def f(x: torch.Tensor) -> torch.Tensor:

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import torch
 
+from .base import Conditioning
 from ..errors import LatentBasisError
 from ..schedules import flow_sigmas
-from .base import Conditioning
 from .transformer import TransformerModel
+from ..validate import guidance
 
 T5_MAX_SEQUENCE = 512      # FluxPipeline's default max_sequence_length
 DEFAULT_GUIDANCE = 3.5     # FluxPipeline's default guidance_scale
@@ -51,7 +52,7 @@ def image_ids(H: int, W: int, device, dtype=torch.float32) -> torch.Tensor:
 
 
 class FluxModel(TransformerModel):
-    kind = "flux"
+    denoisers = ("FluxTransformer2DModel",)
     pipelines = ("FluxPipeline",)
 
     def __init__(self, transformer, scheduler_config: dict, *, name: str, model_hash: str, path: str | None = None,
@@ -93,8 +94,6 @@ class FluxModel(TransformerModel):
 
     def set_guidance(self, scale: float | None) -> None:
         """The embedded guidance of a guidance-distilled model (FluxPipeline's guidance_scale)."""
-        from ..validate import guidance
-
         if scale is None:
             return
         if not self.guidance_embeds:

@@ -25,7 +25,7 @@ MAX_SEQUENCE = {"PixArtAlphaPipeline": 120}    # PixArtSigmaPipeline and others:
 
 
 class PixArtModel(TransformerModel):
-    kind = "pixart"
+    denoisers = ("PixArtTransformer2DModel",)
     pipelines = ("PixArtAlphaPipeline", "PixArtSigmaPipeline")
 
     def __init__(self, transformer, scheduler_config: dict, *, max_sequence: int = 300, **kw):

@@ -25,7 +25,6 @@ from ..errors import LatentBasisError
 from ..schedules import check_prediction_type, flow_sigmas, vp_alphas_cumprod, vp_levels
 from .base import Conditioning, DiffusionModel
 
-KINDS = {"DiTTransformer2DModel": "dit", "SD3Transformer2DModel": "sd3"}
 SD3_MAX_SEQUENCE = 256   # StableDiffusion3Pipeline's default max_sequence_length of T5
 
 
@@ -38,16 +37,16 @@ def is_flow_schedule(config: dict) -> bool:
 
 
 class TransformerModel(DiffusionModel):
+    """What every diffusion transformer here shares: patches, the schedule (VP or flow), blocks as layers, image
+    tokens as h. Each kind is a subclass saying what conditions it (DiTModel, SD3Model; PixArt, FLUX)."""
+
     family = "transformer"
-    pipelines = ("DiTPipeline", "StableDiffusion3Pipeline")
-    kind: str | None = None      # "dit" / "sd3" from KINDS; a subclass for another transformer sets its own
 
     def __init__(self, transformer, scheduler_config: dict, *, name: str, model_hash: str, path: str | None = None,
                  text_encoders=(), tokenizers=(), vae=None, device: torch.device = torch.device("cpu"),
                  dtype: torch.dtype = torch.float32, max_memory: int | None = None):
         self.transformer, self.vae = transformer, vae
         self.denoiser = transformer
-        self.kind = self.kind or KINDS[type(transformer).__name__]
         self.text_encoders, self.tokenizers = list(text_encoders), list(tokenizers)
         self.scheduler_config = dict(scheduler_config)
         self.name, self.model_hash, self.path = name, model_hash, path
@@ -71,11 +70,8 @@ class TransformerModel(DiffusionModel):
         self.n_tokens = (self.x_shape[1] // self.patch) * (self.x_shape[2] // self.patch)
         out = cfg.get("out_channels") or cfg.in_channels
         self.learned_sigma = int(out) == 2 * int(cfg.in_channels)
-        self.num_classes = int(cfg.num_embeds_ada_norm) if self.kind == "dit" else None
+        self.num_classes = None
         self.default_layer = f"transformer_blocks.{len(transformer.transformer_blocks) // 2}"
-        if self.kind == "sd3" and len(self.text_encoders) < 2:
-            raise LatentBasisError(f"{name}: an SD3-style transformer needs text_encoder/, text_encoder_2/ and their "
-                                   "tokenizers (text_encoder_3/ with T5 is optional)")
         self._prompt_cache: dict[str, Conditioning] = {}
 
     @classmethod
@@ -91,55 +87,25 @@ class TransformerModel(DiffusionModel):
     # ------------------------------------------------------------------ conditioning
     @property
     def conditional(self) -> bool:
-        return self.kind == "dit" or bool(self.text_encoders)
+        return bool(self.text_encoders)
 
     @property
     def conditioning(self) -> str | None:
-        return "class" if self.kind == "dit" else "text" if self.text_encoders else None
+        return "text" if self.text_encoders else None
 
     def encode_prompt(self, prompt: str | None) -> Conditioning | None:
         prompt = prompt or ""
         if prompt not in self._prompt_cache:
             with torch.no_grad():
-                self._prompt_cache[prompt] = self._class(prompt) if self.kind == "dit" else self._sd3(prompt)
+                self._prompt_cache[prompt] = self._encode(prompt)
         return self._prompt_cache[prompt]
 
-    def _class(self, label: str) -> Conditioning:
-        n = self.num_classes
-        if label == "":
-            value = n   # the null label: the unconditional branch of classifier-free guidance
-        else:
-            try:
-                value = int(label)
-            except ValueError:
-                raise LatentBasisError(f"model {self.name!r} is class-conditional: give a class label 0..{n - 1} "
-                                       "(--label), not a prompt") from None
-            if not 0 <= value < n:
-                raise LatentBasisError(f"class label {value} is out of range: model {self.name!r} has classes "
-                                       f"0..{n - 1}")
-        return Conditioning({"class_labels": torch.tensor([value], dtype=torch.long, device=self.device)})
+    def _encode(self, prompt: str) -> Conditioning:
+        raise NotImplementedError
 
     def _tokens(self, tokenizer, prompt: str, max_length: int) -> torch.Tensor:
         return tokenizer(prompt, padding="max_length", max_length=max_length, truncation=True,
                          return_tensors="pt").input_ids.to(self.device)
-
-    def _sd3(self, prompt: str) -> Conditioning:
-        """StableDiffusion3Pipeline.encode_prompt for one prompt (clip_skip None)."""
-        hidden, pooled = [], []
-        max_clip = self.tokenizers[0].model_max_length
-        for tok, enc in zip(self.tokenizers[:2], self.text_encoders[:2]):
-            out = enc(self._tokens(tok, prompt, max_clip), output_hidden_states=True)
-            pooled.append(out[0])
-            hidden.append(out.hidden_states[-2])
-        clip = torch.cat(hidden, dim=-1)
-        joint = int(self.transformer.config.joint_attention_dim)
-        if len(self.text_encoders) > 2:
-            t5 = self.text_encoders[2](self._tokens(self.tokenizers[2], prompt, SD3_MAX_SEQUENCE))[0]
-        else:
-            t5 = torch.zeros(1, SD3_MAX_SEQUENCE, joint, device=self.device, dtype=clip.dtype)
-        clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
-        return Conditioning({"encoder_hidden_states": torch.cat([clip, t5], dim=-2).float(),
-                             "pooled_projections": torch.cat(pooled, dim=-1).float()})
 
     # ------------------------------------------------------------------ the network
     def _call(self, x, t, kw: dict, params: dict | None = None):
@@ -152,8 +118,7 @@ class TransformerModel(DiffusionModel):
 
     def network(self, x, t, cond=None):
         x, t = x.to(self.device, self.dtype), t.to(self.device)
-        if cond is None and self.kind == "dit":
-            cond = self.encode_prompt("")
+        cond = cond if cond is not None else self._default_condition()
         kw = cond.batch(x.shape[0], self.dtype) if cond is not None else {}
         with torch.no_grad():
             return self._call(x, t, kw)
@@ -186,4 +151,74 @@ class TransformerModel(DiffusionModel):
         return self._call(x, t, kw, params)
 
     def _default_condition(self):
-        return self.encode_prompt("") if self.kind == "dit" else None
+        return None
+
+
+class DiTModel(TransformerModel):
+    """DiT (DiTTransformer2DModel): class-conditional; "" is the null label of classifier-free guidance."""
+
+    denoisers = ("DiTTransformer2DModel",)
+    pipelines = ("DiTPipeline",)
+
+    def __init__(self, transformer, scheduler_config: dict, **kw):
+        super().__init__(transformer, scheduler_config, **kw)
+        self.num_classes = int(transformer.config.num_embeds_ada_norm)
+
+    @property
+    def conditional(self) -> bool:
+        return True
+
+    @property
+    def conditioning(self) -> str | None:
+        return "class"
+
+    def _default_condition(self):
+        return self.encode_prompt("")
+
+    def _encode(self, label: str) -> Conditioning:
+        n = self.num_classes
+        if label == "":
+            value = n   # the null label: the unconditional branch of classifier-free guidance
+        else:
+            try:
+                value = int(label)
+            except ValueError:
+                raise LatentBasisError(f"model {self.name!r} is class-conditional: give a class label 0..{n - 1} "
+                                       "(a label), not a prompt") from None
+            if not 0 <= value < n:
+                raise LatentBasisError(f"class label {value} is out of range: model {self.name!r} has classes "
+                                       f"0..{n - 1}")
+        return Conditioning({"class_labels": torch.tensor([value], dtype=torch.long, device=self.device)})
+
+
+
+class SD3Model(TransformerModel):
+    """Stable Diffusion 3 (SD3Transformer2DModel): joint text-image attention, two CLIP encoders and T5 (optional),
+    prompts encoded as StableDiffusion3Pipeline does."""
+
+    denoisers = ("SD3Transformer2DModel",)
+    pipelines = ("StableDiffusion3Pipeline",)
+
+    def __init__(self, transformer, scheduler_config: dict, **kw):
+        super().__init__(transformer, scheduler_config, **kw)
+        if len(self.text_encoders) < 2:
+            raise LatentBasisError(f"{kw.get('name')}: an SD3-style transformer needs text_encoder/, text_encoder_2/ "
+                                   "and their tokenizers (text_encoder_3/ with T5 is optional)")
+
+    def _encode(self, prompt: str) -> Conditioning:
+        """StableDiffusion3Pipeline.encode_prompt for one prompt (clip_skip None)."""
+        hidden, pooled = [], []
+        max_clip = self.tokenizers[0].model_max_length
+        for tok, enc in zip(self.tokenizers[:2], self.text_encoders[:2]):
+            out = enc(self._tokens(tok, prompt, max_clip), output_hidden_states=True)
+            pooled.append(out[0])
+            hidden.append(out.hidden_states[-2])
+        clip = torch.cat(hidden, dim=-1)
+        joint = int(self.transformer.config.joint_attention_dim)
+        if len(self.text_encoders) > 2:
+            t5 = self.text_encoders[2](self._tokens(self.tokenizers[2], prompt, SD3_MAX_SEQUENCE))[0]
+        else:
+            t5 = torch.zeros(1, SD3_MAX_SEQUENCE, joint, device=self.device, dtype=clip.dtype)
+        clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
+        return Conditioning({"encoder_hidden_states": torch.cat([clip, t5], dim=-2).float(),
+                             "pooled_projections": torch.cat(pooled, dim=-1).float()})

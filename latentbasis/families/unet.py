@@ -20,9 +20,10 @@ import warnings
 
 import torch
 
+from .base import Conditioning, DiffusionModel
 from ..errors import LatentBasisError
 from ..schedules import check_prediction_type, vp_alphas_cumprod, vp_levels
-from .base import Conditioning, DiffusionModel
+from ..validate import MAX_X_ELEMENTS
 
 _TRACE_LOCK = threading.Lock()
 CHANNELS_LAST_MAX_BYTES = 512 * 2**20
@@ -30,6 +31,7 @@ CHANNELS_LAST_MAX_BYTES = 512 * 2**20
 
 class UNetModel(DiffusionModel):
     family = "unet"
+    denoisers = ("UNet2DModel", "UNet2DConditionModel")
     pipelines = ("DDPMPipeline", "DDIMPipeline", "StableDiffusionPipeline", "StableDiffusionXLPipeline")
     default_layer = "mid_block"
 
@@ -51,7 +53,6 @@ class UNetModel(DiffusionModel):
         s = cfg.sample_size
         h, w = (s, s) if isinstance(s, int) else tuple(s)
         self.x_shape = (int(cfg.in_channels), int(h), int(w))
-        from ..validate import MAX_X_ELEMENTS
 
         if not 1 <= self.x_shape[0] * self.x_shape[1] * self.x_shape[2] <= MAX_X_ELEMENTS:
             raise LatentBasisError(f"{name}: x of shape {self.x_shape} (from the U-Net's config) is outside what "
