@@ -184,7 +184,7 @@ def libraries_quiet():
         lg.setLevel(logging.CRITICAL + 1)
         for h in lg.handlers:
             if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
-                h.setStream(sys.stderr)
+                h.stream = sys.stderr   # not setStream: it flushes the old stream, which may be closed
     try:
         yield
     finally:

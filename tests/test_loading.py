@@ -107,3 +107,20 @@ def test_half_precision_weights_sample_in_their_own_precision(tiny_unet_dir, tmp
 def test_a_memory_budget_above_the_machine_is_refused(tiny_unet_dir):
     with pytest.raises(LatentBasisError, match="more than this machine has"):
         load_model(str(tiny_unet_dir), device="cpu", max_memory=2**60)
+
+
+def test_loading_survives_a_library_log_handler_on_a_closed_stream(tiny_unet_dir, tmp_path):
+    """A handler of diffusers' logger left writing to a stream that has since closed (an earlier test's capture, a
+    closed log file's stream) does not break loading: the loader points it at the current stderr without flushing
+    the closed one."""
+    import logging
+
+    stream = open(tmp_path / "log.txt", "w")
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("diffusers")
+    logger.addHandler(handler)
+    stream.close()
+    try:
+        assert load_model(str(tiny_unet_dir)).num_train_timesteps > 0
+    finally:
+        logger.removeHandler(handler)
