@@ -32,7 +32,8 @@ from latentbasis import atomic
 from latentbasis.errors import LatentBasisError
 from latentbasis.masks import painted_mask
 from latentbasis.progress import fraction_stages
-from latentbasis.report import ReportSettings, run_report, verdict
+from latentbasis.report import ReportSettings, run_report
+from latentbasis.report_pages import findings_lines, report_plots
 from latentbasis.session import EditSession
 from latentbasis.transport import motion_refusal, shares_text
 from latentbasis.viz import direction_pixels, image_pixels, side_by_side
@@ -229,12 +230,8 @@ def small_report(model, s: Session, samples, timesteps, k, progress=None) -> tup
     out = Path(s.workdir) / f"report-{settings.samples}-{settings.timesteps}-{settings.k}"
     cb = (lambda done, total: progress(done / total, desc=f"bases: {done} of {total}")) if progress else None
     n = run_report(model, out, settings, progress=False, callback=cb)
-    names = [("spectrum", "singular values"), ("sample_distance", "tangent spaces across samples"),
-             ("timestep_distance", "across timesteps"), ("frequency", "frequency content"),
-             ("prompt_distance", "prompts"), ("theory", "theory overlays"), ("directions", "directions")]
-    plots = [(str(out / f"{f}.png"), c) for f, c in names if (out / f"{f}.png").exists()]
-    text = "\n".join(f"- **{verdict(f)}**: {f['claim']} ({f['evidence']})" for f in n["findings"])
-    return plots, text, str(out / "report.html")
+    text = "\n".join(findings_lines(n["findings"], markdown=True))
+    return report_plots(out), text, str(out / "report.html")
 
 
 # ---------------------------------------------------------------- the page

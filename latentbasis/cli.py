@@ -5,27 +5,22 @@ work and written atomically). Progress bars go to stderr and are erased when a c
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
 from . import cli_options, validate as v
 from .app import load_editor
-from .atomic import write_text_atomic
 from .basisfile import info_lines, load_basis, save_basis
-from .describe import summary_lines
 from .devices import error_line, parse_memory
 from .errors import LatentBasisError
-from .evaluate import card_checks
+from .evaluate import train_bundled
 from .loading import load_model, quiet_libraries, resolve_timestep
 from .masks import parse_mask
 from .progress import StageBars
 from .recipe import EditRecipe, basis_for, run_recipe
-from .report import ReportSettings, run_compare, run_report, verdict
-from .sampling import trajectory_grid
-from .train import PRESETS, train, write_model_card
-from .transport import global_basis
-from .viz import render_basis, render_edit_grid
+from .report import ReportSettings, run_compare, run_report
+from .report_pages import findings_lines
+from .transport import global_basis, global_lines
 
 # ---------------------------------------------------------------- helpers
 
@@ -111,16 +106,7 @@ def _cmd_basis(a) -> None:
                         prompt=a.prompt, guidance=a.guidance, pictures=png is not None, stage=stages, layer=a.layer,
                         algorithm=a.algorithm, tol=a.tol, init=init, callback=_basis_progress(stages),
                         space=a.space, mask=mask, null_rank=a.null_rank)
-    for n in run.notes:
-        print(f"note: {n}")
-    b = run.basis
-    save_basis(b, out)
-    if png is not None:
-        src = f"image {Path(a.image).name}" if a.image else f"seed {a.seed}"
-        render_basis(b, png, images=[("image" if a.image else "sample", run.image), ("denoised x_t", run.denoised)],
-                     title=f"{model.name}  {src}  t={ts} ({frac:.2f} T)")
-    print("\n".join([f"model {model.name} (weights {model.model_hash}), timestep {ts} ({frac:.3f} T), k = {b.k}",
-                     *summary_lines(b), f"wrote {out}" + (f" and {png}" if png is not None else "")]))
+    print("\n".join([f"note: {n}" for n in run.notes] + run.write(out, png)))
 
 
 def _cmd_edit(a) -> None:
@@ -157,14 +143,7 @@ def _cmd_edit(a) -> None:
                        transfer=a.transfer, guidance_scale=a.guidance_scale, direction=a.direction).validate()
     with StageBars(a.quiet) as stages:
         res = run_recipe(r, model, progress=stages)
-    src = f"image {Path(r.image).name}" if r.image else f"seed {r.seed}"
-    render_edit_grid(res.images, *res.grid_labels(), out, f"{model.name}, {src}, t={r.timestep}, {r.method}")
-    if not same:
-        write_text_atomic(recipe_path, r.to_json())
-    shape = ("1 combined edit" if r.combination is not None
-             else f"{len(r.directions)} directions x {len(r.strengths)} strengths")
-    print("\n".join([f"note: {n}" for n in res.notes] + res.summary_lines()
-                    + [f"wrote {out}{'' if same else f' and {recipe_path}'} ({shape})"]))
+    print("\n".join(res.write(out, None if same else recipe_path)))
 
 
 def _cmd_info(a) -> None:
@@ -183,12 +162,8 @@ def _cmd_global(a) -> None:
                          space=a.space, mask=mask, null_rank=a.null_rank)
     g.t_fraction = frac
     save_basis(g, a.out)
-    n = len([s for s in trajectory_grid(model.num_train_timesteps, a.steps, ts) if s > ts])
-    print(f"model {model.name}, timestep {ts} ({frac:.3f} T), {a.samples} samples (seeds 0..{a.samples - 1}), "
-          f"{n} DDIM steps to t each")
-    print("shared: " + ", ".join(f"g{i + 1} {float(s):.2f}" for i, s in enumerate(g.singular_values))
-          + " (the mean share of the samples' tangent spans each global direction lies in; 1: all of it)")
-    print(f"wrote {a.out}: apply it with latentbasis edit --basis {a.out} (transported to each image)")
+    print("\n".join(global_lines(model, g, a.samples, a.steps) + [f"wrote {a.out}: apply it with latentbasis edit --basis "
+                                                          f"{a.out} (transported to each image)"]))
 
 
 def _cmd_layers(a) -> None:
@@ -196,23 +171,12 @@ def _cmd_layers(a) -> None:
 
 
 def _cmd_train(a) -> None:
-    if a.dataset not in PRESETS:
-        raise LatentBasisError(f"unknown dataset {a.dataset!r}; available: {', '.join(PRESETS)}")
     if a.steps is not None:
         v.count(a.steps, "--steps", 10_000_000)
     v.check_output_folder(a.out, "--out")
-    cfg = dataclasses.replace(PRESETS[a.dataset], steps=a.steps or PRESETS[a.dataset].steps, device=a.device)
-    log = train(cfg, a.out, progress=not a.quiet)
-    if not a.no_eval:
-        checks, text = card_checks(load_model(a.out), cfg)
-        write_model_card(Path(a.out), cfg, log, cfg.steps, **checks)
-        print(text)
-    print(f"wrote {a.out}")
-
-
-def _findings(fs: list[dict]) -> None:
-    for f in fs:
-        print(f"{verdict(f)}: {f['claim']}  [{f['evidence']}]")
+    text = train_bundled(a.dataset, a.out, steps=a.steps, device=a.device, progress=not a.quiet,
+                         evaluate=not a.no_eval)
+    print(f"{text}\nwrote {a.out}" if text else f"wrote {a.out}")
 
 
 def _cmd_report(a) -> None:
@@ -229,7 +193,7 @@ def _cmd_report(a) -> None:
                               prompt_points=a.prompt_points, judge_samples=a.judge_samples)
     numbers = run_report(model, a.out, settings, progress=not a.quiet)
     if numbers is not None:   # None: not process 0 of a distributed run
-        _findings(numbers["findings"] + numbers.get("geometry_findings", []))
+        print("\n".join(findings_lines(numbers["findings"] + numbers.get("geometry_findings", []))))
         print(f"wrote {Path(a.out) / 'report.html'}")
 
 
@@ -242,7 +206,7 @@ def _cmd_compare(a) -> None:
     v.check_output_folder(a.out, "--out")
     models = [_load(a, name) for name in a.model]
     settings = ReportSettings(samples=a.samples, timesteps=a.timesteps, k=a.k, num_steps=a.steps, geometry=False)
-    _findings(run_compare(models, a.out, settings, progress=not a.quiet)["findings"])
+    print("\n".join(findings_lines(run_compare(models, a.out, settings, progress=not a.quiet)["findings"])))
     print(f"wrote {Path(a.out) / 'compare.html'}")
 
 

@@ -17,7 +17,9 @@ import torch
 from .data import CAPTION_TEMPLATES, digit_caption, digits_images, downsample_to_digits, render_shapes, shapes_images
 from .errors import LatentBasisError
 from .sampling import generate
-from .train import PRESETS, labels_markdown, load_dataset, prompt_markdown, quality_markdown, shapes_markdown
+from .loading import load_model
+from .train import (PRESETS, labels_markdown, load_dataset, prompt_markdown, quality_markdown, shapes_markdown, train,
+                    write_model_card)
 from .validate import read_json_object
 
 
@@ -244,6 +246,22 @@ def card_checks(model, cfg) -> tuple[dict, str]:
         return {"prompts": p}, prompt_markdown(p)
     q = digits_quality(model)
     return {"quality": q}, quality_markdown(q)
+
+
+def train_bundled(dataset: str, out: str | Path, *, steps: int | None = None, device: str = "cpu",
+                  progress: bool = True, evaluate: bool = True) -> str:
+    """Train the preset of a bundled dataset (train.PRESETS; `steps` overrides its number of steps) into the model
+    folder `out`, then, with `evaluate`, check the result's quality (card_checks) and write its model card. Returns
+    the checks in Markdown ("" without evaluate)."""
+    if dataset not in PRESETS:
+        raise LatentBasisError(f"unknown dataset {dataset!r}; available: {', '.join(PRESETS)}")
+    cfg = replace(PRESETS[dataset], steps=steps or PRESETS[dataset].steps, device=device)
+    log = train(cfg, out, progress=progress)
+    if not evaluate:
+        return ""
+    checks, text = card_checks(load_model(out), cfg)
+    write_model_card(Path(out), cfg, log, cfg.steps, **checks)
+    return text
 
 
 # ---------------------------------------------------------------- what a bundled model was trained on

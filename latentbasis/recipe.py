@@ -13,8 +13,8 @@ import torch
 
 from . import validate as v
 from .basis import ALGORITHMS, latent_basis
-from .basisfile import load_basis
-from .describe import describe_basis, pick_direction
+from .basisfile import load_basis, save_basis
+from .describe import describe_basis, pick_direction, summary_lines
 from .devices import DTYPE_NAMES, dtype_name
 from .editing import METHODS, EditSettings, combine, edit_images, edit_steps, sweep_directions
 from .errors import LatentBasisError
@@ -25,6 +25,8 @@ from .sampling import denoise, predict_x0, sample_to, trajectory_for, trajectory
 from .transport import TRANSFERS, motion_refusal, shares_text, transported_basis
 from .validate import read_json_object
 from .version import __version__
+from .viz import render_basis, render_edit_grid
+from .atomic import write_text_atomic
 
 FORMAT = "latentbasis.recipe/1"
 
@@ -165,6 +167,7 @@ class EditResult:
     reconstruction_psnr: float | None = None   # real images: PSNR of the unedited reconstruction (dB)
     notes: list[str] = field(default_factory=list)   # what was converted on the way in (an RGB photo made grey, ...)
     kept: list[float] | None = None   # transported directions: the share of each the target's tangent span keeps
+    model_name: str = ""              # the model's name, as the grid's title says it
 
     def grid_labels(self) -> tuple[list[str], list[str]]:
         """(a label per row, a label per column) of the edit grid: directions with their singular values and
@@ -175,6 +178,19 @@ class EditResult:
                                                                                key=lambda kv: int(kv[0])))], ["combined"]
         return ([f"v{i + 1}  s={float(self.basis.singular_values[i]):.3g}" for i in r.directions],
                 [f"{s:+g}" for s in r.strengths])
+
+    def write(self, out: str | os.PathLike, recipe_path: str | os.PathLike | None = None) -> list[str]:
+        """The edit grid as a PNG at `out` (rows: directions, columns: strengths) and, with `recipe_path`, the recipe
+        that replays it; returns what `latentbasis edit` prints: notes, measurements, what was written."""
+        r = self.recipe
+        src = f"image {Path(r.image).name}" if r.image else f"seed {r.seed}"
+        render_edit_grid(self.images, *self.grid_labels(), out, f"{self.model_name}, {src}, t={r.timestep}, {r.method}")
+        if recipe_path is not None:
+            write_text_atomic(recipe_path, r.to_json())
+        shape = ("1 combined edit" if r.combination is not None
+                 else f"{len(r.directions)} directions x {len(r.strengths)} strengths")
+        return ([f"note: {n}" for n in self.notes] + self.summary_lines()
+                + [f"wrote {out}{'' if recipe_path is None else f' and {recipe_path}'} ({shape})"])
 
     def summary_lines(self) -> list[str]:
         """What the edit measured beside its images: the reconstruction of a real image, how much of each carried
@@ -199,6 +215,19 @@ class BasisRun:
     image: torch.Tensor | None = None   # the sample the trajectory ends in, or the real image as read [C, H, W]
     denoised: torch.Tensor | None = None   # x0_hat at x_t, as an image [C, H, W]
     notes: list[str] = field(default_factory=list)   # what reading a real image converted
+    source: str = ""                    # "seed N" or "image NAME"
+
+    def write(self, out: str | os.PathLike, png: str | os.PathLike | None = None) -> list[str]:
+        """Save the basis to `out` and, with `png`, its picture (the sample or image, the denoised x_t, then each
+        direction); returns what `latentbasis basis` prints: the point, the summary, what was written."""
+        b = self.basis
+        save_basis(b, out)
+        if png is not None:
+            render_basis(b, png, images=[("image" if self.source.startswith("image") else "sample", self.image),
+                                         ("denoised x_t", self.denoised)],
+                         title=f"{b.model}  {self.source}  t={b.timestep} ({b.t_fraction:.2f} T)")
+        return [f"model {b.model} (weights {b.model_hash}), timestep {b.timestep} ({b.t_fraction:.3f} T), k = {b.k}",
+                *summary_lines(b), f"wrote {out}" + (f" and {png}" if png is not None else "")]
 
 
 def basis_for(model, *, timestep: int, t_fraction: float | None = None, k: int = 8, seed: int = 0, image=None,
@@ -221,7 +250,7 @@ def basis_for(model, *, timestep: int, t_fraction: float | None = None, k: int =
     if t_fraction is not None:
         b.t_fraction = t_fraction
     describe_basis(model, b)
-    run = BasisRun(b, notes=notes)
+    run = BasisRun(b, notes=notes, source=f"image {Path(image).name}" if image is not None else f"seed {seed}")
     if pictures:
         run.image = img if image is not None else x_to_image(model, traj.x0[None])[0]
         run.denoised = x_to_image(model, predict_x0(model, x_t[None], timestep, prompt))[0]
@@ -339,7 +368,7 @@ def run_recipe(r: EditRecipe, model=None, progress=None) -> EditResult:
     r.dtype, r.device = dtype_name(model.dtype), str(model.device)
     r.guidance_scale = getattr(model, "distilled_guidance", None)
     return EditResult(images.reshape(rows, cols, *images.shape[1:]), basis, traj, r, recon, notes,
-                      basis.extra.get("kept"))
+                      basis.extra.get("kept"), model.name)
 
 
 def recipe_for(model, basis, trajectory, weights: dict[int, float], *, timestep: int, t_fraction: float | None,

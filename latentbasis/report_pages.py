@@ -26,6 +26,23 @@ def verdict(finding: dict) -> str:
     return finding.get("verdict") or verdict_word(finding["holds"], finding.get("judged", True))
 
 
+def findings_lines(findings: list[dict], markdown: bool = False) -> list[str]:
+    """A line per finding: its verdict, the claim, and the evidence (as a Markdown list item with `markdown`)."""
+    if markdown:
+        return [f"- **{verdict(f)}**: {f['claim']} ({f['evidence']})" for f in findings]
+    return [f"{verdict(f)}: {f['claim']}  [{f['evidence']}]" for f in findings]
+
+
+PLOTS = (("spectrum", "singular values"), ("sample_distance", "tangent spaces across samples"),
+         ("timestep_distance", "across timesteps"), ("frequency", "frequency content"), ("prompt_distance", "prompts"),
+         ("theory", "theory overlays"), ("directions", "directions"))
+
+
+def report_plots(out: str | os.PathLike) -> list[tuple[str, str]]:
+    """The plots a report folder holds, in the page's order: (path, caption)."""
+    return [(str(Path(out) / f"{f}.png"), c) for f, c in PLOTS if (Path(out) / f"{f}.png").exists()]
+
+
 def _csv(path: Path, header: list[str], rows: list[list]) -> None:
     buf = io.StringIO()
     w = csv.writer(buf)

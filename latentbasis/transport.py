@@ -18,7 +18,7 @@ from .editing import EditSettings, combine, edit_images
 from .errors import LatentBasisError
 from .images import x_to_image
 from .motion import motion_carried_row, region_in_x
-from .sampling import sample_to, sample_trajectory
+from .sampling import sample_to, sample_trajectory, trajectory_grid
 
 
 def transport(u0: torch.Tensor, latent1: torch.Tensor, tangent1: torch.Tensor) -> torch.Tensor:
@@ -145,6 +145,16 @@ def global_basis(model, seeds, *, timestep: int, k: int, num_steps: int = 100, p
         if progress:
             progress(1)
     return global_directions(bases, k)
+
+
+def global_lines(model, g, samples: int, num_steps: int) -> list[str]:
+    """What `latentbasis global` prints of global directions found over the samples of seeds 0..samples-1: where,
+    and how much of the samples' tangent spans each direction lies in."""
+    n = len([s for s in trajectory_grid(model.num_train_timesteps, num_steps, g.timestep) if s > g.timestep])
+    return [f"model {g.model}, timestep {g.timestep} ({g.t_fraction:.3f} T), {samples} samples (seeds 0..{samples - 1}), "
+            f"{n} DDIM steps to t each",
+            "shared: " + ", ".join(f"g{i + 1} {float(s):.2f}" for i, s in enumerate(g.singular_values))
+            + " (the mean share of the samples' tangent spans each global direction lies in; 1: all of it)"]
 
 
 @dataclass
