@@ -1,6 +1,6 @@
 """Semantic transfer: does an edit that changes what an object is (not where it is) on sample A do the same on B?
 
-    python benchmarks/semantic_transfer.py [--models shapes,digits,digits-text] [--samples 12] [--first-seed 700]
+    python benchmarks/semantic_transfer.py [--models shapes,digits,digits-text] [--samples 8] [--first-seed 700]
                                            [--ts 0.6,0.8] [--global-first-seed 1700]
 
 READING (declared before the first run on the seeds below; development on seeds 0..11 only):
@@ -107,7 +107,7 @@ def samples_of(name, model, judge, first: int, n: int, ts: list[int]):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="shapes,digits,digits-text")
-    ap.add_argument("--samples", type=int, default=12)
+    ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--first-seed", type=int, default=700)
     ap.add_argument("--global-first-seed", type=int, default=1700)
     ap.add_argument("--globals", type=int, default=16)
@@ -127,7 +127,8 @@ def main():
         others = samples_of(name, model, judge, a.global_first_seed, a.globals, steps)
         s = STRENGTH[name]
         settings = EditSettings("guidance")
-        print(f"\n{name}: samples {[x[0] for x in samples]}, global from {[x[0] for x in others]}, strength {s:g}")
+        print(f"\n{name}: samples {[x[0] for x in samples]}, global from {[x[0] for x in others]}, strength {s:g}",
+              flush=True)
         for frac, ts in zip(fractions, steps):
             info = {}
             for seed, prompt, traj, j0 in samples:
@@ -185,6 +186,8 @@ def main():
                 if not dirs:
                     continue
                 j = judge(edit_images(model, B["traj"], ts, torch.stack(dirs), settings))
+                print(f"  {name} t {frac:g}: B = seed {seedB}, {len(dirs)} carried edits "
+                      f"({time.time() - t0:.0f} s)", flush=True)
                 p0 = B["j0"]["proba"]
                 for r, (seedA, factor, target, c) in enumerate(meta):
                     if factor == "hue":
@@ -197,10 +200,14 @@ def main():
                         prim = gain[target] > 0 and gain[target] >= max(rivals, default=-np.inf)
                         sec = j["label"][r] == target and j["clean"][r]
                     rows.append((name, factor, frac, c, seedA, bool(prim), bool(sec)))
-        print(f"{name}: {time.time() - t0:.0f} s")
+        print(f"{name}: {time.time() - t0:.0f} s, load average {os.getloadavg()[0]:.2f}", flush=True)
+        tables([r for r in rows if r[0] == name], [x for x in sources_seen if x[0] == name])
 
-    print(f"\nload average at end {os.getloadavg()[0]:.2f}\n\nsource edits (direction and sign that change the "
-          "factor on A):\n\n| model | t | signed edits | kind / identity changed | hue moved >= 0.05 |\n|---|---|---|---|---|")
+
+def tables(rows, sources_seen):
+    """The source edits, then the primary and the secondary reading per factor, t and carry."""
+    print("\nsource edits (direction and sign that change the factor on A):\n\n| model | t | signed edits | kind / "
+          "identity changed | hue moved >= 0.05 |\n|---|---|---|---|---|")
     for name, frac, n, src in sources_seen:
         cls = sum(1 for x in src if x[3] != "hue")
         hue = sum(1 for x in src if x[3] == "hue")
@@ -210,14 +217,13 @@ def main():
                         6)):
         print(f"\n{title}\n\n| model | factor | t | " + " | ".join(CARRIES) + " |\n|---|---|---|"
               + "---|" * len(CARRIES))
-        keys = sorted({(r[0], r[1], r[2]) for r in rows}, key=lambda k: (a.models.split(",").index(k[0]), k[1], k[2]))
-        for key in keys:
+        for key in sorted({(r[0], r[1], r[2]) for r in rows}):
             cells = []
             for c in CARRIES:
                 sel = [r for r in rows if (r[0], r[1], r[2]) == key and r[3] == c]
                 hits = np.array([r[col] for r in sel], dtype=int)
                 cells.append(rate(hits, np.array([r[4] for r in sel])) if len(sel) else "-")
-            print(f"| {key[0]} | {key[1]} | {key[2]:g} T | " + " | ".join(cells) + " |")
+            print(f"| {key[0]} | {key[1]} | {key[2]:g} T | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":
