@@ -54,7 +54,7 @@ from latentbasis.editing import EditSettings, edit_images
 from latentbasis.evaluate import digits_classifier, recovery, shape_measurements, shapes_reader
 from latentbasis.loading import resolve_timestep
 from latentbasis.motion import motion_transport
-from latentbasis.sampling import predict_x0, sample_trajectory
+from latentbasis.sampling import sample_trajectory
 from latentbasis.transport import global_directions, transport
 
 CARRIES = ("as-is", "transport k", "transport 50", "global", "motion", "feature", "random")

@@ -14,7 +14,8 @@ import torch
 from . import validate as v
 from .basis import ALGORITHMS, latent_basis
 from .basisfile import load_basis, save_basis
-from .describe import describe_basis, pick_direction, summary_lines
+from .describe import describe_basis, describe_edit, pick_direction, summary_lines
+from .describe import shares_text as part_shares
 from .devices import DTYPE_NAMES, dtype_name
 from .editing import METHODS, EditSettings, combine, edit_images, edit_steps, sweep_directions
 from .errors import LatentBasisError
@@ -206,7 +207,22 @@ class EditResult:
         if share is not None:
             lines.append(f"carried as motions of the region: {shares_text(share)} of each direction is a motion or "
                          "colour offset there (a low share: it is not, and its carry means little)")
-        return lines
+        return lines + self.result_lines()
+
+    def result_lines(self) -> list[str]:
+        """What each row of a sweep did to the finished image, from its lowest to its highest strength
+        (describe.describe_edit: a registration of the two images, about a second a row): "v1 from -6 to +6:
+        shifts right 0.03 box (shift 0.81, ...)". None for one combined edit or a single strength."""
+        r = self.recipe
+        if r.combination is not None or max(r.strengths) <= min(r.strengths):
+            return []
+        lo, hi = r.strengths.index(min(r.strengths)), r.strengths.index(max(r.strengths))
+        half = (r.strengths[hi] - r.strengths[lo]) / 2
+        out = []
+        for row, i in enumerate(r.directions):
+            d = describe_edit(self.images[row, hi], self.images[row, lo], half)
+            out.append(f"v{i + 1} from {r.strengths[lo]:+g} to {r.strengths[hi]:+g}: {d['name']} ({part_shares(d)})")
+        return out
 
 
 @dataclass
