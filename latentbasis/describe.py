@@ -202,7 +202,8 @@ def _similarity_warp(image: torch.Tensor, p: torch.Tensor, centre: torch.Tensor 
 
     c = torch.zeros(2, dtype=p.dtype) if centre is None else centre.to(p.dtype)
     s, a = torch.exp(-p[2]), -p[3]
-    A = torch.stack([torch.stack([s * torch.cos(a), -s * torch.sin(a)]), torch.stack([s * torch.sin(a), s * torch.cos(a)])])
+    cos, sin = s * torch.cos(a), s * torch.sin(a)
+    A = torch.stack([torch.stack([cos, -sin]), torch.stack([sin, cos])])
     h, w = image.shape[-2:]
     ys, xs = torch.meshgrid(*((torch.arange(n, dtype=p.dtype) + 0.5) * 2 / n - 1 for n in (h, w)), indexing="ij")
     t = c - A @ (c + p[:2])      # the grid affine_grid makes, written out (both are slow on small float64 grids)
@@ -285,9 +286,10 @@ def register_change(minus: torch.Tensor, plus: torch.Tensor, strength: float) ->
 
     plus ~ g * warp(minus, p) + o: a similarity motion p of the content (shift, scale, rotation about the
     content's centre, content_centre) and a colour map per channel (gain g_c, offset o_c), fitted jointly
-    (_register; at most 64 pixels a side). With E0 = ||plus - minus||^2 and E the joint fit's error, the explained 1 - E / E0 goes to motion and
-    to colour in proportion to what each adds to the other (the error of the fit without it, minus E); motion splits into shift, scale and rotation by the
-    squared displacement each makes (content at its RMS radius), colour into brightness (the mean offset),
+    (_register; at most 64 pixels a side). With E0 = ||plus - minus||^2 and E the joint fit's error, the explained
+    1 - E / E0 goes to motion and to colour in proportion to what each adds to the other (the error of the fit
+    without it, minus E); motion splits into shift, scale and rotation by the squared displacement each makes
+    (content at its RMS radius), colour into brightness (the mean offset),
     contrast (the mean gain) and colour (the channels' differences) by the energy of each one's change; the rest,
     E / E0, is split into the coarse, mid and fine bands of the residual. Coefficients are per unit strength over
     the 2 * strength between the images: shift in half-widths (the whole image is the box), scale relative,
@@ -327,9 +329,9 @@ def register_change(minus: torch.Tensor, plus: torch.Tensor, strength: float) ->
               "contrast": (g.mean() - 1) * centred}
     fields["colour"] = (fitted - warped) - fields["brightness"] - fields["contrast"]
     level = {k: float((v ** 2).sum()) for k, v in fields.items()}
-    for group, energy, share in ((moves, moves, motion_share), (level, level, colour_share)):
+    for energy, share in ((moves, motion_share), (level, colour_share)):
         tot = sum(energy.values())
-        for k in group:
+        for k in energy:
             shares[k] = share * energy[k] / tot if tot > 0 else 0.0
     for part, (lo, hi) in BANDS.items():
         shares[part] = float((band_pass(rest[None], lo, hi) ** 2).sum()) / e0
