@@ -162,8 +162,8 @@ def _cmd_global(a) -> None:
                          space=a.space, mask=mask, null_rank=a.null_rank)
     g.t_fraction = frac
     save_basis(g, a.out)
-    print("\n".join(global_lines(model, g, a.samples, a.steps) + [f"wrote {a.out}: apply it with latentbasis edit --basis "
-                                                          f"{a.out} (transported to each image)"]))
+    wrote = f"wrote {a.out}: apply it with latentbasis edit --basis {a.out} (transported to each image)"
+    print("\n".join(global_lines(model, g, a.samples, a.steps) + [wrote]))
 
 
 def _cmd_layers(a) -> None:

@@ -24,10 +24,12 @@ or the largest), with sign and size per unit strength (two significant digits): 
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 
 import torch
+import torch.nn.functional as tnf
 
 from .errors import LatentBasisError
 from .geometry import band_pass
@@ -193,44 +195,46 @@ def describe_basis(model, basis) -> list[dict]:
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def _pixel_coordinates(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, x) of each pixel's centre [h, w], float64, in coordinates of [-1, 1] across the image (grid_sample's with
+    align_corners=False). Cached: the registration warps the same grid hundreds of times; callers do not mutate it."""
+    return torch.meshgrid(*((torch.arange(n, dtype=torch.float64) + 0.5) * 2 / n - 1 for n in (h, w)), indexing="ij")
+
+
 def _similarity_warp(image: torch.Tensor, p: torch.Tensor, centre: torch.Tensor | None = None) -> torch.Tensor:
     """image [C, h, w] with its content moved by p = (dx, dy, log scale, angle) about `centre` (x, y; None: the
     image's centre): the output at q is the image at T^-1 q, T q = c + e^ls R(angle) (q - c) + (dx, dy), in
     coordinates of [-1, 1] across the image (dx = 1: half the width; y down, so a positive angle turns clockwise on
     screen)."""
-    import torch.nn.functional as F
-
     c = torch.zeros(2, dtype=p.dtype) if centre is None else centre.to(p.dtype)
     s, a = torch.exp(-p[2]), -p[3]
     cos, sin = s * torch.cos(a), s * torch.sin(a)
     A = torch.stack([torch.stack([cos, -sin]), torch.stack([sin, cos])])
-    h, w = image.shape[-2:]
-    ys, xs = torch.meshgrid(*((torch.arange(n, dtype=p.dtype) + 0.5) * 2 / n - 1 for n in (h, w)), indexing="ij")
+    ys, xs = (v.to(p.dtype) for v in _pixel_coordinates(*image.shape[-2:]))
     t = c - A @ (c + p[:2])      # the grid affine_grid makes, written out (both are slow on small float64 grids)
     grid = torch.stack([A[0, 0] * xs + A[0, 1] * ys + t[0], A[1, 0] * xs + A[1, 1] * ys + t[1]], dim=-1)
-    return F.grid_sample(image[None], grid[None], padding_mode="border", align_corners=False)[0]
+    return tnf.grid_sample(image[None], grid[None], padding_mode="border", align_corners=False)[0]
 
 
 def content_centre(image: torch.Tensor) -> tuple[torch.Tensor, float]:
     """Where an image's content is, and how far it reaches: the centroid (x, y in [-1, 1]) of the squared
     deviation from each channel's median (a uniform background weighs nothing) and the RMS distance from it."""
-    h, w = image.shape[-2:]
     weight = ((image - image.flatten(1).median(dim=1).values[:, None, None]) ** 2).sum(0)
     weight = weight / weight.sum().clamp(min=1e-300)
-    ys, xs = torch.meshgrid(*((torch.arange(n, dtype=torch.float64) + 0.5) * 2 / n - 1 for n in (h, w)), indexing="ij")
+    ys, xs = _pixel_coordinates(*image.shape[-2:])
     c = torch.stack([(xs * weight).sum(), (ys * weight).sum()])
     return c, float((((xs - c[0]) ** 2 + (ys - c[1]) ** 2) * weight).sum()) ** 0.5
 
 
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    import torch.nn.functional as F
-
+    """Images [C, h, w] blurred by a Gaussian of `sigma` pixels (separable, edges replicated)."""
     r = max(1, int(3 * sigma))
     g = torch.exp(-torch.arange(-r, r + 1, dtype=x.dtype) ** 2 / (2 * sigma ** 2))
     g = g / g.sum()
     C = x.shape[0]
-    y = F.conv2d(F.pad(x[None], (r, r, 0, 0), mode="replicate"), g.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
-    return F.conv2d(F.pad(y, (0, 0, r, r), mode="replicate"), g.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)[0]
+    y = tnf.conv2d(tnf.pad(x[None], (r, r, 0, 0), mode="replicate"), g.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
+    return tnf.conv2d(tnf.pad(y, (0, 0, r, r), mode="replicate"), g.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)[0]
 
 
 def _register(src: torch.Tensor, dst: torch.Tensor, motion: bool, colour: bool,
@@ -294,11 +298,9 @@ def register_change(minus: torch.Tensor, plus: torch.Tensor, strength: float) ->
     E / E0, is split into the coarse, mid and fine bands of the residual. Coefficients are per unit strength over
     the 2 * strength between the images: shift in half-widths (the whole image is the box), scale relative,
     rotation in radians, brightness an offset, colour each channel's offset from their mean."""
-    import torch.nn.functional as F
-
     src, dst = minus.detach().double().cpu(), plus.detach().double().cpu()
     if max(src.shape[-2:]) > 64:
-        src, dst = (F.interpolate(x[None], size=(64, 64), mode="area")[0] for x in (src, dst))
+        src, dst = (tnf.interpolate(x[None], size=(64, 64), mode="area")[0] for x in (src, dst))
     shares, C = dict.fromkeys(PARTS, 0.0), src.shape[0]
     e0 = float(((dst - src) ** 2).sum())
     if e0 <= 1e-24:
