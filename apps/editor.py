@@ -5,15 +5,15 @@
 A thin Gradio layer over the Python API. Every handler is a plain function of (model, session, inputs) so tests call
 them directly; `build_app(model)` wires them into a Blocks page. Per-session state lives in a gr.State (one Session
 per browser tab); the model is shared and read-only. A session's events run one at a time (its lock), so a click
-while an upload is still being read waits for it. Bad input raises AppError; in the page it becomes a message in
-one place (the status line) and every other output stays as it was. Messages never show server paths.
+while an upload is still being read waits for it. Bad input raises the library's LatentBasisError (AppError); in the
+page it becomes a message in one place (the status line) and every other output stays as it was. Messages never
+show server paths.
 """
 from __future__ import annotations
 
 import functools
 import inspect
 import os
-import re
 import shutil
 import socket
 import sys
@@ -27,15 +27,13 @@ import numpy as np
 import torch
 
 from latentbasis import session
-from latentbasis import validate as v
 from latentbasis import atomic
-from latentbasis.errors import LatentBasisError
+from latentbasis.errors import LatentBasisError, without_paths
 from latentbasis.masks import painted_mask
-from latentbasis.progress import fraction_stages
-from latentbasis.report import ReportSettings, run_report
-from latentbasis.report_pages import findings_lines, report_plots
+from latentbasis.progress import fraction_stages, residual_progress
+from latentbasis.report import tangent_report
 from latentbasis.session import EditSession
-from latentbasis.transport import motion_refusal, shares_text
+from latentbasis.transport import motion_refusal
 from latentbasis.viz import direction_pixels, image_pixels, side_by_side
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no network at run time
@@ -45,8 +43,9 @@ APP_STEPS = 50        # DDIM grid of the app's trajectories: an edit from t re-r
 PREVIEW_STEPS = 6     # DDIM steps from t of a slider's quick preview (the full image follows)
 PREVIEW = 6.0         # strength of the -/+ previews
 DISPLAY = 192         # pixels of the shown images (nearest-neighbour upscaling of small models)
+THUMB = DISPLAY // 2  # pixels of each picture in a gallery
 MAX_UPLOAD = "16mb"   # the largest file the page accepts
-WORK_ROOT = Path(tempfile.gettempdir()) / "latentbasis-app"
+WORK = atomic.WorkRoot(Path(tempfile.gettempdir()) / "latentbasis-app")   # a private folder per session
 
 
 @dataclass
@@ -55,7 +54,7 @@ class Session(EditSession):
     current edit), its private folder for exports and reports, and its lock."""
 
     num_steps: int = APP_STEPS
-    workdir: str = field(default_factory=lambda: _new_workdir())
+    workdir: str = field(default_factory=lambda: str(WORK.new()))
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     def close(self) -> None:
@@ -63,41 +62,12 @@ class Session(EditSession):
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _work_root() -> Path:
-    """The app's temporary root, private to this user (atomic.private_root: a planted link or another user's
-    folder there is left alone, and a fresh private folder used instead)."""
-    global WORK_ROOT
-    WORK_ROOT = atomic.private_root(WORK_ROOT)
-    return WORK_ROOT
-
-
-def _new_workdir() -> str:
-    """A folder for one session (0700), named after this process so stale ones can be told apart."""
-    return str(atomic.new_workdir(_work_root()))
-
-
-def remove_stale_workdirs() -> int:
-    """Remove session folders left by app processes that are no longer running (only folders the app made)."""
-    return atomic.remove_stale_workdirs(_work_root())
-
-
-class AppError(Exception):
-    """Bad input: shown as a message in the page's status line."""
-
-
-_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][^/\\\s'\"():,]+)+[/\\]([^/\\\s'\"():,]+)")
-
-
-def public(message: str) -> str:
-    """A message for the page: every absolute path shortened to its file name."""
-    return _PATH.sub(r"\1", message)
+AppError = LatentBasisError   # bad input, found by the library's checks: one message in the status line
 
 
 # ---------------------------------------------------------------- pictures
 
-def display(x: torch.Tensor, size: int = DISPLAY) -> np.ndarray:
-    """Pixels [C, H, W] in [-1, 1] -> uint8 [size, size, 3] (nearest-neighbour, so pixels stay visible)."""
-    return image_pixels(x, size)
+display = functools.partial(image_pixels, size=DISPLAY)   # pixels [C, H, W] in [-1, 1] -> uint8 [192, 192, 3]
 
 
 def legend(model) -> str:
@@ -113,25 +83,11 @@ def legend(model) -> str:
 
 # ---------------------------------------------------------------- handlers (plain functions; tests call these)
 
-def checked(fn):
-    """A handler whose bad input, found by the library (LatentBasisError, validate.py's bounds), is the page's
-    AppError: one message in the status line."""
-    @functools.wraps(fn)
-    def run(*args, **kw):
-        try:
-            return fn(*args, **kw)
-        except LatentBasisError as e:
-            raise AppError(str(e)) from None
-    return run
-
-
-@checked
 def new_sample(model, s: Session, seed, t, prompt: str = "", guidance: float = 1.0, progress=None) -> np.ndarray:
     """Source = the DDIM sample of a seed (a text model's prompt and guidance); returns its picture."""
     return display(session.sample(model, s, seed, t, prompt, guidance, stage=fraction_stages(progress)))
 
 
-@checked
 def upload_image(model, s: Session, path, t, prompt: str = "", progress=None) -> tuple[np.ndarray, str]:
     """Source = an uploaded image, DDIM-inverted to t; returns (its reconstruction's picture, a status line with
     what was converted on the way in)."""
@@ -140,7 +96,6 @@ def upload_image(model, s: Session, path, t, prompt: str = "", progress=None) ->
     return display(rec), "".join(f"Note: {n}. " for n in notes) + msg
 
 
-@checked
 def region_mask(model, painted) -> torch.Tensor | None:
     """The region painted over the shown image (an ImageEditor value: its first layer) as a mask of the model's
     images [S, S] (masks.painted_mask); None when nothing is painted."""
@@ -148,37 +103,27 @@ def region_mask(model, painted) -> torch.Tensor | None:
     return None if layer is None else painted_mask(layer, model.pixel_size()[1])
 
 
-@checked
 def find_directions(model, s: Session, t, k, method: str, progress=None, space: str = "h", mask=None,
                     null_rank=0) -> list[tuple[np.ndarray, str]]:
     """The top-k latent basis at x_t (session.find_directions); returns the gallery: per direction (picture |
     -preview | +preview, caption). progress(fraction, desc): the basis by its residual (it falls from ~1 to the
     tolerance 1e-3), then the previews by their real DDIM steps."""
-    def report(info):
-        r = info["residual"]
-        frac = min(1.0, max(0.0, np.log10(r) / -3.0)) if np.isfinite(r) and r > 0 else 0.0
-        progress(frac, desc=f"basis: iteration {info['iteration']}, residual {r:.1e} (stops at 1e-3)")
-
-    session.find_directions(model, s, t, k, method, space, mask, null_rank, max_k=MAX_K, stage=fraction_stages(progress),
-                            callback=report if progress is not None else None)
+    session.find_directions(model, s, t, k, method, space, mask, null_rank, max_k=MAX_K,
+                            stage=fraction_stages(progress), callback=residual_progress(progress))
     return _gallery(model, s, progress)
 
 
-@checked
 def apply_to_others(model, s: Session, method: str, strengths: list[float], n: int = 3,
                     progress=None) -> list[tuple[np.ndarray, str]]:
     """The current edit carried to the next n seeds (session.carry). Pictures (unedited | edited) captioned with
     how much of each direction the seed's tangent span keeps (and, carried by motion, how much of it is a motion
     there)."""
     start = (s.seed if s.seed is not None else 0) + 1
-    out = []
-    for c in session.carry(model, s, range(start, start + n), strengths, method,
-                           progress=(lambda j, seed: progress(j / n, desc=f"seed {seed}")) if progress else None):
-        w = sorted(session.weights(s, strengths))
-        cap = f"seed {c.seed}: kept {shares_text(c.kept, w)}" + (
-            f"; a motion {shares_text(c.motion_share, w)}" if c.motion_share is not None else "")
-        out.append((side_by_side([display(c.unedited, DISPLAY // 2), display(c.edited, DISPLAY // 2)]), cap))
-    return out
+    carried = session.carry(model, s, range(start, start + n), strengths, method,
+                            progress=(lambda j, seed: progress(j / n, desc=f"seed {seed}")) if progress else None)
+    edited = sorted(session.weights(s, strengths))
+    return [(side_by_side([display(c.unedited, size=THUMB), display(c.edited, size=THUMB)]), c.caption(edited))
+            for c in carried]
 
 
 def _gallery(model, s: Session, progress=None) -> list[tuple[np.ndarray, str]]:
@@ -186,52 +131,43 @@ def _gallery(model, s: Session, progress=None) -> list[tuple[np.ndarray, str]]:
     prev = session.previews(model, s, PREVIEW,
                             progress=fraction_stages(progress)("previews", session.preview_steps(s)))
     names = [f"  {d['name']}" for d in b.descriptions] if b.descriptions else [""] * b.k
-    return [(side_by_side([direction_pixels(b.latent[i], DISPLAY // 2), display(prev[i, 0], DISPLAY // 2),
-                           display(prev[i, 1], DISPLAY // 2)]),
+    return [(side_by_side([direction_pixels(b.latent[i], size=THUMB), display(prev[i, 0], size=THUMB),
+                           display(prev[i, 1], size=THUMB)]),
              f"v{i + 1}{names[i]}  s = {float(b.singular_values[i]):.3g}   (-{PREVIEW:g} | +{PREVIEW:g})")
             for i in range(b.k)]
 
 
-@checked
 def preview_edit(model, s: Session, method: str, strengths: list[float]) -> np.ndarray:
     """A quick look at the combined edit: DDIM in PREVIEW_STEPS steps from t (what a slider shows at once;
     apply_edit gives the full image, and the recipe)."""
     return display(session.preview_edit(model, s, strengths, method, steps=PREVIEW_STEPS))
 
 
-@checked
 def apply_edit(model, s: Session, method: str, strengths: list[float]) -> np.ndarray:
     """The combined edit d = sum_i strength_i v_i at x_t (what a released slider runs); returns its picture."""
     return display(session.apply_edit(model, s, strengths, method))
 
 
-@checked
 def import_basis(model, s: Session, path) -> list[tuple[np.ndarray, str]]:
     """Use the directions of a basis file here: checked against this model, transported to this x_t."""
     session.import_basis(model, s, path, max_k=MAX_K)
     return _gallery(model, s)
 
 
-@checked
 def export(model, s: Session) -> tuple[str, ...]:
     """(basis .safetensors, edited image .png, recipe .json[, the region's mask .png]): files in this session's
     folder, for download."""
     return tuple(map(str, session.export(model, s, s.workdir)))
 
 
-@checked
 def small_report(model, s: Session, samples, timesteps, k, progress=None) -> tuple[list[tuple[str, str]], str, str]:
     """A small similarity report of this model in the session folder: (plots with captions, findings, report.html).
     The tangent-space part only (the generation-geometry part is the command line's `latentbasis report`).
     progress(fraction, desc): one step per basis of the grid."""
-    settings = ReportSettings(samples=v.count(samples, "samples", 16, lo=2),
-                              timesteps=v.count(timesteps, "timesteps", 12, lo=2), k=v.count(k, "k", MAX_K),
-                              num_steps=APP_STEPS, geometry=False)
-    out = Path(s.workdir) / f"report-{settings.samples}-{settings.timesteps}-{settings.k}"
     cb = (lambda done, total: progress(done / total, desc=f"bases: {done} of {total}")) if progress else None
-    n = run_report(model, out, settings, progress=False, callback=cb)
-    text = "\n".join(findings_lines(n["findings"], markdown=True))
-    return report_plots(out), text, str(out / "report.html")
+    plots, lines, page = tangent_report(model, s.workdir, samples, timesteps, k, num_steps=APP_STEPS,
+                                        most=(16, 12, MAX_K), callback=cb)
+    return plots, "\n".join(lines), str(page)
 
 
 # ---------------------------------------------------------------- the page
@@ -273,8 +209,8 @@ def build_app(model):
         si = outputs.index(status)
 
         def failed(s, e: Exception):
-            if isinstance(e, (AppError, LatentBasisError)):
-                msg = public(str(e))
+            if isinstance(e, LatentBasisError):
+                msg = without_paths(str(e))
             else:
                 print(f"latentbasis app: {type(e).__name__} in {fn.__name__}: {e}", file=sys.stderr)
                 msg = f"unexpected {type(e).__name__}; the page is unchanged (details in the server's log)"
@@ -404,7 +340,7 @@ def build_app(model):
 
         def on_upload(s, path, t_v, prompt_v, progress=None):
             pic, msg = upload_image(model, s, path, t_v, prompt_v, progress)
-            return s, pic, pic, [], public(msg), pic, *slider_updates(0)
+            return s, pic, pic, [], without_paths(msg), pic, *slider_updates(0)
 
         def on_find(s, t_v, k_v, m, space_v, painted, r_v, progress=None):
             mask = region_mask(model, painted) if space_v == "x0" else None
@@ -467,26 +403,15 @@ def free_port(host: str) -> int:
         return sock.getsockname()[1]
 
 
-def _wait_for_server(host: str, port: int, timeout: float = 120.0) -> None:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        try:
-            with socket.create_connection((host if host != "0.0.0.0" else "127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise LatentBasisError(f"the app did not start listening on port {port} within {timeout:.0f} s")
-
-
 def launch(model, host: str = "127.0.0.1", port: int = 0, share: bool = False, block: bool = True, on_ready=None):
-    """Start the app (port 0: a free one); on_ready(url) once it accepts connections; returns (demo, url)."""
-    remove_stale_workdirs()
+    """Start the app (port 0: a free one); on_ready(url) once it accepts connections (Gradio's launch returns when
+    its server has started); returns (demo, url)."""
+    WORK.remove_stale()
     demo = build_app(model)
     port = port or free_port(host)
     url = f"http://{host}:{port}/"
     demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True, quiet=True,
                 footer_links=[], max_file_size=MAX_UPLOAD, css=CSS)
-    _wait_for_server(host, port)
     if on_ready is not None:
         on_ready(url)
     if block:

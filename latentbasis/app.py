@@ -13,10 +13,8 @@ def editor_path() -> Path | None:
     """The Gradio editor's source: inside an installed package (latentbasis/editor_app/editor.py, put there by the
     wheel), or apps/editor.py of a source tree."""
     here = Path(__file__).resolve().parent
-    for p in (here / "editor_app" / "editor.py", here.parent / "apps" / "editor.py"):
-        if p.is_file():
-            return p
-    return None
+    return next((p for p in (here / "editor_app" / "editor.py", here.parent / "apps" / "editor.py") if p.is_file()),
+                None)
 
 
 def load_editor():

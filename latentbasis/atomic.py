@@ -146,3 +146,23 @@ def remove_stale_workdirs(root: Path) -> int:
             shutil.rmtree(d, ignore_errors=True)
             removed += 1
     return removed
+
+
+class WorkRoot:
+    """A temporary root private to this user (private_root, resolved once: a planted link or another user's folder
+    at `path` is left alone and one fresh private folder used instead) that holds a folder per session."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def root(self) -> Path:
+        self.path = private_root(self.path)
+        return self.path
+
+    def new(self) -> Path:
+        """A fresh session folder (new_workdir)."""
+        return new_workdir(self.root())
+
+    def remove_stale(self) -> int:
+        """Remove the session folders of processes that are gone (remove_stale_workdirs); returns how many."""
+        return remove_stale_workdirs(self.root())

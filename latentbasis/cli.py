@@ -17,7 +17,7 @@ from .evaluate import train_bundled
 from .loading import load_model, quiet_libraries, resolve_timestep
 from .masks import parse_mask
 from .progress import StageBars
-from .recipe import EditRecipe, basis_for, run_recipe
+from .recipe import EditRecipe, basis_for, edit_outputs, run_recipe
 from .report import ReportSettings, run_compare, run_report
 from .report_pages import findings_lines
 from .transport import global_basis, global_lines
@@ -33,15 +33,10 @@ def _load(a, name: str, dtype: str | None = None):
     return model
 
 
-CHECKS = {"seed": v.seed, "guidance": v.guidance, "steps": lambda x, n: v.count(x, n, v.MAX_STEPS, lo=2),
-          "k": lambda x, n: v.count(x, n, v.MAX_K), "t": lambda x, n: v.number(x, n, lo=0, hi=1)}
-
-
 def _check_common(a) -> None:
     """The numbers every sampling command takes, checked before any work (validate)."""
-    for name, check in CHECKS.items():
-        if getattr(a, name, None) is not None:
-            check(getattr(a, name), f"--{name}")
+    names = ("seed", "guidance", "steps", "k", "t", "samples", "timesteps", "t_max", "t_min", "judge_samples")
+    v.sampling_options(lambda name: "--" + name.replace("_", "-"), **{n: getattr(a, n, None) for n in names})
     if getattr(a, "t", None) is not None and getattr(a, "timestep", None) is not None and a.command == "basis":
         raise LatentBasisError("give --t or --timestep, not both")
     for p in (a.prompt if isinstance(getattr(a, "prompt", None), list) else [getattr(a, "prompt", None)]):
@@ -66,16 +61,6 @@ def _region(a, model):
     if a.space != "x0" and not getattr(a, "basis", None):   # with --basis, the file's space is used
         raise LatentBasisError("--mask needs --space x0 (the Jacobian of x0_hat over the region)")
     return parse_mask(a.mask, model.pixel_size()[1])
-
-
-def _basis_progress(stages: StageBars):
-    step = stages("basis", None)
-
-    def progress(info):
-        if step:
-            step(1)
-            stages.bar.set_postfix(jvps=info["jvps"], vjps=info["vjps"], residual=f"{info['residual']:.1e}")
-    return progress
 
 
 READ_OPTIONS = ("model", "init", "image", "basis", "recipe", "mask")
@@ -104,26 +89,18 @@ def _cmd_basis(a) -> None:
     with StageBars(a.quiet) as stages:
         run = basis_for(model, timestep=ts, t_fraction=frac, k=a.k, seed=a.seed, image=a.image, num_steps=a.steps,
                         prompt=a.prompt, guidance=a.guidance, pictures=png is not None, stage=stages, layer=a.layer,
-                        algorithm=a.algorithm, tol=a.tol, init=init, callback=_basis_progress(stages),
+                        algorithm=a.algorithm, tol=a.tol, init=init, callback=stages.basis_callback(),
                         space=a.space, mask=mask, null_rank=a.null_rank)
     print("\n".join([f"note: {n}" for n in run.notes] + run.write(out, png)))
 
 
 def _cmd_edit(a) -> None:
-    out = Path(v.nonempty(a.out, "--out"))
-    if out.suffix.lower() != ".png":
-        raise LatentBasisError(f"--out {out.name}: the edit grid is a PNG; give a path ending in .png (its recipe "
-                               "goes beside it as .json)")
-    recipe_path = out.with_suffix(".json")
-    # a replay writes its recipe beside the grid, unless that is the recipe it replays (then it is left alone)
-    same = bool(a.recipe) and recipe_path.exists() and Path(a.recipe).exists() and \
-        recipe_path.resolve() == Path(a.recipe).resolve()
-    outputs = {"--out": out} if same else {"--out": out, "recipe (--out with .json)": recipe_path}
+    out, recipe_path = edit_outputs(a.out, a.recipe, "--out")
+    outputs = {"--out": out, **({"recipe (--out with .json)": recipe_path} if recipe_path else {})}
     if a.recipe:
         v.check_outputs(outputs, {"--recipe": a.recipe})
         r = EditRecipe.from_file(a.recipe)
-        v.check_outputs({"--out": out}, {"the recipe's basis_file": r.basis_file, "the recipe's image": r.image,
-                                         "the recipe's mask": r.mask, "the recipe's model": r.model})
+        v.check_outputs({"--out": out}, r.input_files())
         if a.max_memory:
             _check_common(a)
         model = _load(a, r.model, a.dtype or r.dtype)
@@ -131,8 +108,7 @@ def _cmd_edit(a) -> None:
         _check_common(a)
         v.check_outputs(outputs, read_paths(a))
         model, (ts, frac) = _model_and_t(a)
-        if a.mask is not None:
-            _region(a, model)
+        _region(a, model)
         if a.direction is not None and a.directions is not None:
             raise LatentBasisError("give --directions or --direction, not both")
         r = EditRecipe(model=model.name, seed=None if a.image else a.seed, image=a.image, prompt=a.prompt,
@@ -143,7 +119,7 @@ def _cmd_edit(a) -> None:
                        transfer=a.transfer, guidance_scale=a.guidance_scale, direction=a.direction).validate()
     with StageBars(a.quiet) as stages:
         res = run_recipe(r, model, progress=stages)
-    print("\n".join(res.write(out, None if same else recipe_path)))
+    print("\n".join(res.write(out, recipe_path)))
 
 
 def _cmd_info(a) -> None:
@@ -159,8 +135,7 @@ def _cmd_global(a) -> None:
     with StageBars(a.quiet) as stages:
         g = global_basis(model, range(a.samples), timestep=ts, k=a.k, num_steps=a.steps, prompt=a.prompt,
                          guidance=a.guidance, progress=stages(f"{a.samples} samples", a.samples), layer=a.layer,
-                         space=a.space, mask=mask, null_rank=a.null_rank)
-    g.t_fraction = frac
+                         space=a.space, mask=mask, null_rank=a.null_rank, t_fraction=frac)
     save_basis(g, a.out)
     wrote = f"wrote {a.out}: apply it with latentbasis edit --basis {a.out} (transported to each image)"
     print("\n".join(global_lines(model, g, a.samples, a.steps) + [wrote]))
@@ -181,10 +156,6 @@ def _cmd_train(a) -> None:
 
 def _cmd_report(a) -> None:
     _check_common(a)
-    for name, hi in (("samples", v.MAX_SAMPLES), ("timesteps", v.MAX_TIMESTEPS), ("judge_samples", v.MAX_SAMPLES)):
-        v.count(getattr(a, name), f"--{name.replace('_', '-')}", hi)
-    v.number(a.t_max, "--t-max", lo=0, hi=1)
-    v.number(a.t_min, "--t-min", lo=0, hi=1)
     v.check_output_folder(a.out, "--out")
     model = _load(a, a.model)
     a.prompt = v.condition(model, a.prompt, a.label, ("--prompt", "--label"))
@@ -230,7 +201,6 @@ def build_parser():
     return cli_options.build_parser({"basis": _cmd_basis, "edit": _cmd_edit, "global": _cmd_global,
                                      "layers": _cmd_layers, "info": _cmd_info, "app": _cmd_app, "report": _cmd_report,
                                      "compare": _cmd_compare, "train": _cmd_train})
-
 
 
 def _glue_negative_lists(argv: list[str]) -> list[str]:

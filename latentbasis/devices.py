@@ -190,7 +190,7 @@ def error_line(e: BaseException) -> str:
     if isinstance(e, LatentBasisError):
         return str(e)
     if is_out_of_memory(e):
-        return "out of memory: lower the memory budget (--max-memory), k or the dtype, or use a device with more memory"
+        return "out of memory: lower the memory budget (max_memory), k or the dtype, or use a device with more memory"
     if isinstance(e, OSError):
         return f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}"
     return f"unexpected {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''} (please report this)"
@@ -198,5 +198,6 @@ def error_line(e: BaseException) -> str:
 
 def out_of_memory_error(budget: int | None, what: str) -> LatentBasisError:
     where = f" (memory budget {format_bytes(budget)})" if budget else ""
-    return LatentBasisError(f"out of memory during {what}{where}: lower --max-memory so the Jacobian products run "
-                            "in smaller chunks, or use a smaller --dtype / --k, or a device with more memory")
+    return LatentBasisError(f"out of memory during {what}{where}: lower the memory budget max_memory so the "
+                            "Jacobian products run in smaller chunks, or use a smaller dtype or k, or a device with "
+                            "more memory")

@@ -211,8 +211,8 @@ def _evidence(n: dict) -> str | None:
     if ns >= MIN_SAMPLES and nt >= MIN_TIMESTEPS:
         return None
     return (f"too few samples to judge: a trend needs at least {MIN_SAMPLES} samples and {MIN_TIMESTEPS} timesteps, "
-            f"this report has {ns} x {nt} (run it with --samples {max(ns, MIN_SAMPLES)} --timesteps "
-            f"{max(nt, MIN_TIMESTEPS)})")
+            f"this report has {ns} x {nt} (run it with {max(ns, MIN_SAMPLES)} samples and "
+            f"{max(nt, MIN_TIMESTEPS)} timesteps)")
 
 
 def verdict_word(holds: bool | None, judged: bool = True) -> str:

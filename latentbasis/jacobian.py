@@ -106,10 +106,10 @@ def chunk_for_budget(per_item: int, fixed: int, budget: int) -> int:
     """How many Jacobian products fit in `budget` bytes at once, when one costs `per_item` beyond a `fixed` part;
     one clear error when not even one does."""
     if budget < fixed + per_item:
-        raise LatentBasisError(f"the memory budget {format_bytes(budget)} (--max-memory) is too small for one "
+        raise LatentBasisError(f"the memory budget {format_bytes(budget)} (max_memory) is too small for one "
                                f"Jacobian-vector product of this model, which needs about "
                                f"{format_bytes(fixed + per_item)} (the model and what is in memory now included): "
-                               f"raise --max-memory")
+                               f"raise max_memory")
     return max(1, int((budget - fixed) // max(per_item, 1)))
 
 

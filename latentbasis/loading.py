@@ -284,8 +284,8 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, device: str | torch.device 
         dt = resolve_dtype(dtype)
         if dt == torch.float32 and stored in (torch.float16, torch.bfloat16):
             raise LatentBasisError(f"{parts[denoiser][0]} holds {str(stored).removeprefix('torch.')} weights: "
-                                   "float32 sampling would only upcast them, at twice the memory: give --dtype "
-                                   f"{str(stored).removeprefix('torch.')}, or leave --dtype out (bases are float32 "
+                                   "float32 sampling would only upcast them, at twice the memory: give dtype "
+                                   f"{str(stored).removeprefix('torch.')}, or leave dtype unset (bases are float32 "
                                    "either way)")
     adapter = adapter_for(parts[denoiser][2])
     loaded = {}

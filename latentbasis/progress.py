@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
 from tqdm.auto import tqdm
 
 
@@ -23,6 +24,16 @@ class StageBars:
         self.bar = tqdm(total=total, desc=desc, unit=" step" if total else " it", leave=False, file=sys.stderr,
                         disable=None)
         return self.bar.update
+
+    def basis_callback(self):
+        """A latent_basis callback: a "basis" bar of its iterations, with the Jacobian products and the residual."""
+        step = self("basis", None)
+
+        def callback(info):
+            if step:
+                step(1)
+                self.bar.set_postfix(jvps=info["jvps"], vjps=info["vjps"], residual=f"{info['residual']:.1e}")
+        return callback
 
     def close(self) -> None:
         if self.bar is not None:
@@ -49,3 +60,16 @@ def fraction_stages(progress):
             progress(min(1.0, done[0] / total), desc=f"{desc}: step {done[0]} of {total}")
         return step
     return stage
+
+
+def residual_progress(progress, tol: float = 1e-3):
+    """A latent_basis callback feeding `progress(fraction, desc=...)` by the residual r, which falls from ~1 to
+    `tol`: fraction log10(r) / log10(tol) in [0, 1]. None when progress is None."""
+    if progress is None:
+        return None
+
+    def callback(info):
+        r = info["residual"]
+        frac = min(1.0, max(0.0, np.log10(r) / np.log10(tol))) if np.isfinite(r) and r > 0 else 0.0
+        progress(frac, desc=f"basis: iteration {info['iteration']}, residual {r:.1e} (stops at {tol:g})")
+    return callback

@@ -96,6 +96,11 @@ class EditRecipe:
             raise LatentBasisError(f"{p}: {e}") from None
         return r
 
+    def input_files(self) -> dict[str, str | None]:
+        """The files a replay reads, by what the user knows them as (validate.check_outputs keeps outputs off)."""
+        return {"the recipe's basis_file": self.basis_file, "the recipe's image": self.image,
+                "the recipe's mask": self.mask, "the recipe's model": self.model}
+
     def validate(self) -> "EditRecipe":
         """Check every field's type and range (latentbasis.validate); returns self."""
         v.optional_string(self.model, "model", 4096)
@@ -157,6 +162,20 @@ class EditRecipe:
         if self.format != FORMAT:
             raise LatentBasisError(f"format {str(self.format)[:40]!r}, expected {FORMAT!r}")
         return self
+
+
+def edit_outputs(out: str | os.PathLike, replayed: str | os.PathLike | None = None,
+                 name: str = "out") -> tuple[Path, Path | None]:
+    """The files an edit writes: its PNG grid `out` and the recipe beside it (`out` with .json), or None for the
+    recipe when that is the file `replayed` (a replay leaves the recipe it replays alone)."""
+    out = Path(v.nonempty(out, name))
+    if out.suffix.lower() != ".png":
+        raise LatentBasisError(f"{name} {out.name}: the edit grid is a PNG; give a path ending in .png (its recipe "
+                               "goes beside it as .json)")
+    recipe = out.with_suffix(".json")
+    same = replayed is not None and recipe.exists() and Path(replayed).exists() and \
+        recipe.resolve() == Path(replayed).resolve()
+    return out, None if same else recipe
 
 
 @dataclass

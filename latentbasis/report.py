@@ -22,7 +22,8 @@ from .findings import geometry_findings
 from .geometry import measure_geometry
 from .grid import (GridSpec, barrier, check_cache, compute_grid, distributed, load_grid, load_trajectories,
                    report_timesteps)
-from .report_pages import _compare_page, _csv, verdict, write_report
+from . import validate as v
+from .report_pages import _compare_page, _csv, findings_lines, report_plots, verdict, write_report
 from .theory import data_pca
 from .validate import check_output_folder
 
@@ -132,6 +133,19 @@ def geometry_part(model, spec, bases, cache: Path, data, judge_samples: int, pca
 
 
 # ---------------------------------------------------------------- several models side by side
+
+def tangent_report(model, folder: str | os.PathLike, samples, timesteps, k, *, num_steps: int = 100,
+                 most: tuple[int, int, int] = (16, 12, 12), callback=None) -> tuple[list, list[str], Path]:
+    """The tangent-space part of a report (no generation geometry) in folder/report-{samples}-{timesteps}-{k}, the
+    counts checked against `most` (samples, timesteps, k): (plots with captions, findings as Markdown lines,
+    report.html). callback(done, total): after each basis of the grid."""
+    settings = ReportSettings(samples=v.count(samples, "samples", most[0], lo=2), k=v.count(k, "k", most[2]),
+                              timesteps=v.count(timesteps, "timesteps", most[1], lo=2), num_steps=num_steps,
+                              geometry=False)
+    out = Path(folder) / f"report-{settings.samples}-{settings.timesteps}-{settings.k}"
+    numbers = run_report(model, out, settings, progress=False, callback=callback)
+    return report_plots(out), findings_lines(numbers["findings"], markdown=True), out / "report.html"
+
 
 def run_compare(models: list, out: str | os.PathLike, settings: ReportSettings, *, progress: bool = True) -> dict:
     """The same grid for several models (each in out/<n>-<name>/, resumable), their tangent-space distances between

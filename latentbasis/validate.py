@@ -74,6 +74,19 @@ def count(value: Any, name: str, hi: int, lo: int = 1) -> int:
     return integer(value, name, lo, hi)
 
 
+def sampling_options(flag=str, **values) -> None:
+    """The numbers the sampling actions take, each checked where given (not None): seed, guidance, steps (2 to
+    MAX_STEPS), k (1 to MAX_K), t, t_max and t_min (in [0, 1]), samples and judge_samples (1 to MAX_SAMPLES) and
+    timesteps (1 to MAX_TIMESTEPS); a message names each as flag(name)."""
+    fraction, samples = (lambda x, n: number(x, n, lo=0, hi=1)), (lambda x, n: count(x, n, MAX_SAMPLES))
+    checks = {"seed": seed, "guidance": guidance, "steps": lambda x, n: count(x, n, MAX_STEPS, lo=2),
+              "k": lambda x, n: count(x, n, MAX_K), "t": fraction, "t_max": fraction, "t_min": fraction,
+              "samples": samples, "judge_samples": samples, "timesteps": lambda x, n: count(x, n, MAX_TIMESTEPS)}
+    for name, value in values.items():
+        if value is not None:
+            checks[name](value, flag(name))
+
+
 def tolerance(value: Any, name: str = "tol") -> float:
     return float(number(value, name, lo=0.0, hi=1.0, lo_open=True, hi_open=True))
 

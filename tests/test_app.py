@@ -212,10 +212,10 @@ def test_session_folders_are_removed(model, tmp_path, monkeypatch):
     assert all(Path(f).is_file() for f in files)
     s.close()
     assert not Path(s.workdir).exists()
-    stale = E.WORK_ROOT / "999999999-deadbeefdead"             # a folder of a process that is gone
+    stale = E.WORK.root() / "999999999-deadbeefdead"             # a folder of a process that is gone
     stale.mkdir(parents=True, exist_ok=True)
     mine = Path(E.Session().workdir)                           # this process's: kept
-    assert E.remove_stale_workdirs() >= 1
+    assert E.WORK.remove_stale() >= 1
     assert not stale.exists() and mine.exists()
 
 

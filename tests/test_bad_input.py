@@ -18,6 +18,8 @@ import pytest
 import torch
 
 from latentbasis.cli import main
+from latentbasis.atomic import WorkRoot
+from latentbasis.errors import without_paths
 
 MISSING = "MISSING"
 
@@ -213,7 +215,7 @@ def cli_cases(m, o, w):
         ("device_tpu", B + ["--device", "tpu"], "not one of cpu"),
         ("dtype_float8", B + ["--dtype", "float8"], "invalid choice"),
         ("guidance_scale_without_embedding", B + ["--guidance-scale", "3"], "takes no guidance scale"),
-        ("max_memory_tiny", B + ["--max-memory", "1KB"], "--max-memory"),
+        ("max_memory_tiny", B + ["--max-memory", "1KB"], "max_memory"),
         ("max_memory_words", B + ["--max-memory", "lots"], "memory size"),
         ("max_memory_above_the_machine", B + ["--max-memory", "100TB"], "more than this"),   # machine has / GPU has
         ("max_memory_below_the_model", B + ["--max-memory", "64MB"], "too small for one"),
@@ -445,19 +447,15 @@ def test_app_bad_input(name, app, ws):
     before = snapshot(ws)
     with pytest.raises(E.AppError) as err:
         fn(E, model, found, ws)
-    msg = E.public(str(err.value))
+    msg = without_paths(str(err.value))
     assert says in msg and str(ws) not in msg and "/tmp" not in msg, msg
     assert found.basis is basis_before and snapshot(ws) == before
 
 
 def test_app_messages_never_show_server_paths():
-    pytest.importorskip("gradio")
-    from latentbasis.app import load_editor
-
-    E = load_editor()
-    assert E.public("/tmp/gradio/abc123/photo.png is not a readable image") == "photo.png is not a readable image"
-    assert E.public("cannot read C:\\Users\\me\\x.png: no") == "cannot read x.png: no"
-    assert E.public("k = 3 is out of range") == "k = 3 is out of range"
+    assert without_paths("/tmp/gradio/abc123/photo.png is not a readable image") == "photo.png is not a readable image"
+    assert without_paths("cannot read C:\\Users\\me\\x.png: no") == "cannot read x.png: no"
+    assert without_paths("k = 3 is out of range") == "k = 3 is out of range"
 
 
 # ---------------------------------------------------------------- killed while writing
@@ -944,9 +942,9 @@ def test_the_apps_temporary_root_is_private_and_never_followed(app, tmp_path, mo
     (victim / "notes.txt").write_text("keep me too")
     planted = tmp_path / "latentbasis-app"
     planted.symlink_to(victim)
-    monkeypatch.setattr(E, "WORK_ROOT", planted)
+    monkeypatch.setattr(E, "WORK", WorkRoot(planted))
     before = snapshot(victim)
-    assert E.remove_stale_workdirs() == 0
+    assert E.WORK.remove_stale() == 0
     s = E.Session()
     assert snapshot(victim) == before and planted.is_symlink()
     root = Path(s.workdir).parent
@@ -959,14 +957,14 @@ def test_the_app_cleans_only_folders_it_made(app, tmp_path, monkeypatch):
     E, model, _ = app
     root = tmp_path / "root"
     root.mkdir(mode=0o755)
-    monkeypatch.setattr(E, "WORK_ROOT", root)
+    monkeypatch.setattr(E, "WORK", WorkRoot(root))
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "data.txt").write_text("not the app's")
     (root / "999999998-0123456789ab").symlink_to(outside)      # a stale-looking name, but a link
     (root / "999999997-notmadebyapp").mkdir()                  # a dead pid, but not a name the app makes
     (root / "999999996-0123456789ab").mkdir()                  # one the app made, its process gone
-    assert E.remove_stale_workdirs() == 1
+    assert E.WORK.remove_stale() == 1
     assert (outside / "data.txt").read_text() == "not the app's"
     assert (root / "999999997-notmadebyapp").exists() and not (root / "999999996-0123456789ab").exists()
     assert oct(os.lstat(root).st_mode & 0o777) == oct(0o700)    # this user's own root, made private

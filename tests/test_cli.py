@@ -174,7 +174,7 @@ def test_runtime_options_bad_input(case, command, tiny_unet_dir, sdxl_without_se
             "sdxl_missing_encoder": [command, "--model", sdxl_without_second_encoder, "--out", out]}[case]
     rc, err = run_main(args, capsys)
     assert rc == 2 and len(err) == 1 and "error" in err[0], err
-    assert {"cuda_without_gpu": "no CUDA GPU", "unknown_dtype": "invalid choice", "budget_too_small": "--max-memory",
+    assert {"cuda_without_gpu": "no CUDA GPU", "unknown_dtype": "invalid choice", "budget_too_small": "max_memory",
             "unreadable_budget": "memory size", "sdxl_missing_encoder": "text_encoder_2"}[case] in err[0]
     assert out.read_bytes() == b"kept" and not out.with_suffix(".json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]

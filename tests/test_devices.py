@@ -92,7 +92,7 @@ def test_chunks_follow_the_memory_budget(tiny_unet_dir, monkeypatch):
     used = lambda: 10**9  # noqa: E731
     op = JacobianOperator(f, x, chunk_size=None, max_memory=used() + SLACK + int((RECORDED["reverse"] + 3.5) * per))
     assert op.chunk_size == 3
-    with pytest.raises(LatentBasisError, match="too small for one.*raise --max-memory"):
+    with pytest.raises(LatentBasisError, match="too small for one.*raise max_memory"):
         JacobianOperator(f, x, chunk_size=None, max_memory=used() + 2 * per)
     # the chunk changes the schedule of evaluations, not the numbers
     big = latent_basis(m, x, timestep=500, k=3, max_memory=10**10)
@@ -117,7 +117,7 @@ def test_out_of_memory_halves_the_chunk_then_says_which_setting(tiny_unet_dir):
     op._pull_one = flaky
     assert torch.allclose(op.vjp(U), want) and op.chunk_size == 2
     op._pull_one = lambda u: (_ for _ in ()).throw(RuntimeError("DefaultCPUAllocator: can't allocate memory"))
-    with pytest.raises(LatentBasisError, match="out of memory.*lower --max-memory"):
+    with pytest.raises(LatentBasisError, match="out of memory.*lower the memory budget max_memory"):
         op.vjp(U)
     op._pull_one = lambda u: (_ for _ in ()).throw(ValueError("something else"))
     with pytest.raises(ValueError):        # only memory errors are caught

@@ -99,7 +99,7 @@ def test_half_precision_weights_sample_in_their_own_precision(tiny_unet_dir, tmp
     assert load_model(str(tiny_unet_dir), device="cpu").dtype == torch.float32
     b = latent_basis(m, torch.randn(m.x_shape), timestep=500, k=2)
     assert b.latent.dtype == torch.float32 and b.weights_dtype == "float16"
-    with pytest.raises(LatentBasisError, match="holds float16 weights.*give --dtype float16"):
+    with pytest.raises(LatentBasisError, match="holds float16 weights.*give dtype float16"):
         load_model(str(d), device="cpu", dtype="float32")
     assert load_model(str(d), device="cpu", dtype="bfloat16").dtype == torch.bfloat16
 

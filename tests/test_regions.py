@@ -95,7 +95,7 @@ def test_bad_region_settings(model):
         latent_basis(model, x, timestep=400, k=2, space="x0", mask=mask, null_rank=49)   # 48 numbers outside
     with pytest.raises(LatentBasisError, match="needs a mask"):
         latent_basis(model, x, timestep=400, k=2, space="x0", null_rank=2)
-    with pytest.raises(LatentBasisError, match="need --space x0"):
+    with pytest.raises(LatentBasisError, match="need space x0"):
         latent_basis(model, x, timestep=400, k=2, mask=mask)
 
 

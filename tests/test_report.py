@@ -145,7 +145,7 @@ def test_a_trend_is_judged_only_with_enough_evidence():
 
     assert [f["verdict"] for f in findings(numbers(8, 5, 0.1))] == ["holds", "holds"]
     few = findings(numbers(3, 5, 0.1))
-    assert all(f["verdict"] == "too few samples to judge" and "--samples 4" in f["evidence"] for f in few)
+    assert all(f["verdict"] == "too few samples to judge" and "with 4 samples" in f["evidence"] for f in few)
     assert findings(numbers(8, 3, 0.1))[0]["verdict"] == "too few samples to judge"
     noisy = findings(numbers(4, 4, 30.0))[0]            # the end points differ, but the interval spans 0
     assert noisy["verdict"] == "mixed (no clear trend)" and "95 % interval" in noisy["evidence"]
