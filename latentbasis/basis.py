@@ -173,10 +173,18 @@ def _nonzero(Y: torch.Tensor) -> torch.Tensor:
 def _krylov(op: JacobianOperator, k: int, *, tol: float, gen: torch.Generator, init: torch.Tensor | None,
             block: int, max_dim: int, max_iters: int, callback) -> tuple:
     n, m = op.n, op.m
-    # Start block in X: the warm start, filled up with J^T of random vectors in H (row space of J).
+    # Start block in X: a warm start's vectors summed in `block` groups (rows i, i + block, ...), so each start
+    # vector holds its share of the neighbour's directions equally: a Lanczos start rich in the top k that then
+    # grows as a cold start does (the vectors themselves as the start block cost their products up front and
+    # needed more evaluations than no warm start: benchmarks/bench_warm.py); filled up to `block` with J^T of
+    # random vectors in H (row space of J).
     rows = {"device": op.device, "dtype": op.rows_dtype}
-    starts = [] if init is None else [init.reshape(init.shape[0], -1).to(**rows)]
-    fill = block - (0 if init is None else init.shape[0])
+    starts = []
+    if init is not None:
+        V0 = init.reshape(init.shape[0], -1).to(**rows)
+        groups = min(block, V0.shape[0])
+        starts.append(torch.stack([V0[i::groups].sum(0) for i in range(groups)]))
+    fill = block - sum(s.shape[0] for s in starts)
     if fill > 0:
         starts.append(op.vjp(torch.randn(fill, m, generator=gen, dtype=torch.float64).to(**rows)))
     K = orth_rows(torch.cat(starts))

@@ -149,6 +149,27 @@ def test_warm_start_from_neighbouring_timestep_is_cheaper(gaussian):
     assert torch.allclose(warm.singular_values, cold.singular_values, rtol=1e-5)
 
 
+def test_warm_start_along_a_trajectory_saves_evaluations_on_a_trained_model():
+    """The report's warm start (each timestep from the previous one's basis) on the bundled digits model, k = 8:
+    fewer evaluations than cold starts (<= 0.9 of them; the neighbour's vectors summed into the start block: the
+    vectors themselves as the block cost 1.09x the cold start's here), every basis within 0.5 degrees of its cold
+    start."""
+    from latentbasis.sampling import sample_trajectory
+
+    model = load_model("digits", device="cpu")
+    timesteps = [999, 899, 799, 699, 599]
+    traj = sample_trajectory(model, 0, num_steps=20, through=timesteps)
+    prev, cold_n, warm_n = None, 0, 0
+    for ts in timesteps:
+        cold = latent_basis(model, traj.at(ts), timestep=ts, k=8)
+        if prev is not None:
+            warm = latent_basis(model, traj.at(ts), timestep=ts, k=8, init=prev.latent)
+            cold_n, warm_n = cold_n + cold.jvps + cold.vjps, warm_n + warm.jvps + warm.vjps
+            assert float(principal_angles(warm.latent, cold.latent).max().rad2deg()) < 0.5
+        prev = cold
+    assert warm_n <= 0.9 * cold_n, (warm_n, cold_n)
+
+
 @pytest.mark.parametrize("kwargs,match", [
     ({"k": 0}, "out of range"), ({"k": 65}, "out of range"), ({"t": 1.5}, "outside the schedule"),
     ({"timestep": 1000}, "outside the schedule"), ({"algorithm": "magic"}, "unknown algorithm"),

@@ -39,7 +39,7 @@ def test_the_cache_resumes_and_refuses_other_settings(tmp_path, tiny_unet_dir):
 
 def test_warm_start_changes_cost_not_the_subspace(tmp_path, tiny_unet_dir):
     """Each timestep started from the previous one's basis: every basis within 0.5 degrees of its cold start (the
-    largest principal angle of the latent and of the tangent basis), at no more evaluations in all."""
+    largest principal angle of the latent and of the tangent basis), at fewer evaluations in all."""
     from latentbasis import principal_angles
 
     model = load_model(str(tiny_unet_dir))
@@ -54,4 +54,4 @@ def test_warm_start_changes_cost_not_the_subspace(tmp_path, tiny_unet_dir):
         for part in ("latent", "tangent"):
             angle = float(principal_angles(getattr(bw[key], part), getattr(bc[key], part)).max().rad2deg())
             assert angle < 0.5, (key, part, angle)
-    assert sum(b.jvps + b.vjps for b in bw.values()) <= sum(b.jvps + b.vjps for b in bc.values())
+    assert sum(b.jvps + b.vjps for b in bw.values()) < sum(b.jvps + b.vjps for b in bc.values())
