@@ -67,7 +67,7 @@ AppError = LatentBasisError   # bad input, found by the library's checks: one me
 
 # ---------------------------------------------------------------- pictures
 
-display = functools.partial(image_pixels, size=DISPLAY)   # pixels [C, H, W] in [-1, 1] -> uint8 [192, 192, 3]
+display = functools.partial(image_pixels, size=DISPLAY)   # pixels [C, H, W] -> uint8 RGB, nearest-neighbour upscaled
 
 
 def legend(model) -> str:

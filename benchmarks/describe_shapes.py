@@ -19,7 +19,7 @@ development seeds, 200-216, 300-316, 400-416 and 1000-1015 are taken):
   samples. Target: >= 80 % (issue 31). The table prints every pair (main part, factor moved) with its count.
 
 --reading edit, added 2026-12-05 after that reading missed (14.1 %), developed on seeds 0..7 only: the description
-of the edit's own result (describe.describe_edit: the image at -s registered onto the one at +s by a similarity
+of the edit's own result (registration.describe_edit: the image at -s registered onto the one at +s by a similarity
 motion of the content about its centre and a colour map per channel; the rest split by frequency), in place of
 the first-order change of x0_hat at x_t; everything else as above.
 """
@@ -33,7 +33,8 @@ import numpy as np
 from edit_ground_truth import rate   # counts with a 95 % interval resampling the samples
 
 from latentbasis import latent_basis, load_model
-from latentbasis.describe import describe_basis, describe_edit
+from latentbasis.describe import describe_basis
+from latentbasis.registration import describe_edit
 from latentbasis.editing import EditSettings, edit_images, sweep_directions
 from latentbasis.evaluate import read_shapes, recovery, shapes_reader
 from latentbasis.loading import resolve_timestep

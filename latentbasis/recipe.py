@@ -14,9 +14,10 @@ import torch
 from . import validate as v
 from .basis import ALGORITHMS, latent_basis
 from .basisfile import load_basis, save_basis
-from .describe import describe_basis, describe_edit, pick_direction, summary_lines
+from .describe import describe_basis, pick_direction, summary_lines
 from .describe import shares_text as part_shares
 from .devices import DTYPE_NAMES, dtype_name
+from .registration import describe_edit
 from .editing import METHODS, EditSettings, combine, edit_images, edit_steps, sweep_directions
 from .errors import LatentBasisError
 from .images import pixel_size, x_to_image
@@ -230,7 +231,7 @@ class EditResult:
 
     def result_lines(self) -> list[str]:
         """What each row of a sweep did to the finished image, from its lowest to its highest strength
-        (describe.describe_edit: a registration of the two images, about a second a row): "v1 from -6 to +6:
+        (registration.describe_edit: a registration of the two images, about a second a row): "v1 from -6 to +6:
         shifts right 0.03 box (shift 0.81, ...)". None for one combined edit or a single strength."""
         r = self.recipe
         if r.combination is not None or max(r.strengths) <= min(r.strengths):

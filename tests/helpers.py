@@ -68,3 +68,10 @@ def without_part(folder, part, tmp_path):
     index[part] = [None, None]
     (d / "model_index.json").write_text(json.dumps(index))
     return d
+
+
+def blob(C=1, n=16, cx=7.0, cy=8.0, r=3.0):
+    """A smooth disc-like bump [C, n, n] (its colour differs by channel)."""
+    y, x = torch.meshgrid(torch.arange(n, dtype=torch.float64), torch.arange(n, dtype=torch.float64), indexing="ij")
+    b = torch.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * r ** 2))
+    return torch.stack([b * (1.0 - 0.3 * c) - 0.5 for c in range(C)])

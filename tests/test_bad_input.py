@@ -706,6 +706,36 @@ def test_info_prints_header_values_escaped(key, value, ws, tmp_path, capsys):
     assert not any(ln.startswith("model_hash: 0000") for ln in out.splitlines())
 
 
+@pytest.mark.parametrize("condition,says", [
+    ({"kind": "label", "condition": "7", "cosine": 5}, "not a number in [-1, 1]"),
+    ({"kind": "label", "condition": "7", "cosine": True}, "not a number in [-1, 1]"),
+    ({"kind": "exec", "condition": "7", "cosine": 0.1}, "not a label or prompt"),
+    ({"kind": "prompt", "condition": ["x"], "cosine": 0.1}, "not a label or prompt"),
+    ("7", "not a label or prompt"),
+    ({"kind": "prompt", "condition": "a cat\x1b[2J", "cosine": 0.1}, None),   # printed escaped
+])
+def test_a_stored_condition_line_is_checked(condition, says, ws, tmp_path, capsys):
+    """A description's closest label or prompt (describe.condition_alignment) is data: checked when read, and
+    printed escaped."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(ws / "basis.safetensors"), framework="pt") as fh:
+        meta = dict(fh.metadata())
+        tensors = {n: fh.get_tensor(n) for n in fh.keys()}
+    descriptions = json.loads(meta["descriptions"]) or [{"name": "x", "shares": {}} for _ in range(int(meta["k"]))]
+    descriptions[0]["condition"] = condition
+    meta["descriptions"] = json.dumps(descriptions)
+    f = tmp_path / "told.safetensors"
+    save_file(tensors, str(f), metadata=meta)
+    rc = main(["info", str(f)])
+    out, err = capsys.readouterr()
+    if says is None:
+        assert rc in (0, None) and "closest prompt" in out and "\x1b" not in out
+    else:
+        assert rc == 2 and says in err and len(err.strip().splitlines()) == 1, err
+
+
 @pytest.fixture(scope="module")
 def region_ws(tmp_path_factory, tiny_unet_dir):
     """A model folder of its own, a region PNG under several names, and an edit (with its recipe) made with it."""

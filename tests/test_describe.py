@@ -4,16 +4,11 @@ import torch
 
 from latentbasis import Basis, GaussianModel, load_basis, save_basis
 from latentbasis.basis import Provenance
-from latentbasis.describe import decompose_change, describe_basis, describe_edit, name_change
+from latentbasis.describe import decompose_change, describe_basis, name_change
 from latentbasis.motion import motion_fields
 from latentbasis.families.gaussian import ddpm_linear_alphas_cumprod
 
-
-def blob(C=1, n=16, cx=7.0, cy=8.0, r=3.0):
-    """A smooth disc-like bump [C, n, n] (its colour differs by channel)."""
-    y, x = torch.meshgrid(torch.arange(n, dtype=torch.float64), torch.arange(n, dtype=torch.float64), indexing="ij")
-    b = torch.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * r ** 2))
-    return torch.stack([b * (1.0 - 0.3 * c) - 0.5 for c in range(C)])
+from helpers import blob
 
 
 def built_changes(image):
@@ -38,33 +33,6 @@ def test_built_changes_are_named_as_built():
             assert {"shift": "shifts right", "brightness": "brightens", "fine": "fine detail"}[part] in name, name
     d = decompose_change(blob(), -0.1 * built_changes(blob())["shift"])
     assert "shifts left 0.05 box" in name_change(d)     # -0.1 of a half-box shift: 0.05 of the box, to the left
-
-
-def test_an_edits_own_result_is_described_by_registration():
-    """describe_edit registers the image edited at -s onto the one at +s: built finite edits (a 3-pixel shift, a
-    20 % growth, a redder blob, a brightening, a disc turned into a square) come out named as built, with shares
-    > 0.9 and the size per unit strength; a shape change is no motion or colour (the rest, by frequency)."""
-    from latentbasis.describe import _similarity_warp
-
-    image = blob(3, 32, cx=15.0, cy=16.0, r=4.0)
-
-    def moved(dx=0.0, ls=0.0):
-        return _similarity_warp(image, torch.tensor([dx, 0.0, ls, 0.0], dtype=torch.float64))
-
-    d = describe_edit(moved(dx=3 / 16), moved(dx=-3 / 16), 2.0)          # 6 pixels of 32 over 2 x 2 strength
-    assert d["shares"]["shift"] > 0.9 and d["name"] == "shifts right 0.047 box", d
-    d = describe_edit(moved(ls=0.1), moved(ls=-0.1), 1.0)
-    assert d["shares"]["scale"] > 0.9 and d["name"].startswith("grows 11 %"), d
-    redder = torch.tensor([0.3, 0.0, -0.3], dtype=torch.float64)[:, None, None] * (image + 0.5)
-    d = describe_edit(image + redder, image - redder, 1.0)
-    assert d["shares"]["colour"] > 0.9 and d["name"] == "more red", d
-    d = describe_edit(image - 0.2, image + 0.2, 1.0)
-    assert d["shares"]["brightness"] > 0.9 and d["name"] == "darkens", d
-    square = torch.full((3, 32, 32), -0.5, dtype=torch.float64)
-    square[:, 12:20, 11:19] += torch.tensor([1.0, 0.7, 0.4], dtype=torch.float64)[:, None, None]
-    d = describe_edit(square, image, 1.0)
-    assert sum(d["shares"][p] for p in ("coarse", "mid", "fine")) > 0.5, d
-    assert describe_edit(image, image, 1.0)["shares"] == dict.fromkeys(d["shares"], 0.0)   # no change: no parts
 
 
 def test_a_region_says_inside_and_outside():
@@ -172,20 +140,36 @@ def test_edit_picks_a_direction_by_its_description(tmp_path, capsys):
     assert "not one latentbasis can look for" in capsys.readouterr().err
 
 
-def test_an_edit_says_what_each_row_did_from_its_lowest_to_its_highest_strength():
-    """EditResult.result_lines reads each row of the grid from its lowest to its highest strength (the order the
-    strengths were given in does not matter): a row built as a shift to the right at rising strength is named so,
-    per unit strength; one combined edit has no such lines."""
-    from latentbasis.describe import _similarity_warp
-    from latentbasis.recipe import EditRecipe, EditResult
+def test_a_class_models_directions_name_the_label_whose_change_of_h_they_follow(tmp_path):
+    """condition_alignment on the bundled class-conditional digits-flow: per direction, the label c of largest
+    |cos(u_i, h(x_t; c) - h(x_t; c0))| (c0 the basis' own label), recomputed here from that definition; stored in
+    the basis file and printed by info; no such line for an unconditional model or a text model without prompts."""
+    from latentbasis import latent_basis, load_model
+    from latentbasis.basisfile import info_lines
+    from latentbasis.describe import condition_alignment
 
-    image = blob(3, 32, cx=15.0, cy=16.0, r=4.0).float()
-    strengths = [2.0, -2.0, 0.0]
-    row = torch.stack([_similarity_warp(image.double(), torch.tensor([s * 0.05, 0, 0, 0], dtype=torch.float64))
-                       for s in strengths]).float()
-    recipe = EditRecipe(model="m", seed=0, timestep=500, directions=[1], strengths=strengths)
-    res = EditResult(row[None], basis=None, trajectory=None, recipe=recipe)
-    (line,) = res.result_lines()
-    assert line.startswith("v2 from -2 to +2: shifts right 0.025 box (shift 1.00"), line   # 0.05 half-box per unit
-    recipe.combination = {"0": 1.0}
-    assert res.result_lines() == []
+    model = load_model("digits-flow", device="cpu")
+    x = torch.randn(model.x_shape, generator=torch.Generator().manual_seed(0))
+    b = latent_basis(model, x, timestep=600, k=3, prompt="7")
+    h0 = model.features(600, "7")(x).reshape(-1).double()
+    deltas = torch.stack([model.features(600, str(c))(x).reshape(-1).double() - h0 for c in range(10)])
+    aligned = condition_alignment(model, b)
+    for i, a in enumerate(aligned):
+        u = b.tangent[i].reshape(-1).double()
+        cos = (deltas @ u) / (deltas.norm(dim=1) * u.norm()).clamp(min=1e-300)
+        j = int(cos.abs().argmax())
+        assert a["kind"] == "label" and a["condition"] == str(j) and abs(a["cosine"] - float(cos[j])) < 1e-6, a
+    assert abs(aligned[0]["cosine"]) > 0.0
+    describe_basis(model, b)
+    save_basis(b, tmp_path / "b.safetensors")
+    loaded = load_basis(tmp_path / "b.safetensors")
+    assert [d["condition"] for d in loaded.descriptions] == [d["condition"] for d in b.descriptions]
+    lines = info_lines(tmp_path / "b.safetensors")
+    assert sum("closest label" in line for line in lines) == 3, lines
+    digits = load_model("digits", device="cpu")
+    assert condition_alignment(digits, latent_basis(digits, torch.zeros(digits.x_shape), timestep=500, k=2)) is None
+    text = load_model("digits-text", device="cpu")
+    tb = latent_basis(text, torch.zeros(text.x_shape), timestep=500, k=2, prompt="the digit seven")
+    assert condition_alignment(text, tb) is None
+    (a,) = condition_alignment(text, tb, ["the digit one"])[:1]
+    assert a["kind"] == "prompt" and a["condition"] == "the digit one" and -1 <= a["cosine"] <= 1

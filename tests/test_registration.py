@@ -1,0 +1,49 @@
+"""latentbasis.registration: a finished edit described by registering its two ends, checked on edits built to be a
+shift, a growth, a colour change, a brightening and a change of shape."""
+import torch
+
+from latentbasis.recipe import EditRecipe, EditResult
+from latentbasis.registration import _similarity_warp, describe_edit
+
+from helpers import blob
+
+
+def test_an_edits_own_result_is_described_by_registration():
+    """describe_edit registers the image edited at -s onto the one at +s: built finite edits (a 3-pixel shift, a
+    20 % growth, a redder blob, a brightening, a disc turned into a square) come out named as built, with shares
+    > 0.9 and the size per unit strength; a shape change is no motion or colour (the rest, by frequency)."""
+    image = blob(3, 32, cx=15.0, cy=16.0, r=4.0)
+
+    def moved(dx=0.0, ls=0.0):
+        return _similarity_warp(image, torch.tensor([dx, 0.0, ls, 0.0], dtype=torch.float64))
+
+    d = describe_edit(moved(dx=3 / 16), moved(dx=-3 / 16), 2.0)          # 6 pixels of 32 over 2 x 2 strength
+    assert d["shares"]["shift"] > 0.9 and d["name"] == "shifts right 0.047 box", d
+    d = describe_edit(moved(ls=0.1), moved(ls=-0.1), 1.0)
+    assert d["shares"]["scale"] > 0.9 and d["name"].startswith("grows 11 %"), d
+    redder = torch.tensor([0.3, 0.0, -0.3], dtype=torch.float64)[:, None, None] * (image + 0.5)
+    d = describe_edit(image + redder, image - redder, 1.0)
+    assert d["shares"]["colour"] > 0.9 and d["name"] == "more red", d
+    d = describe_edit(image - 0.2, image + 0.2, 1.0)
+    assert d["shares"]["brightness"] > 0.9 and d["name"] == "darkens", d
+    square = torch.full((3, 32, 32), -0.5, dtype=torch.float64)
+    square[:, 12:20, 11:19] += torch.tensor([1.0, 0.7, 0.4], dtype=torch.float64)[:, None, None]
+    d = describe_edit(square, image, 1.0)
+    assert sum(d["shares"][p] for p in ("coarse", "mid", "fine")) > 0.5, d
+    assert describe_edit(image, image, 1.0)["shares"] == dict.fromkeys(d["shares"], 0.0)   # no change: no parts
+
+
+def test_an_edit_says_what_each_row_did_from_its_lowest_to_its_highest_strength():
+    """EditResult.result_lines reads each row of the grid from its lowest to its highest strength (the order the
+    strengths were given in does not matter): a row built as a shift to the right at rising strength is named so,
+    per unit strength; one combined edit has no such lines."""
+    image = blob(3, 32, cx=15.0, cy=16.0, r=4.0).float()
+    strengths = [2.0, -2.0, 0.0]
+    row = torch.stack([_similarity_warp(image.double(), torch.tensor([s * 0.05, 0, 0, 0], dtype=torch.float64))
+                       for s in strengths]).float()
+    recipe = EditRecipe(model="m", seed=0, timestep=500, directions=[1], strengths=strengths)
+    res = EditResult(row[None], basis=None, trajectory=None, recipe=recipe)
+    (line,) = res.result_lines()
+    assert line.startswith("v2 from -2 to +2: shifts right 0.025 box (shift 1.00"), line   # 0.05 half-box per unit
+    recipe.combination = {"0": 1.0}
+    assert res.result_lines() == []
