@@ -71,12 +71,16 @@ def bundled_models() -> list[str]:
 
 
 def resolve_model_path(name_or_path: str) -> Path:
-    """The folder of a bundled name, a local path, or a hub id already in the local cache (offline only)."""
+    """The folder of a bundled name, a local path, or a hub id already in the local cache (offline only). A local
+    folder named like a bundled model (a report's output folder `shapes/`, say) is taken only when it is a model
+    folder (it has model_index.json or config.json); otherwise the name means the bundled model."""
     p = Path(name_or_path).expanduser()
-    if p.is_dir():
+    bundled = MODELS_DIR / name_or_path if name_or_path and "/" not in name_or_path else None
+    if p.is_dir() and (bundled is None or not bundled.is_dir() or (p / "model_index.json").is_file()
+                       or (p / "config.json").is_file()):
         return p
-    if name_or_path and (MODELS_DIR / name_or_path).is_dir():
-        return MODELS_DIR / name_or_path
+    if bundled is not None and bundled.is_dir():
+        return bundled
     if "/" in name_or_path and not p.exists() and name_or_path.count("/") == 1:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:

@@ -36,6 +36,21 @@ def test_folder_that_is_not_a_model(tmp_path):
         load_model(str(tmp_path))
 
 
+def test_a_local_folder_named_like_a_bundled_model(tiny_unet_dir, tmp_path, monkeypatch):
+    """A report's output folder `digits/` in the working directory does not hide the bundled model of that name;
+    a model folder of that name is the user's own and is taken."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "digits").mkdir()
+    (tmp_path / "digits" / "report.html").write_text("<html></html>")
+    m = load_model("digits", device="cpu")
+    assert m.name == "digits" and m.model_hash == load_model("digits", device="cpu").model_hash
+    shutil.rmtree(tmp_path / "digits")
+    shutil.copytree(tiny_unet_dir, tmp_path / "digits")
+    assert load_model("digits").model_hash == load_model(str(tiny_unet_dir)).model_hash
+
+
 def test_corrupt_weights_one_clear_error(tiny_unet_dir, tmp_path):
     import shutil
 
