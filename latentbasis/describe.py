@@ -165,8 +165,8 @@ def description_lines(basis) -> list[str]:
         lines.append(f"v{i + 1}  {d['name']} ({shares_text(d)})")
         c = d.get("condition")
         if c:
-            lines.append(f"    closest {c['kind']}: {c['condition']!r} (cos {c['cosine']:+.2f} with the change of h it makes: "
-                         f"{'+' if c['cosine'] >= 0 else '-'} of the slider goes toward it)")
+            lines.append(f"    closest {c['kind']}: {c['condition']!r} (cos {c['cosine']:+.2f} with the change of h it "
+                         f"makes: {'+' if c['cosine'] >= 0 else '-'} of the slider goes toward it)")
     return lines
 
 
@@ -177,10 +177,12 @@ def summary_lines(b) -> list[str]:
             f"max residual {float(b.residuals.max()):.1e}", *description_lines(b)]
 
 
-def describe_basis(model, basis) -> list[dict]:
+def describe_basis(model, basis, conditions: bool = True) -> list[dict]:
     """A description of every direction of a basis: [{"name", "shares", "outside", "coefficients"}], from the
     change of x0_hat along v_i at the basis' point and timestep (k JVPs through the denoised estimate; float32 on
-    the model's device). Stored in basis.descriptions (and so in the basis file)."""
+    the model's device). Stored in basis.descriptions (and so in the basis file). conditions: also the label or
+    prompt each direction follows (condition_alignment: one forward per label); the report's grid and the pick of
+    a direction by its description, which read only the shares, leave it out."""
     from torch.func import jvp
 
     if basis.timestep is None:
@@ -196,7 +198,7 @@ def describe_basis(model, basis) -> list[dict]:
         parts = decompose_change(image, change, region)
         parts["name"] = name_change(parts, model.x_is_latent)
         out.append(parts)
-    for parts, closest in zip(out, condition_alignment(model, basis) or [None] * basis.k):
+    for parts, closest in zip(out, (conditions and condition_alignment(model, basis)) or [None] * basis.k):
         parts["condition"] = closest
     basis.descriptions = out
     return out

@@ -182,7 +182,7 @@ def compute_grid(model, spec: GridSpec, cache: str | os.PathLike, *, rank: int =
                 init = prev.latent if (spec.warm_start and prev is not None) else None
                 b = latent_basis(model, traj.at(ts), timestep=ts, k=spec.k, prompt=prompt,
                                  algorithm=spec.algorithm, tol=spec.tol, init=init)
-                describe_basis(model, b)    # what each direction does (k JVPs), kept in the cached file
+                describe_basis(model, b, conditions=False)    # what each direction does (k JVPs), cached
                 b.extra = {"sample_seed": str(seed), "guidance": str(spec.guidance)}
                 path.parent.mkdir(parents=True, exist_ok=True)
                 save_basis(b, path)

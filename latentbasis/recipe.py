@@ -387,7 +387,7 @@ def run_recipe(r: EditRecipe, model=None, progress=None) -> EditResult:
     settings = EditSettings(r.method, r.n_iter, r.step, r.scale, r.keep_norm)
     latent = basis.latent
     if r.direction is not None:   # the direction whose description matches, along its "+" or its "-"
-        i, sign, what = pick_direction(describe_basis(model, basis), r.direction)
+        i, sign, what = pick_direction(describe_basis(model, basis, conditions=False), r.direction)
         notes.append(f"picked {what}")
         r.directions = [i]
         latent = basis.latent.clone()
