@@ -105,10 +105,20 @@ def name_change(parts: dict, x_is_latent: bool = False) -> str:
     shares, coef = parts["shares"], parts["coefficients"]
     ranked = sorted(shares, key=lambda p: -shares[p])
     chosen = [p for p in ranked if shares[p] >= NAMED_SHARE][:2] or ranked[:1]
-    words = [_word(p, coef.get(p, []), x_is_latent) for p in chosen]
+    words = [_word(p, coef.get(p, []), x_is_latent) + _where(p, coef.get(f"{p} where")) for p in chosen]
     if parts.get("outside") is not None:
         words.append("mostly outside the region" if parts["outside"] > 0.5 else "inside the region")
     return ", ".join(words)
+
+
+def _where(part: str, background: list | None) -> str:
+    """Where a level or colour change is, when nearly only one region's (registration's "brightness where" and
+    "colour where": the background's part of the offset, >= 0.8 or <= 0.2): " the background", " in the content";
+    "" otherwise."""
+    if not background or 0.2 < background[0] < 0.8:
+        return ""
+    region = "the background" if background[0] >= 0.8 else "the content"
+    return f" {region}" if part == "brightness" else f" in {region}"
 
 
 def _word(part: str, c: list, x_is_latent: bool) -> str:

@@ -1,7 +1,8 @@
 """A finished edit described by registration: the image edited at -strength carried onto the one at +strength by a
-similarity motion of the content and a colour map per channel (register_change), the rest split by frequency, so
-that the shares read as describe.decompose_change's do (describe_edit names them). Unlike describe.describe_basis
-(the first-order change of x0_hat at x_t) it reads an edit's whole effect through every sampling step after t.
+similarity motion of its content and a colour map that treats the content and the background apart (register_change),
+the rest split by frequency, so that the shares read as describe.decompose_change's do (describe_edit names them).
+Unlike describe.describe_basis (the first-order change of x0_hat at x_t) it reads an edit's whole effect through
+every sampling step after t.
 """
 from __future__ import annotations
 
@@ -36,14 +37,22 @@ def _similarity_warp(image: torch.Tensor, p: torch.Tensor, centre: torch.Tensor 
     return tnf.grid_sample(image[None], grid[None], padding_mode="border", align_corners=False)[0]
 
 
+def content_mask(image: torch.Tensor) -> torch.Tensor:
+    """Where an image's content is, softly [h, w] in [0, 1]: each pixel's colour distance from the image's median
+    colour (the background, where it covers most of the image), relative to half the largest; 1 from there up."""
+    dev = ((image - image.flatten(1).median(dim=1).values[:, None, None]) ** 2).sum(0).sqrt()
+    top = float(dev.max())
+    return (dev / (0.5 * top)).clamp(max=1.0) if top > 0 else torch.zeros_like(dev)
+
+
 def content_centre(image: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Where an image's content is, and how far it reaches: the centroid (x, y in [-1, 1]) of the squared
-    deviation from each channel's median (a uniform background weighs nothing) and the RMS distance from it."""
-    weight = ((image - image.flatten(1).median(dim=1).values[:, None, None]) ** 2).sum(0)
-    weight = weight / weight.sum().clamp(min=1e-300)
+    """The centroid (x, y in [-1, 1]) of an image's content_mask and the square root of its area (in the same
+    units: the content's extent)."""
+    m = content_mask(image)
+    area = m.sum().clamp(min=1e-300)
     ys, xs = _pixel_coordinates(*image.shape[-2:])
-    c = torch.stack([(xs * weight).sum(), (ys * weight).sum()])
-    return c, float((((xs - c[0]) ** 2 + (ys - c[1]) ** 2) * weight).sum()) ** 0.5
+    c = torch.stack([(xs * m).sum() / area, (ys * m).sum() / area])
+    return c, float(area * 4 / m.numel()) ** 0.5
 
 
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -56,28 +65,39 @@ def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return tnf.conv2d(tnf.pad(y, (0, 0, r, r), mode="replicate"), g.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)[0]
 
 
-def _register(src: torch.Tensor, dst: torch.Tensor, motion: bool, colour: bool,
-              centre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The similarity motion p (about `centre`) and per-channel colour map (gain g, offset o) with
-    g * warp(src, p) + o closest to dst in least squares: Levenberg-Marquardt on the few parameters (Jacobian by
-    central differences: grid_sample has no forward-mode derivative), first on images blurred by 2 pixels, then
-    sharp. Returns (p [4], g_o [2, C])."""
+def _modelled(src: torch.Tensor, mask: torch.Tensor, theta: torch.Tensor, centre: torch.Tensor):
+    """The registration's model of the edited image, with theta = (p [4], G [C], o_in [C], o_out [C]):
+
+        model = w + (G - 1) (w - b) + m o_in + (1 - m) o_out,   w = warp(src, p), m = warp(mask, p)
+
+    a similarity motion p of the content (about `centre`), a gain per channel of each pixel's deviation from the
+    background colour b (src's median colour), and a colour offset per channel inside the moved content and one
+    outside it. Returns (model, w, m)."""
     C = src.shape[0]
-    identity = torch.cat([torch.zeros(4), torch.ones(C), torch.zeros(C)]).double()
-    free = torch.tensor([motion] * 4 + [colour] * (2 * C))
+    p, G, o_in, o_out = theta[:4], theta[4:4 + C], theta[4 + C:4 + 2 * C], theta[4 + 2 * C:4 + 3 * C]
+    w = _similarity_warp(src, p, centre)
+    m = _similarity_warp(mask[None], p, centre)[0]
+    b = src.flatten(1).median(dim=1).values[:, None, None]
+    return w + (G - 1)[:, None, None] * (w - b) + m * o_in[:, None, None] + (1 - m) * o_out[:, None, None], w, m
 
-    def unpack(theta):
-        full = torch.where(free, theta, identity)
-        return full[:4], full[4:].reshape(2, C)
 
+def _register(src: torch.Tensor, dst: torch.Tensor, mask: torch.Tensor, motion: bool, colour: bool,
+              centre: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+    """The parameters theta of _modelled closest to dst in least squares, the motion and the colour map each free
+    or held at the identity: Levenberg-Marquardt on the few parameters (Jacobian by central differences:
+    grid_sample has no forward-mode derivative), from `start` (the motion's; None: none), first on images blurred
+    by 2 pixels, then sharp."""
+    C = src.shape[0]
+    identity = torch.cat([torch.zeros(4), torch.ones(C), torch.zeros(2 * C)]).double()
+    free = torch.tensor([motion] * 4 + [colour] * (3 * C))
     theta = identity.clone()
+    if motion and start is not None:
+        theta[:4] = start
     for sigma in (2.0, 0.0):
-        a, b = (_blur(src, sigma), _blur(dst, sigma)) if sigma else (src, dst)
+        a, b, mk = (_blur(src, sigma), _blur(dst, sigma), _blur(mask[None], sigma)[0]) if sigma else (src, dst, mask)
 
         def residual(th):
-            p, go = unpack(th)
-            w = _similarity_warp(a, p, centre) if motion else a
-            return (go[0][:, None, None] * w + go[1][:, None, None] - b).reshape(-1)
+            return (_modelled(a, mk, torch.where(free, th, identity), centre)[0] - b).reshape(-1)
 
         r = residual(theta)
         loss, damping = float(r @ r), 1e-3
@@ -100,23 +120,32 @@ def _register(src: torch.Tensor, dst: torch.Tensor, motion: bool, colour: bool,
                 damping *= 10
                 if damping > 1e8:
                     break
-    return unpack(theta)
+    return torch.where(free, theta, identity)
+
+
+def _error(src, dst, mask, theta, centre) -> float:
+    return float(((_modelled(src, mask, theta, centre)[0] - dst) ** 2).sum())
 
 
 def register_change(minus: torch.Tensor, plus: torch.Tensor, strength: float) -> dict:
     """What carries the image edited at -strength to the one edited at +strength, by part: decompose_change's
     result (shares adding up to 1, coefficients per unit strength) read from a registration instead of a linear fit.
 
-    plus ~ g * warp(minus, p) + o: a similarity motion p of the content (shift, scale, rotation about the
-    content's centre, content_centre) and a colour map per channel (gain g_c, offset o_c), fitted jointly
-    (_register; at most 64 pixels a side). With E0 = ||plus - minus||^2 and E the joint fit's error, the explained
-    1 - E / E0 goes to motion and to colour in proportion to what each adds to the other (the error of the fit
-    without it, minus E); motion splits into shift, scale and rotation by the squared displacement each makes
-    (content at its RMS radius), colour into brightness (the mean offset),
-    contrast (the mean gain) and colour (the channels' differences) by the energy of each one's change; the rest,
-    E / E0, is split into the coarse, mid and fine bands of the residual. Coefficients are per unit strength over
-    the 2 * strength between the images: shift in half-widths (the whole image is the box), scale relative,
-    rotation in radians, brightness an offset, colour each channel's offset from their mean."""
+    plus ~ _modelled(minus): a similarity motion p of the content (shift, scale, rotation about the content's
+    centre, content_centre), a gain per channel of the deviation from the background colour and a colour offset
+    per channel inside the content and one outside it, fitted jointly (_register; at most 64 pixels a side), from
+    no motion and from the motion the contents' centroids and areas suggest (a jump is out of a local fit's reach),
+    the better kept. With E0 = ||plus - minus||^2 and E the joint fit's error, the explained 1 - E / E0 goes to
+    motion and to colour in proportion to what each adds to the other (the error of the fit without it, minus E).
+    Motion splits into shift, scale and rotation by the pixel change each makes alone
+    (||warp(minus, that part of p) - minus||^2); colour by the energy of the parts of the colour map's change L:
+    colour its channels' differences, brightness its channel mean where that is one level inside the content and
+    one outside (least squares), contrast the rest of the mean (shading within a region). The rest, E / E0, is
+    split into the coarse, mid and fine bands of the residual. Coefficients are per unit strength over the
+    2 * strength between the images: shift in half-widths (the whole image is the box), scale relative, rotation
+    in radians, brightness the mean offset, colour each channel's mean offset from their mean, contrast the mean
+    gain; "brightness where" and "colour where" give the background's part of that change (its level, or its
+    colour offset's size, outside the content against inside; 1: only the background's)."""
     src, dst = minus.detach().double().cpu(), plus.detach().double().cpu()
     if max(src.shape[-2:]) > 64:
         src, dst = (tnf.interpolate(x[None], size=(64, 64), mode="area")[0] for x in (src, dst))
@@ -124,31 +153,40 @@ def register_change(minus: torch.Tensor, plus: torch.Tensor, strength: float) ->
     e0 = float(((dst - src) ** 2).sum())
     if e0 <= 1e-24:
         return {"shares": shares, "outside": None, "coefficients": {}}
-    centre, radius = content_centre(src)
-    p, go = _register(src, dst, True, True, centre)
-    warped = _similarity_warp(src, p, centre)
-    fitted = go[0][:, None, None] * warped + go[1][:, None, None]
+    mask = content_mask(src)
+    (centre, extent), (centre1, extent1) = content_centre(src), content_centre(dst)
+    start = torch.cat([centre1 - centre, torch.tensor([torch.log(torch.tensor(max(extent1, 1e-12) /
+                                                                              max(extent, 1e-12))), 0.0])]).double()
+    fits = [_register(src, dst, mask, True, True, centre, s) for s in (start, None)]
+    theta = min(fits, key=lambda th: _error(src, dst, mask, th, centre))
+    fitted, warped, m = _modelled(src, mask, theta, centre)
     rest = dst - fitted
     e = float((rest ** 2).sum())
-    without = {}   # the error of the fit without each kind of change
-    for name, m, c in (("colour", True, False), ("motion", False, True)):
-        q, g = _register(src, dst, m, c, centre)
-        w = _similarity_warp(src, q, centre) if m else src
-        without[name] = float(((g[0][:, None, None] * w + g[1][:, None, None] - dst) ** 2).sum())
+    without = {"colour": _error(src, dst, mask, _register(src, dst, mask, True, False, centre, start), centre),
+               "motion": _error(src, dst, mask, _register(src, dst, mask, False, True, centre), centre)}
     explained = max(0.0, 1.0 - e / e0)
     adds = {k: max(0.0, v - e) for k, v in without.items()}   # what each adds to the other
     total = adds["motion"] + adds["colour"]
     motion_share = explained * adds["motion"] / total if total > 0 else 0.0
     colour_share = explained - motion_share
-    # motion: squared displacement of the content at its RMS radius from its centre (in half-widths)
-    moves = {"shift": float(p[0] ** 2 + p[1] ** 2), "scale": float(torch.expm1(p[2]) ** 2) * radius ** 2,
-             "rotation": float(p[3] ** 2) * radius ** 2}
-    # colour: the energy of the common offset, the common gain and the channels' differences of the map's change
-    g, o = go[0], go[1]
-    centred = warped - warped.mean()
-    fields = {"brightness": (o.mean() + (g.mean() - 1) * warped.mean()) * torch.ones_like(warped),
-              "contrast": (g.mean() - 1) * centred}
-    fields["colour"] = (fitted - warped) - fields["brightness"] - fields["contrast"]
+    p = theta[:4]
+
+    def alone(*i):   # the pixel change of one part of the motion
+        q = torch.zeros(4, dtype=p.dtype)
+        q[list(i)] = p[list(i)]
+        return float(((_similarity_warp(src, q, centre) - src) ** 2).sum())
+
+    moves = {"shift": alone(0, 1), "scale": alone(2), "rotation": alone(3)}
+    # the colour map's change L = fitted - warped: its channels' differences are colour; its channel mean, where it
+    # is one level inside the content and one outside, brightness; the rest of the mean (shading) contrast
+    change = fitted - warped
+    mean = change.mean(0)
+    inout = torch.stack([m.reshape(-1), (1 - m).reshape(-1)], 1)                  # [N, 2]
+    levels = torch.linalg.lstsq(inout, mean.reshape(-1, 1)).solution[:, 0]         # inside, outside
+    piecewise = (inout @ levels).reshape(mean.shape)
+    fields = {"brightness": piecewise.expand_as(change), "colour": change - mean,
+              "contrast": (mean - piecewise).expand_as(change)}
+    G = theta[4:4 + C]
     level = {k: float((v ** 2).sum()) for k, v in fields.items()}
     for energy, share in ((moves, motion_share), (level, colour_share)):
         tot = sum(energy.values())
@@ -157,11 +195,19 @@ def register_change(minus: torch.Tensor, plus: torch.Tensor, strength: float) ->
     for part, (lo, hi) in BANDS.items():
         shares[part] = float((band_pass(rest[None], lo, hi) ** 2).sum()) / e0
     span = 2.0 * float(strength)
-    mean_change = (fitted - warped).mean(dim=(1, 2))
+    mean_change = change.mean(dim=(1, 2))
+    inside = (fields["colour"] * m).sum(dim=(1, 2)) / m.sum().clamp(min=1e-12)         # per channel
+    outside = (fields["colour"] * (1 - m)).sum(dim=(1, 2)) / (1 - m).sum().clamp(min=1e-12)
+
+    def where(a: float, b: float) -> list[float]:   # the background's part of an offset's size
+        return [b / (a + b)] if a + b > 0 else []
+
     coefficients = {"shift": [float(p[0]) / span, float(p[1]) / span], "scale": [float(torch.expm1(p[2])) / span],
                     "rotation": [float(p[3]) / span], "brightness": [float(mean_change.mean()) / span],
                     "colour": [float(v) / span for v in mean_change - mean_change.mean()] if C > 1 else [],
-                    "contrast": [float(g.mean() - 1) / span]}
+                    "contrast": [float(G.mean() - 1) / span],
+                    "brightness where": where(abs(float(levels[0])), abs(float(levels[1]))),
+                    "colour where": where(float(inside.norm()), float(outside.norm()))}
     return {"shares": shares, "outside": None, "coefficients": coefficients}
 
 

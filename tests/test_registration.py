@@ -10,8 +10,10 @@ from helpers import blob
 
 def test_an_edits_own_result_is_described_by_registration():
     """describe_edit registers the image edited at -s onto the one at +s: built finite edits (a 3-pixel shift, a
-    20 % growth, a redder blob, a brightening, a disc turned into a square) come out named as built, with shares
-    > 0.9 and the size per unit strength; a shape change is no motion or colour (the rest, by frequency)."""
+    20 % growth, a redder blob, a brightening, a brighter background, a flat disc turned into a square of its area)
+    come out named as built, with shares > 0.9, the size per unit strength and where a level or colour change is
+    (the content or the background) when it is only one's; a shape change is no motion or colour (the rest, by
+    frequency)."""
     image = blob(3, 32, cx=15.0, cy=16.0, r=4.0)
 
     def moved(dx=0.0, ls=0.0):
@@ -21,14 +23,19 @@ def test_an_edits_own_result_is_described_by_registration():
     assert d["shares"]["shift"] > 0.9 and d["name"] == "shifts right 0.047 box", d
     d = describe_edit(moved(ls=0.1), moved(ls=-0.1), 1.0)
     assert d["shares"]["scale"] > 0.9 and d["name"].startswith("grows 11 %"), d
-    redder = torch.tensor([0.3, 0.0, -0.3], dtype=torch.float64)[:, None, None] * (image + 0.5)
+    redder = torch.tensor([0.3, 0.0, -0.3], dtype=torch.float64)[:, None, None] * (image[0] + 0.5)  # mean 0
     d = describe_edit(image + redder, image - redder, 1.0)
-    assert d["shares"]["colour"] > 0.9 and d["name"] == "more red", d
+    assert d["shares"]["colour"] > 0.9 and d["name"] == "more red in the content", d
     d = describe_edit(image - 0.2, image + 0.2, 1.0)
     assert d["shares"]["brightness"] > 0.9 and d["name"] == "darkens", d
-    square = torch.full((3, 32, 32), -0.5, dtype=torch.float64)
-    square[:, 12:20, 11:19] += torch.tensor([1.0, 0.7, 0.4], dtype=torch.float64)[:, None, None]
-    d = describe_edit(square, image, 1.0)
+    y, x = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    outside = (((x - 15) ** 2 + (y - 16) ** 2) > 25).double()        # a flat disc: the background, not it, brightens
+    disc = torch.where(outside.bool(), -0.5, torch.tensor([0.5, 0.2, -0.1])[:, None, None]).double()
+    d = describe_edit(disc + 0.2 * outside, disc - 0.2 * outside, 1.0)
+    assert d["shares"]["brightness"] > 0.9 and d["name"] == "brightens the background", d
+    square = torch.full((3, 32, 32), -0.5, dtype=torch.float64)           # the disc's area, colour and centre
+    square[:, 12:21, 11:20] = torch.tensor([0.5, 0.2, -0.1], dtype=torch.float64)[:, None, None]
+    d = describe_edit(square, disc, 1.0)
     assert sum(d["shares"][p] for p in ("coarse", "mid", "fine")) > 0.5, d
     assert describe_edit(image, image, 1.0)["shares"] == dict.fromkeys(d["shares"], 0.0)   # no change: no parts
 
