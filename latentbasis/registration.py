@@ -39,10 +39,11 @@ def _similarity_warp(image: torch.Tensor, p: torch.Tensor, centre: torch.Tensor 
 
 def content_mask(image: torch.Tensor) -> torch.Tensor:
     """Where an image's content is, softly [h, w] in [0, 1]: each pixel's colour distance from the image's median
-    colour (the background, where it covers most of the image), relative to half the largest; 1 from there up."""
+    colour (the background, where it covers most of the image), relative to the largest: for one flat-coloured
+    object on a flat background, each pixel's coverage (an edge pixel half covered reads 0.5)."""
     dev = ((image - image.flatten(1).median(dim=1).values[:, None, None]) ** 2).sum(0).sqrt()
     top = float(dev.max())
-    return (dev / (0.5 * top)).clamp(max=1.0) if top > 0 else torch.zeros_like(dev)
+    return (dev / top).clamp(max=1.0) if top > 0 else torch.zeros_like(dev)
 
 
 def content_centre(image: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -85,14 +86,14 @@ def _register(src: torch.Tensor, dst: torch.Tensor, mask: torch.Tensor, motion: 
               centre: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
     """The parameters theta of _modelled closest to dst in least squares, the motion and the colour map each free
     or held at the identity: Levenberg-Marquardt on the few parameters (Jacobian by central differences:
-    grid_sample has no forward-mode derivative), from `start` (the motion's; None: none), first on images blurred
-    by 2 pixels, then sharp."""
+    grid_sample has no forward-mode derivative), from `start` (theta's first entries, the motion's or all; None:
+    the identity), first on images blurred by 2 pixels, then sharp."""
     C = src.shape[0]
     identity = torch.cat([torch.zeros(4), torch.ones(C), torch.zeros(2 * C)]).double()
     free = torch.tensor([motion] * 4 + [colour] * (3 * C))
     theta = identity.clone()
-    if motion and start is not None:
-        theta[:4] = start
+    if start is not None:                    # the free parameters it gives (the motion's, or the motion's and colour's)
+        theta[:len(start)] = torch.where(free[:len(start)], start.to(theta.dtype), theta[:len(start)])
     for sigma in (2.0, 0.0):
         a, b, mk = (_blur(src, sigma), _blur(dst, sigma), _blur(mask[None], sigma)[0]) if sigma else (src, dst, mask)
 
@@ -134,10 +135,12 @@ def register_change(minus: torch.Tensor, plus: torch.Tensor, strength: float) ->
     plus ~ _modelled(minus): a similarity motion p of the content (shift, scale, rotation about the content's
     centre, content_centre), a gain per channel of the deviation from the background colour and a colour offset
     per channel inside the content and one outside it, fitted jointly (_register; at most 64 pixels a side), from
-    no motion and from the motion the contents' centroids and areas suggest (a jump is out of a local fit's reach),
-    the better kept. With E0 = ||plus - minus||^2 and E the joint fit's error, the explained 1 - E / E0 goes to
-    motion and to colour in proportion to what each adds to the other (the error of the fit without it, minus E).
-    Motion splits into shift, scale and rotation by the pixel change each makes alone
+    no motion, from the motion the contents' centroids and areas suggest (a jump is out of a local fit's reach),
+    and from that motion with the contents' and backgrounds' mean colour change (a large recolouring is too), the
+    best kept. With E0 = ||plus - minus||^2 and E the joint fit's error, the explained 1 - E / E0 goes to motion
+    and to colour in proportion to the pixel change each makes alone, ||warp(minus, p) - minus||^2 against
+    ||colour map(minus) - minus||^2 (the currency of the shares: a jump of the object counts its whole area twice,
+    a recolouring once). Motion splits into shift, scale and rotation the same way
     (||warp(minus, that part of p) - minus||^2); colour by the energy of the parts of the colour map's change L:
     colour its channels' differences, brightness its channel mean where that is one level inside the content and
     one outside (least squares), contrast the rest of the mean (shading within a region). The rest, E / E0, is
@@ -157,19 +160,22 @@ def register_change(minus: torch.Tensor, plus: torch.Tensor, strength: float) ->
     (centre, extent), (centre1, extent1) = content_centre(src), content_centre(dst)
     start = torch.cat([centre1 - centre, torch.tensor([torch.log(torch.tensor(max(extent1, 1e-12) /
                                                                               max(extent, 1e-12))), 0.0])]).double()
-    fits = [_register(src, dst, mask, True, True, centre, s) for s in (start, None)]
+    bg0, bg1 = (x.flatten(1).median(dim=1).values for x in (src, dst))
+    mask1 = content_mask(dst)
+    mean0, mean1 = ((x * mk).sum((1, 2)) / mk.sum().clamp(min=1e-12) for x, mk in ((src, mask), (dst, mask1)))
+    recoloured = torch.cat([start, torch.ones(C, dtype=start.dtype), mean1 - mean0, bg1 - bg0])
+    fits = [_register(src, dst, mask, True, True, centre, s) for s in (start, None, recoloured)]
     theta = min(fits, key=lambda th: _error(src, dst, mask, th, centre))
     fitted, warped, m = _modelled(src, mask, theta, centre)
     rest = dst - fitted
     e = float((rest ** 2).sum())
-    without = {"colour": _error(src, dst, mask, _register(src, dst, mask, True, False, centre, start), centre),
-               "motion": _error(src, dst, mask, _register(src, dst, mask, False, True, centre), centre)}
     explained = max(0.0, 1.0 - e / e0)
-    adds = {k: max(0.0, v - e) for k, v in without.items()}   # what each adds to the other
-    total = adds["motion"] + adds["colour"]
-    motion_share = explained * adds["motion"] / total if total > 0 else 0.0
-    colour_share = explained - motion_share
     p = theta[:4]
+    still = torch.cat([torch.zeros(4, dtype=theta.dtype), theta[4:]])
+    alone_motion = float(((_similarity_warp(src, p, centre) - src) ** 2).sum())
+    alone_colour = float(((_modelled(src, mask, still, centre)[0] - src) ** 2).sum())
+    motion_share = explained * alone_motion / (alone_motion + alone_colour) if alone_motion + alone_colour > 0 else 0.0
+    colour_share = explained - motion_share
 
     def alone(*i):   # the pixel change of one part of the motion
         q = torch.zeros(4, dtype=p.dtype)

@@ -54,3 +54,23 @@ def test_an_edit_says_what_each_row_did_from_its_lowest_to_its_highest_strength(
     assert line.startswith("v2 from -2 to +2: shifts right 0.025 box (shift 1.00"), line   # 0.05 half-box per unit
     recipe.combination = {"0": 1.0}
     assert res.result_lines() == []
+
+
+def test_a_jump_and_a_recolouring_share_by_the_pixels_each_changes_alone():
+    """An object that jumps clear of itself and changes colour: motion and colour share the change in proportion to
+    the pixel change each makes alone, 2 A |c0 - bg|^2 (the old place cleared, the new one filled) against
+    A |c1 - c0|^2, here 3.30 : 1.16 (not in proportion to what each adds to the other, 2.25 : 1.16, which credits a
+    colour map that blanks the old object)."""
+    y, x = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    bg = -0.5
+    c0, c1 = torch.tensor([0.5, 0.2, -0.1]), torch.tensor([-0.3, 0.6, 0.5])
+
+    def disc(cx, colour):
+        inside = ((x - cx) ** 2 + (y - 16) ** 2) <= 16
+        return torch.where(inside, colour[:, None, None], torch.tensor(bg)).double()
+
+    d = describe_edit(disc(22.0, c1), disc(10.0, c0), 1.0)
+    motion = 2 * float(((c0 - bg) ** 2).sum())
+    expected = motion / (motion + float(((c1 - c0) ** 2).sum()))             # 0.74
+    assert abs(d["shares"]["shift"] - expected) < 0.03 and abs(d["shares"]["colour"] - (1 - expected)) < 0.03, d
+    assert d["name"].startswith("shifts right"), d
