@@ -154,7 +154,7 @@ def main():
         groups = np.array([r[0] for r in moving])
         cells = []
         for mapped, judge in ((4, 5), (4, 7), (8, 7)):
-            hits = np.array([r[mapped] == r[judge] for r in moving], dtype=float)
+            hits = np.array([r[mapped] == r[judge] for r in moving], dtype=int)
             cells.append(rate(hits, groups) if len(hits) else "0 / 0")
         print(f"| {'all' if frac is None else f'{frac:g} T'} | {len(sel)} | {len(moving)} | {' | '.join(cells)} |")
     print("\n| main part | factor moved | most pixels | count |\n|---|---|---|---|")
