@@ -39,11 +39,17 @@ def _similarity_warp(image: torch.Tensor, p: torch.Tensor, centre: torch.Tensor 
 
 def content_mask(image: torch.Tensor) -> torch.Tensor:
     """Where an image's content is, softly [h, w] in [0, 1]: each pixel's colour distance from the image's median
-    colour (the background, where it covers most of the image), relative to the largest: for one flat-coloured
-    object on a flat background, each pixel's coverage (an edge pixel half covered reads 0.5)."""
+    colour (the background, where it covers most of the image), relative to the content's level (the median
+    distance among the pixels at least half as far as the farthest); 1 from there up. For one flat-coloured object
+    that is each pixel's coverage (an edge pixel half covered reads 0.5); a shaded or grey-stroked content counts
+    whole (relative to the farthest pixel alone, a digit's grey strokes were half content, and the registration
+    zoomed a 16-pixel digit sevenfold to fit its change)."""
     dev = ((image - image.flatten(1).median(dim=1).values[:, None, None]) ** 2).sum(0).sqrt()
     top = float(dev.max())
-    return (dev / top).clamp(max=1.0) if top > 0 else torch.zeros_like(dev)
+    if top <= 0:
+        return torch.zeros_like(dev)
+    level = float(dev[dev >= 0.5 * top].median())
+    return (dev / level).clamp(max=1.0)
 
 
 def content_centre(image: torch.Tensor) -> tuple[torch.Tensor, float]:

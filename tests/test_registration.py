@@ -74,3 +74,23 @@ def test_a_jump_and_a_recolouring_share_by_the_pixels_each_changes_alone():
     expected = motion / (motion + float(((c1 - c0) ** 2).sum()))             # 0.74
     assert abs(d["shares"]["shift"] - expected) < 0.03 and abs(d["shares"]["colour"] - (1 - expected)) < 0.03, d
     assert d["name"].startswith("shifts right"), d
+
+
+def test_a_grey_stroked_digits_edits_are_registered_as_what_they_do():
+    """The bundled digits model's first four directions (the README's edit: seed 0, t = 0.6 T, +-6) are described
+    as motions of the digit: no fit zooms the 16-pixel digit (scale per unit strength within 0.1), and none names the
+    black background, which no edit changes. (With the content mask read as coverage of the farthest pixel, a
+    digit's grey strokes were half content and v1 came out "darkens the background", zoomed sevenfold.)"""
+    from latentbasis import latent_basis, load_model
+    from latentbasis.editing import EditSettings, edit_images, sweep_directions
+    from latentbasis.loading import resolve_timestep
+    from latentbasis.sampling import sample_trajectory
+
+    model = load_model("digits", device="cpu")
+    ts = resolve_timestep(model.num_train_timesteps, fraction=0.6)[0]
+    traj = sample_trajectory(model, 0, num_steps=50, through=[ts])
+    b = latent_basis(model, traj.at(ts), timestep=ts, k=4)
+    images = edit_images(model, traj, ts, sweep_directions(b.latent, [0, 1, 2, 3], [6.0, -6.0]), EditSettings("guidance"))
+    for i in range(4):
+        d = describe_edit(images[2 * i], images[2 * i + 1], 6.0)
+        assert abs(d["coefficients"]["scale"][0]) < 0.1 and "background" not in d["name"], (i, d)
