@@ -49,12 +49,13 @@ is printed and reported.
 
 Fourth reading, corrected (declared 2026-12-06 before its run on fresh seeds 4500 on, `--reading edit --first-seed
 4500`): its run on 3500.. (65.0 % primary) was followed by the README's digits edit, where the coverage mask (each
-pixel's distance over the farthest's) made a digit's grey strokes half content and the registration zoomed the
-digit sevenfold ("darkens the background" for an identity change). The mask now reads distance over the content's
-level (the median distance among the pixels at least half as far as the farthest): coverage for a flat object,
-whole for grey strokes (a test on the digits edit). Seeds 3500.. re-run with the earlier mask (distance over half
-the farthest, not fresh): 60.6 % primary. Development with the corrected mask: 73.5 % by pixels, 78.9 % with the rest as one part on 2500..2517;
-83.3 % by pixels, 86.7 % with the rest as one part on 0..7. Same judges, columns and primary figure as above.
+pixel's distance over the farthest's) made a digit's grey strokes half content and the registration zoomed the digit
+sevenfold ("darkens the background" for an identity change). The mask now reads distance over the content's level
+(the median distance among the pixels at least half as far as the farthest): coverage for a flat object, whole for
+grey strokes (a test on the digits edit). Seeds 3500.. re-run with the earlier mask (distance over half the
+farthest, not fresh): 60.6 % primary. Development with the corrected mask: 73.5 % by pixels, 78.9 % with the rest as
+one part on 2500..2517; 83.3 % by pixels, 86.7 % with the rest as one part on 0..7. Same judges, columns and primary
+figure as above.
 """
 from __future__ import annotations
 

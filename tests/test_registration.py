@@ -90,7 +90,8 @@ def test_a_grey_stroked_digits_edits_are_registered_as_what_they_do():
     ts = resolve_timestep(model.num_train_timesteps, fraction=0.6)[0]
     traj = sample_trajectory(model, 0, num_steps=50, through=[ts])
     b = latent_basis(model, traj.at(ts), timestep=ts, k=4)
-    images = edit_images(model, traj, ts, sweep_directions(b.latent, [0, 1, 2, 3], [6.0, -6.0]), EditSettings("guidance"))
+    images = edit_images(model, traj, ts, sweep_directions(b.latent, [0, 1, 2, 3], [6.0, -6.0]),
+                         EditSettings("guidance"))
     for i in range(4):
         d = describe_edit(images[2 * i], images[2 * i + 1], 6.0)
         assert abs(d["coefficients"]["scale"][0]) < 0.1 and "background" not in d["name"], (i, d)
