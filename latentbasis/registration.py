@@ -177,16 +177,17 @@ def register_change(minus: torch.Tensor, plus: torch.Tensor, strength: float) ->
     e = float((rest ** 2).sum())
     explained = max(0.0, 1.0 - e / e0)
     p = theta[:4]
-    still = torch.cat([torch.zeros(4, dtype=theta.dtype), theta[4:]])
-    alone_motion = float(((_similarity_warp(src, p, centre) - src) ** 2).sum())
-    alone_colour = float(((_modelled(src, mask, still, centre)[0] - src) ** 2).sum())
-    motion_share = explained * alone_motion / (alone_motion + alone_colour) if alone_motion + alone_colour > 0 else 0.0
-    colour_share = explained - motion_share
 
-    def alone(*i):   # the pixel change of one part of the motion
+    def alone(*i):   # the pixel change of one part of the motion (all four: the whole motion)
         q = torch.zeros(4, dtype=p.dtype)
         q[list(i)] = p[list(i)]
         return float(((_similarity_warp(src, q, centre) - src) ** 2).sum())
+
+    still = torch.cat([torch.zeros(4, dtype=theta.dtype), theta[4:]])
+    alone_motion = alone(0, 1, 2, 3)
+    alone_colour = float(((_modelled(src, mask, still, centre)[0] - src) ** 2).sum())
+    motion_share = explained * alone_motion / (alone_motion + alone_colour) if alone_motion + alone_colour > 0 else 0.0
+    colour_share = explained - motion_share
 
     moves = {"shift": alone(0, 1), "scale": alone(2), "rotation": alone(3)}
     # the colour map's change L = fitted - warped: its channels' differences are colour; its channel mean, where it

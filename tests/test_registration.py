@@ -2,8 +2,12 @@
 shift, a growth, a colour change, a brightening and a change of shape."""
 import torch
 
+from latentbasis import latent_basis, load_model
+from latentbasis.editing import EditSettings, edit_images, sweep_directions
+from latentbasis.loading import resolve_timestep
 from latentbasis.recipe import EditRecipe, EditResult
 from latentbasis.registration import _similarity_warp, describe_edit
+from latentbasis.sampling import sample_trajectory
 
 from helpers import blob
 
@@ -81,11 +85,6 @@ def test_a_grey_stroked_digits_edits_are_registered_as_what_they_do():
     as motions of the digit: no fit zooms the 16-pixel digit (scale per unit strength within 0.1), and none names the
     black background, which no edit changes. (With the content mask read as coverage of the farthest pixel, a
     digit's grey strokes were half content and v1 came out "darkens the background", zoomed sevenfold.)"""
-    from latentbasis import latent_basis, load_model
-    from latentbasis.editing import EditSettings, edit_images, sweep_directions
-    from latentbasis.loading import resolve_timestep
-    from latentbasis.sampling import sample_trajectory
-
     model = load_model("digits", device="cpu")
     ts = resolve_timestep(model.num_train_timesteps, fraction=0.6)[0]
     traj = sample_trajectory(model, 0, num_steps=50, through=[ts])
