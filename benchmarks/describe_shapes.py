@@ -56,6 +56,19 @@ grey strokes (a test on the digits edit). Seeds 3500.. re-run with the earlier m
 farthest, not fresh): 60.6 % primary. Development with the corrected mask: 73.5 % by pixels, 78.9 % with the rest as
 one part on 2500..2517; 83.3 % by pixels, 86.7 % with the rest as one part on 0..7. Same judges, columns and primary
 figure as above.
+
+Fifth reading, a joint judge (declared 2026-12-06 before any run of it, to be run once on fresh seeds 5500 on,
+`--reading edit --first-seed 5500`), after the corrected fourth reading missed (75.2 % primary on 4500..): that run's
+misses were near-ties where position and size, or size and kind, both moved, and the one-factor-at-a-time pixel
+judge re-renders each factor alone from the image at -s, so a kind change of a shape that also grew is weighed as
+if nothing else changed. The joint judge shares the finished pixel change among the factors the reader saw change,
+together: the Shapley value of each factor f for v(S) = ||render(minus with the factors in S set to plus) -
+render(minus)||^2 (the sum of squared pixel changes, the shares' currency), phi_f = sum over S not holding f of
+|S|! (n - |S| - 1)! / n! (v(S + f) - v(S)), exact over the n changed factors; the factors' phi sum to the whole
+change v(all). The factor it names is the largest phi. The description side is unchanged (the corrected fourth
+reading's code). Two columns are added: the main part against the joint judge, and the same with the bands as one
+part, the latter declared the fifth reading's primary figure; every column is printed and reported. The registration
+and the reader are unchanged, so the judges' columns on 5500.. also re-measure the fourth reading on fresh seeds.
 """
 from __future__ import annotations
 
