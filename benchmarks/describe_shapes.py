@@ -73,6 +73,7 @@ and the reader are unchanged, so the judges' columns on 5500.. also re-measure t
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
 import numpy as np
@@ -115,6 +116,33 @@ def pixel_factor(plus: dict, minus: dict, resolution: int) -> str:
         one = dict(base, **{f: np.array([plus[f]])})
         energy[f] = float(((render_shapes(one, resolution) - image) ** 2).sum())
     return max(energy, key=energy.get)
+
+
+def joint_factor(plus: dict, minus: dict, resolution: int) -> str | None:
+    """The fifth reading's judge: the factor with the largest Shapley value of the re-rendered pixel change.
+
+    v(S) = ||render(minus, the factors in S at plus) - render(minus)||^2 over the n factors that changed;
+    phi_f = sum_{S without f} |S|! (n - |S| - 1)! / n! (v(S + f) - v(S)); sum_f phi_f = v(all). None if none changed.
+    """
+    names = (*FACTORS, "kind")
+    changed = [f for f in names if (int(plus[f]) != int(minus[f]) if f == "kind" else plus[f] != minus[f])]
+    if not changed:
+        return None
+    n = len(changed)
+    base = render_shapes({f: np.array([minus[f]]) for f in names}, resolution)
+    value = {}
+    for mask in range(1 << n):
+        one = {f: np.array([plus[f] if f in changed and mask >> changed.index(f) & 1 else minus[f]]) for f in names}
+        value[mask] = float(((render_shapes(one, resolution) - base) ** 2).sum())
+    phi = dict.fromkeys(changed, 0.0)
+    for j, f in enumerate(changed):
+        for mask in range(1 << n):
+            if mask >> j & 1:
+                continue
+            size = bin(mask).count("1")
+            weight = math.factorial(size) * math.factorial(n - size - 1) / math.factorial(n)
+            phi[f] += weight * (value[mask | 1 << j] - value[mask])
+    return max(phi, key=phi.get)
 
 
 def main_part(d: dict, rest_as_one: bool = False) -> tuple[str, str | None]:
@@ -165,28 +193,30 @@ def main():
                 minus = {f: read[f][2 * i + 1] for f in (*FACTORS, "kind")}
                 part, maps_to = main_part(d)
                 rows.append((seed - 1, frac, i, part, maps_to, moved_factor(plus, minus), d["name"],
-                             pixel_factor(plus, minus, model.x_shape[-1]), main_part(d, rest_as_one=True)[1]))
+                             pixel_factor(plus, minus, model.x_shape[-1]), main_part(d, rest_as_one=True)[1],
+                             joint_factor(plus, minus, model.x_shape[-1])))
     load = os.getloadavg()
     print(f"\nshapes, k = {a.k}, guidance edits at +-{a.strength:g}; {len(seeds)} samples recovered unedited among "
           f"seeds {a.first_seed}..{seed - 1} (used: {seeds}); load average {load[0]:.2f}\n")
     print("| t | directions | move a factor | main part agrees with the factor moved | ... with the factor that "
-          "moves the most pixels | ... the same, the bands as one part (the rest) |\n|---|---|---|---|---|---|")
+          "moves the most pixels | ... the same, the bands as one part (the rest) | ... with the joint judge | "
+          "... the same, the bands as one part |\n|---|---|---|---|---|---|---|---|")
     for frac in fractions + [None]:
         sel = [r for r in rows if frac is None or r[1] == frac]
         moving = [r for r in sel if r[5] is not None]
         groups = np.array([r[0] for r in moving])
         cells = []
-        for mapped, judge in ((4, 5), (4, 7), (8, 7)):
+        for mapped, judge in ((4, 5), (4, 7), (8, 7), (4, 9), (8, 9)):
             hits = np.array([r[mapped] == r[judge] for r in moving], dtype=int)
             cells.append(rate(hits, groups) if len(hits) else "0 / 0")
         print(f"| {'all' if frac is None else f'{frac:g} T'} | {len(sel)} | {len(moving)} | {' | '.join(cells)} |")
-    print("\n| main part | factor moved | most pixels | count |\n|---|---|---|---|")
+    print("\n| main part | factor moved | most pixels | joint judge | count |\n|---|---|---|---|---|")
     pairs: dict = {}
     for r in rows:
-        key = (r[3], r[5], r[7] if r[5] else None)
+        key = (r[3], r[5], r[7] if r[5] else None, r[9] if r[5] else None)
         pairs[key] = pairs.get(key, 0) + 1
-    for (part, factor, pixels), n in sorted(pairs.items(), key=lambda kv: -kv[1]):
-        print(f"| {part} | {factor or 'none'} | {pixels or '-'} | {n} |")
+    for (part, factor, pixels, joint), n in sorted(pairs.items(), key=lambda kv: -kv[1]):
+        print(f"| {part} | {factor or 'none'} | {pixels or '-'} | {joint or '-'} | {n} |")
     print("\nexamples:", "; ".join(f"seed {r[0]} t {r[1]:g} v{r[2] + 1}: {r[6]} -> {r[5]}" for r in rows[:6]))
 
 
