@@ -12,6 +12,8 @@ between the two answers (equal accuracy: within 0.5 degrees), with the angle bet
 
     python benchmarks/bench_warm.py                      # digits, 8 x 10, k = 8 (the report's seeds 0..7)
     python benchmarks/bench_warm.py --first-seed 900     # the same on seeds no other run used
+    python benchmarks/bench_warm.py --samples 4 --angles 0,1,2,5,10,15,25,45,90
+        # what a start of known quality saves: each cold basis restarted from a start at that angle to it
 
 The krylov warm start sums the neighbour's vectors into `block` start vectors (basis._krylov), chosen 2026-12-05
 on seeds 0..3 after the vectors themselves as the start block had cost more than a cold start (1.10x); seeds
@@ -41,6 +43,29 @@ def pair(model, x, ts, prev, k, prompt=None):
             float(principal_angles(prev.latent, cold.latent).max().rad2deg()))
 
 
+def angle_sweep(model, tss, seeds, k, angles):
+    """What a start of known quality saves: each cold basis V restarted from cos(a) V + sin(a) W, W orthonormal rows
+    orthogonal to V (random, seeded), so every principal angle between the start and the answer is a. Rows
+    (angle, bases, cold evaluations, warm evaluations, largest angle warm vs cold)."""
+    gen = torch.Generator().manual_seed(0)
+    rows = {a: [] for a in angles}
+    for seed in seeds:
+        traj = sample_trajectory(model, seed, num_steps=100, through=tss)
+        for ts in tss:
+            x = traj.at(ts)
+            cold = lb.latent_basis(model, x, timestep=ts, k=k)
+            V = cold.latent.reshape(k, -1).double()
+            W = torch.randn(k, V.shape[1], generator=gen, dtype=torch.float64)
+            W = torch.linalg.qr((W - (W @ V.T) @ V).T)[0].T
+            for a in angles:
+                r = torch.tensor(a, dtype=torch.float64).deg2rad()
+                start = (torch.cos(r) * V + torch.sin(r) * W).float().reshape(cold.latent.shape)
+                warm = lb.latent_basis(model, x, timestep=ts, k=k, init=start)
+                rows[a].append((cold.jvps + cold.vjps, warm.jvps + warm.vjps,
+                                float(principal_angles(warm.latent, cold.latent).max().rad2deg())))
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="digits")
@@ -48,10 +73,27 @@ def main():
     ap.add_argument("--timesteps", type=int, default=10)
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed.. (the report's grid: 0..)")
+    ap.add_argument("--angles", default="",
+                    help="instead: restart each cold basis of the grid from starts at these angles (degrees, e.g. "
+                         "0,1,5,25) and print what each saves")
     a = ap.parse_args()
     torch.set_num_threads(1)
     model = lb.load_model(a.model, device="cpu")
     tss = report_timesteps(model.num_train_timesteps, a.timesteps)
+    if a.angles:
+        t0 = time.perf_counter()
+        rows = angle_sweep(model, tss, range(a.first_seed, a.first_seed + a.samples), a.k,
+                           [float(v) for v in a.angles.split(",")])
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"# bench_warm --angles: {a.model}, {a.samples} samples (seeds {a.first_seed}..) x {a.timesteps} "
+              f"timesteps, k = {a.k}, tol 1e-3, 1 thread; load average {load:.2f}; {time.perf_counter() - t0:.0f} s\n")
+        print("| start's angle to the answer | bases | evaluations per basis, cold | warm | warm / cold | largest angle "
+              "warm vs cold (max) |\n|---|---|---|---|---|---|")
+        for angle, r in rows.items():
+            cold, warm = statistics.mean(x[0] for x in r), statistics.mean(x[1] for x in r)
+            print(f"| {angle:g} deg | {len(r)} | {cold:.1f} | {warm:.1f} | {warm / cold:.2f} | "
+                  f"{max(x[2] for x in r):.2f} deg |")
+        return
     rows = {w: [] for w in ("grid", "samples", "step", "slider")}
     t0 = time.perf_counter()
     previous_sample = {}
