@@ -3,6 +3,7 @@ complete), and private working folders named after the process that made them (r
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import os
 import re
@@ -52,10 +53,14 @@ def _write_error(path: Path, e: BaseException) -> LatentBasisError | None:
     return None
 
 
+_PENDING: contextvars.ContextVar[list | None] = contextvars.ContextVar("latentbasis_pending_writes", default=None)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside `path`; on success it replaces `path` (os.replace is atomic on one file
     system), on any error or interrupt it is removed and `path` is left as it was. Permissions follow the umask.
+    Inside `all_or_nothing` the replacement waits for the end of that block.
 
     The temporary name carries this process's id and fits the file system's name limit (temporary_name). A
     process killed mid-write cannot remove its temporary file; the next complete write of `path` removes those of
@@ -64,19 +69,84 @@ def atomic_path(path: str | os.PathLike):
     path = Path(path)
     token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = path.with_name(temporary_name(path.name, token))
+    pending, deferred = _PENDING.get(), False
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())   # some writers (safetensors) create 0600 files: every output alike
-        os.replace(tmp, path)
+        if pending is not None:
+            pending.append((tmp, path))
+            deferred = True
+        else:
+            os.replace(tmp, path)
     except Exception as e:
         err = _write_error(path, e)
         if err is not None:
             raise err from None
         raise
     finally:
-        if tmp.exists():
+        if not deferred and tmp.exists():
             tmp.unlink()
-    _remove_stale(path)
+    if not deferred:
+        _remove_stale(path)
+
+
+@contextlib.contextmanager
+def all_or_nothing():
+    """The outputs written inside (each through atomic_path) appear together when the block ends without error,
+    or none does: each one's complete temporary file waits beside its target and is renamed over it at the end; on
+    any error or interrupt every temporary file is removed and every target left as it was. A block inside another
+    belongs to the outer one."""
+    if _PENDING.get() is not None:
+        yield
+        return
+    pending: list[tuple[Path, Path]] = []
+    token = _PENDING.set(pending)
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in pending:
+            tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        _PENDING.reset(token)
+    for i, (tmp, path) in enumerate(pending):
+        try:
+            os.replace(tmp, path)
+        except Exception as e:
+            for later, _ in pending[i:]:
+                later.unlink(missing_ok=True)
+            raise _write_error(path, e) or e
+    for path in dict.fromkeys(p for _, p in pending):
+        _remove_stale(path)
+
+
+@contextlib.contextmanager
+def atomic_folder_contents(folder: str | os.PathLike):
+    """Yield an empty temporary folder inside `folder`: what is written there (any writer, subfolders too) is
+    moved into `folder` by renames once the block ends without error, so the files appear complete; on any error
+    or interrupt it is removed and `folder` is left as it was (one left by a killed process is removed by the next
+    block on `folder`). A full disk is one LatentBasisError."""
+    folder = Path(folder)
+    for stale in folder.glob(".latentbasis-*.tmp"):
+        m = re.fullmatch(r"\.latentbasis-(\d+)-[0-9a-f]{8}\.tmp", stale.name)
+        if m and stale.is_dir() and not stale.is_symlink() and not process_running(int(m.group(1))):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = folder / f".latentbasis-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir()
+    try:
+        try:
+            yield tmp
+        except Exception as e:
+            err = _write_error(folder, e)
+            if err is not None:
+                raise err from None
+            raise
+        for src in sorted(p for p in tmp.rglob("*") if not p.is_dir()):
+            dest = folder / src.relative_to(tmp)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _remove_stale(path: Path) -> None:

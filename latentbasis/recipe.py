@@ -28,7 +28,7 @@ from .transport import TRANSFERS, motion_refusal, shares_text, transported_basis
 from .validate import read_json_object
 from .version import __version__
 from .viz import render_basis, render_edit_grid
-from .atomic import write_text_atomic
+from .atomic import all_or_nothing, write_text_atomic
 
 FORMAT = "latentbasis.recipe/1"
 
@@ -202,12 +202,15 @@ class EditResult:
 
     def write(self, out: str | os.PathLike, recipe_path: str | os.PathLike | None = None) -> list[str]:
         """The edit grid as a PNG at `out` (rows: directions, columns: strengths) and, with `recipe_path`, the recipe
-        that replays it; returns what `latentbasis edit` prints: notes, measurements, what was written."""
+        that replays it (both or neither); returns what `latentbasis edit` prints: notes, measurements, what was
+        written."""
         r = self.recipe
         src = f"image {Path(r.image).name}" if r.image else f"seed {r.seed}"
-        render_edit_grid(self.images, *self.grid_labels(), out, f"{self.model_name}, {src}, t={r.timestep}, {r.method}")
-        if recipe_path is not None:
-            write_text_atomic(recipe_path, r.to_json())
+        with all_or_nothing():
+            render_edit_grid(self.images, *self.grid_labels(), out,
+                             f"{self.model_name}, {src}, t={r.timestep}, {r.method}")
+            if recipe_path is not None:
+                write_text_atomic(recipe_path, r.to_json())
         shape = ("1 combined edit" if r.combination is not None
                  else f"{len(r.directions)} directions x {len(r.strengths)} strengths")
         return ([f"note: {n}" for n in self.notes] + self.summary_lines()
@@ -255,13 +258,15 @@ class BasisRun:
 
     def write(self, out: str | os.PathLike, png: str | os.PathLike | None = None) -> list[str]:
         """Save the basis to `out` and, with `png`, its picture (the sample or image, the denoised x_t, then each
-        direction); returns what `latentbasis basis` prints: the point, the summary, what was written."""
+        direction), both or neither; returns what `latentbasis basis` prints: the point, the summary, what was
+        written."""
         b = self.basis
-        save_basis(b, out)
-        if png is not None:
-            render_basis(b, png, images=[("image" if self.source.startswith("image") else "sample", self.image),
-                                         ("denoised x_t", self.denoised)],
-                         title=f"{b.model}  {self.source}  t={b.timestep} ({b.t_fraction:.2f} T)")
+        with all_or_nothing():
+            save_basis(b, out)
+            if png is not None:
+                render_basis(b, png, images=[("image" if self.source.startswith("image") else "sample", self.image),
+                                             ("denoised x_t", self.denoised)],
+                             title=f"{b.model}  {self.source}  t={b.timestep} ({b.t_fraction:.2f} T)")
         return [f"model {b.model} (weights {b.model_hash}), timestep {b.timestep} ({b.t_fraction:.3f} T), k = {b.k}",
                 *summary_lines(b), f"wrote {out}" + (f" and {png}" if png is not None else "")]
 

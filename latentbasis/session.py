@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from . import validate as v
-from .atomic import write_text_atomic
+from .atomic import all_or_nothing, write_text_atomic
 from .basis import SPACES, latent_basis
 from .basisfile import load_basis, save_basis
 from .describe import describe_basis
@@ -216,14 +216,16 @@ def recipe_of(model, s: EditSession, mask_file: str | None = None) -> EditRecipe
 
 
 def export(model, s: EditSession, folder: str | Path) -> list[Path]:
-    """basis.safetensors, edited.png, recipe.json and, for a region, mask.png in `folder` (each written
-    atomically); returns their paths."""
+    """basis.safetensors, edited.png, recipe.json and, for a region, mask.png in `folder` (all of them or, where
+    one cannot be written, none); returns their paths."""
     if _basis(s) is None or s.edited is None:
         raise LatentBasisError("press Find directions first")
     d = Path(folder)
     d.mkdir(parents=True, exist_ok=True)
     mask = s.region.get("mask")
-    files = [save_basis(s.basis, d / "basis.safetensors"), save_png(s.edited, d / "edited.png")]
-    files += [save_mask_png(mask, d / "mask.png")] if mask is not None else []
-    write_text_atomic(d / "recipe.json", recipe_of(model, s, str(files[2]) if mask is not None else None).to_json())
+    with all_or_nothing():
+        files = [save_basis(s.basis, d / "basis.safetensors"), save_png(s.edited, d / "edited.png")]
+        files += [save_mask_png(mask, d / "mask.png")] if mask is not None else []
+        write_text_atomic(d / "recipe.json",
+                          recipe_of(model, s, str(files[2]) if mask is not None else None).to_json())
     return files[:2] + [d / "recipe.json"] + files[2:]

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .atomic import atomic_path
+from .atomic import atomic_folder_contents, atomic_path, write_text_atomic
 from .data import CAPTION_TEMPLATES, SHAPES_TRAIN_SIZE, caption_vocabulary, digit_caption, digits_images, shapes_images
 from .devices import resolve_device
 from .errors import LatentBasisError
@@ -301,23 +301,25 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
     bar.close()
     ema.copy_to(params)
     unet.eval().to("cpu")
-    if cfg.text:  # a pipeline folder without a VAE, opened like any SD-style pipeline
-        unet.save_pretrained(out / "unet", safe_serialization=True)
-        text_encoder.eval().to("cpu").save_pretrained(out / "text_encoder")
-        tokenizer.save_pretrained(out / "tokenizer")
-        scheduler.save_pretrained(out / "scheduler")
-        (out / "model_index.json").write_text(json.dumps({
-            "_class_name": "latentbasis.TextPixelPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
-            "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
-            "scheduler": ["diffusers", type(scheduler).__name__]}, indent=1))
-    else:
-        unet.save_pretrained(out, safe_serialization=True)
-        scheduler.save_pretrained(out)
-    write_model_card(out, cfg, log, step)
-    (out / "training_log.json").write_text(json.dumps(
-        {"config": log["config"], "seconds": log["seconds"], "steps": step,
-         "loss_every_100": [sum(log["loss"][i:i + 100]) / len(log["loss"][i:i + 100])
-                            for i in range(0, len(log["loss"]), 100)]}, indent=1))
+    with atomic_folder_contents(out) as model_dir:   # the finished model's files appear together, or none
+        if cfg.text:  # a pipeline folder without a VAE, opened like any SD-style pipeline
+            unet.save_pretrained(model_dir / "unet", safe_serialization=True)
+            text_encoder.eval().to("cpu").save_pretrained(model_dir / "text_encoder")
+            tokenizer.save_pretrained(model_dir / "tokenizer")
+            scheduler.save_pretrained(model_dir / "scheduler")
+            (model_dir / "model_index.json").write_text(json.dumps({
+                "_class_name": "latentbasis.TextPixelPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+                "text_encoder": ["transformers", "CLIPTextModel"],
+                "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
+                "scheduler": ["diffusers", type(scheduler).__name__]}, indent=1))
+        else:
+            unet.save_pretrained(model_dir, safe_serialization=True)
+            scheduler.save_pretrained(model_dir)
+        write_model_card(model_dir, cfg, log, step)
+        (model_dir / "training_log.json").write_text(json.dumps(
+            {"config": log["config"], "seconds": log["seconds"], "steps": step,
+             "loss_every_100": [sum(log["loss"][i:i + 100]) / len(log["loss"][i:i + 100])
+                                for i in range(0, len(log["loss"]), 100)]}, indent=1))
     return log
 
 
@@ -398,7 +400,7 @@ def write_model_card(out: Path, cfg: TrainConfig, log: dict, step: int, quality:
         lines += ["", "## Sample quality", "", shapes_markdown(shapes)]
     if labels:
         lines += ["", "## Label following", "", labels_markdown(labels)]
-    (out / "README.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(out / "README.md", "\n".join(lines) + "\n")
 
 
 def quality_markdown(q: dict) -> str:

@@ -58,6 +58,26 @@ def test_export_replays_to_the_same_pixels(model, found):
     assert torch.equal(load_basis(basis_path, model=model).latent, s.basis.latent)
 
 
+def test_an_export_that_cannot_finish_leaves_the_earlier_one_whole(model, found, monkeypatch):
+    """A full disk on the last file of an export (the recipe): the page gets one message and the earlier export's
+    files are as they were, not a new basis and picture beside an old recipe."""
+    s, _ = found
+    E.apply_edit(model, s, "guidance", [6, 0, 0, 0])
+    files = [Path(f) for f in E.export(model, s)]
+    before = {f: f.read_bytes() for f in files}
+    E.apply_edit(model, s, "guidance", [0, -6, 0, 0])
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(Exception, match="No space left on device") as err:
+        E.export(model, s)
+    assert type(err.value).__name__ == "LatentBasisError" and "recipe.json" in str(err.value)
+    assert {f: f.read_bytes() for f in files} == before
+    assert not [p for p in files[0].parent.iterdir() if ".tmp" in p.name]
+
+
 def test_an_imported_basis_is_transported_to_this_image(model, found, tmp_path):
     s, _ = found
     path = save_basis(s.basis, tmp_path / "from_seed1.safetensors")

@@ -114,7 +114,7 @@ def ws(tmp_path_factory, tiny_unet_dir, other_unet_dir):
             cfg = json.loads((md / "config.json").read_text())
             (md / "config.json").write_text(json.dumps({**cfg, "sample_size": 10**6}))
         elif name == "half_weights":           # a float16 checkpoint of the same model
-            from safetensors.torch import load_file, save_file
+            from safetensors.torch import load_file
 
             w16 = {k: v.half() for k, v in load_file(md / "diffusion_pytorch_model.safetensors").items()}
             save_file(w16, str(md / "diffusion_pytorch_model.safetensors"))
@@ -933,8 +933,43 @@ def test_a_full_disk_is_one_line_and_the_earlier_file_survives(case, tiny_unet_d
     assert rc == 2 and len(err) == 1 and "No space left on device" in err[0] and earlier.name in err[0], err
     assert "please report" not in err[0]
     after = snapshot(tmp_path)
-    assert after[earlier.name] == b"an earlier output"
+    assert after == before             # the earlier file whole, nothing else written
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_a_picture_that_cannot_be_written_leaves_the_earlier_basis_file(tiny_unet_dir, tmp_path, capsys,
+                                                                        monkeypatch):
+    """`basis --out B --png P` with P unwritable (a full disk): the basis file written first does not replace the
+    earlier one, and no picture or temporary file is left: the command writes both or neither."""
+    from matplotlib.figure import Figure
+
+    earlier = tmp_path / "b.safetensors"
+    earlier.write_bytes(b"an earlier output")
+    before = snapshot(tmp_path)
+    monkeypatch.setattr(Figure, "savefig", _disk_full)
+    rc, err = run_main(_basis_args(tiny_unet_dir, earlier, tmp_path / "b.png"), capsys)
+    assert rc == 2 and len(err) == 1 and "No space left on device" in err[0] and "b.png" in err[0], err
+    assert snapshot(tmp_path) == before
+
+
+def test_outputs_of_one_block_appear_together_or_not_at_all(tmp_path):
+    from latentbasis.atomic import all_or_nothing, write_text_atomic
+
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("old a")
+    with pytest.raises(KeyboardInterrupt):          # an interrupt after the first output was complete
+        with all_or_nothing():
+            write_text_atomic(a, "new a")
+            assert a.read_text() == "old a"         # not yet: it waits for the block
+            raise KeyboardInterrupt
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"] and a.read_text() == "old a"
+    with all_or_nothing():
+        write_text_atomic(a, "new a")
+        with all_or_nothing():                      # an inner block belongs to the outer one
+            write_text_atomic(b, "new b")
+        assert not b.exists()
+    assert (a.read_text(), b.read_text()) == ("new a", "new b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
 
 
 def test_a_writer_never_removes_another_live_writers_temporary_file(tmp_path):

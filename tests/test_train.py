@@ -79,3 +79,26 @@ def test_a_device_that_is_not_there_is_refused(tmp_path):
     with pytest.raises(LatentBasisError, match="no CUDA GPU is available"):
         train(dataclasses.replace(TINY, device="cuda"), tmp_path, progress=False)
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_a_full_disk_at_the_end_leaves_no_half_model_and_the_run_finishes_later(tmp_path, monkeypatch):
+    """The finished model's files appear together or not at all: a full disk while the last of them is written
+    (training_log.json) is one message, and the folder holds no weights or config of this run, only the checkpoint
+    a rerun finishes from."""
+    from pathlib import Path
+
+    real = Path.write_text
+
+    def full(self, *a, **k):
+        if self.name == "training_log.json":
+            raise OSError(28, "No space left on device")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(LatentBasisError, match="No space left on device"):
+        train(TINY, tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+    monkeypatch.setattr(Path, "write_text", real)
+    train(TINY, tmp_path, progress=False)                  # resumes at the last step and writes the model
+    assert load_model(str(tmp_path)).x_shape == (1, 8, 8)
+    assert (tmp_path / "README.md").exists() and (tmp_path / "training_log.json").exists()
