@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_text_atomic
+from .atomic import all_or_nothing, write_text_atomic
 from .data import DIGIT_WORDS, digit_caption
 from .errors import LatentBasisError
 from .evaluate import quality_judge, training_data
@@ -190,10 +190,11 @@ def run_compare(models: list, out: str | os.PathLike, settings: ReportSettings, 
               "normalised": {p["model"]: p["normalised"] for p in per},
               "baselines": {p["model"]: p["baseline"] for p in per},
               "confounds": {p["model"]: p["confounds"] for p in per}, "findings": verdicts}
-    write_text_atomic(out / "compare.json", json.dumps(result, indent=1))
-    _csv(out / "compare.csv", ["model", "t", "first_normalised", "model_normalised", "difference", "low95", "high95"],
-         rows)
-    _compare_page(result, out)
+    with all_or_nothing():          # the comparison's files together, or an earlier comparison left whole
+        write_text_atomic(out / "compare.json", json.dumps(result, indent=1))
+        _csv(out / "compare.csv", ["model", "t", "first_normalised", "model_normalised", "difference", "low95",
+                                   "high95"], rows)
+        _compare_page(result, out)
     return result
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path, write_text_atomic
+from .atomic import all_or_nothing, atomic_path, write_text_atomic
 from .findings import verdict_word
 from .theory import signal_fraction
 from .viz import direction_image
@@ -335,7 +335,13 @@ def _descriptions_html(n: dict) -> str:
 
 
 def write_report(n: dict, out: str | os.PathLike, *, bases, pca, alphas_cumprod) -> Path:
-    """report.html (plots embedded: readable offline), numbers.json, CSV tables and PNG plots in `out`."""
+    """report.html (plots embedded: readable offline), numbers.json, CSV tables and PNG plots in `out`: all of them
+    or, where one cannot be written, none (an earlier report there stays whole)."""
+    with all_or_nothing():
+        return _write_report(n, out, bases=bases, pca=pca, alphas_cumprod=alphas_cumprod)
+
+
+def _write_report(n: dict, out: str | os.PathLike, *, bases, pca, alphas_cumprod) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     figs = _plots(n, out, bases, pca, alphas_cumprod)

@@ -61,6 +61,31 @@ def test_a_second_run_reuses_the_cache(report, tiny_unet_dir, capsys):
     assert _numbers(report) == before
 
 
+def test_a_rerun_that_cannot_write_its_page_leaves_the_earlier_report_whole(report, tiny_unet_dir, capsys,
+                                                                             monkeypatch):
+    """A full disk on the page, the last file a report writes: one line, and the folder's numbers, tables and plots
+    are the earlier run's byte for byte (not new numbers beside an old page)."""
+    from pathlib import Path
+
+    def files():
+        return {p: p.read_bytes() for p in sorted(report.iterdir()) if p.is_file()}
+
+    before = files()
+    real = Path.write_text
+
+    def full(self, *a, **k):
+        if "report.html" in self.name:
+            raise OSError(28, "No space left on device")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    capsys.readouterr()
+    assert main(["report", "--model", str(tiny_unet_dir), *SMALL, "--out", str(report)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0] and "report.html" in err[0], err
+    assert files() == before
+
+
 def test_prompts_of_a_text_model(tiny_sd_dir, tmp_path):
     out = tmp_path / "r"
     prompts = ["the digit one", "number one", "the digit two", "number two"]
