@@ -43,6 +43,13 @@ def pair(model, x, ts, prev, k, prompt=None):
             float(principal_angles(prev.latent, cold.latent).max().rad2deg()))
 
 
+def header(what: str, a, t0: float) -> str:
+    """The run's first line: what ran, on which grid, the load and the time."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"# {what}: {a.model}, {a.samples} samples (seeds {a.first_seed}..) x {a.timesteps} timesteps, k = {a.k}, "
+            f"tol 1e-3, 1 thread; load average {load:.2f}; {time.perf_counter() - t0:.0f} s\n")
+
+
 def angle_sweep(model, tss, seeds, k, angles):
     """What a start of known quality saves: each cold basis V restarted from cos(a) V + sin(a) W, W orthonormal rows
     orthogonal to V (random, seeded), so every principal angle between the start and the answer is a. Rows
@@ -84,9 +91,7 @@ def main():
         t0 = time.perf_counter()
         rows = angle_sweep(model, tss, range(a.first_seed, a.first_seed + a.samples), a.k,
                            [float(v) for v in a.angles.split(",")])
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        print(f"# bench_warm --angles: {a.model}, {a.samples} samples (seeds {a.first_seed}..) x {a.timesteps} "
-              f"timesteps, k = {a.k}, tol 1e-3, 1 thread; load average {load:.2f}; {time.perf_counter() - t0:.0f} s\n")
+        print(header("bench_warm --angles", a, t0))
         print("| start's angle to the answer | bases | evaluations per basis, cold | warm | warm / cold | largest angle "
               "warm vs cold (max) |\n|---|---|---|---|---|---|")
         for angle, r in rows.items():
@@ -113,9 +118,7 @@ def main():
             if seed < a.first_seed + 2:
                 rows["slider"].append(pair(model, x + cold.latent[0], ts, cold, a.k)[1:])
             previous_sample[ts] = prev = cold
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"# bench_warm: {a.model}, {a.samples} samples (seeds {a.first_seed}..) x {a.timesteps} timesteps, "
-          f"k = {a.k}, tol 1e-3, 1 thread; load average {load:.2f}; {time.perf_counter() - t0:.0f} s\n")
+    print(header("bench_warm", a, t0))
     print("| warm start from | bases | evaluations per basis, cold | warm | warm / cold | largest angle warm vs "
           "cold (max) | the neighbour's own angle (median) |\n|---|---|---|---|---|---|---|")
     for what, r in rows.items():
