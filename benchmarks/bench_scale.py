@@ -316,7 +316,30 @@ def arpack_basis(f, x, k, tol, seed, contender, budget=None, record=None):
                            iterations=steps[0], extra={"verify_vjps": op.vjps - vjps})
 
 
-def evaluation_rows(name, device, f, x, budget=None, record=None):
+def product_profile(name, op, U1, V1, top=12):
+    """Where one JVP's time goes beside one VJP's, by operator (torch.profiler's self CPU time, each product once
+    after the timed runs): the operators that take the most time in the JVP, with their time in the VJP."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def self_seconds(fn):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+        return {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
+
+    vjp_t, jvp_t = self_seconds(lambda: op.vjp(U1)), self_seconds(lambda: op.jvp(V1))
+    print(f"\n    {name}: one JVP (latentbasis) against one VJP by operator, self CPU seconds, top {top} in the JVP:\n"
+          f"    | operator | VJP | JVP | JVP - VJP |\n    |---|---|---|---|", flush=True)
+    for key in sorted(jvp_t, key=jvp_t.get, reverse=True)[:top]:
+        print(f"    | {key} | {vjp_t.get(key, 0.0):.2f} | {jvp_t[key]:.2f} | {jvp_t[key] - vjp_t.get(key, 0.0):+.2f} |",
+              flush=True)
+    rest_v = sum(vjp_t.values()) - sum(vjp_t.get(k, 0.0) for k in sorted(jvp_t, key=jvp_t.get, reverse=True)[:top])
+    rest_j = sum(jvp_t.values()) - sum(sorted(jvp_t.values(), reverse=True)[:top])
+    print(f"    | the rest | {rest_v:.2f} | {rest_j:.2f} | {rest_j - rest_v:+.2f} |\n"
+          f"    | all | {sum(vjp_t.values()):.2f} | {sum(jvp_t.values()):.2f} | "
+          f"{sum(jvp_t.values()) - sum(vjp_t.values()):+.2f} |\n", flush=True)
+
+
+def evaluation_rows(name, device, f, x, budget=None, record=None, profile_products=False):
     """The cost of one evaluation through the feature map, each way, with the floor beside them."""
     from torch.func import jvp
 
@@ -348,6 +371,8 @@ def evaluation_rows(name, device, f, x, budget=None, record=None):
     s, peak, _ = timed(device, lambda: op.jvp(V1), repeats=3)
     emit(f"| {name} | one JVP, latentbasis ({'VJP of the recorded pullback' if op.recorded else 'forward-mode AD'}) | "
          f"{s:.2f} s = {s / vjp_s:.2f} VJPs | peak {format_bytes(peak)} |")
+    if profile_products and device.type == "cpu":
+        product_profile(name, op, U1, V1)
     op = None
     s, peak, _ = timed(device, lambda: jvp(f, (x,), (v,))[1], repeats=2)
     emit(f"| {name} | one JVP, forward-mode AD (torch.func.jvp, the published way) | {s:.2f} s = {s / vjp_s:.2f} "
@@ -402,7 +427,7 @@ def edit_profile(name, model, x, ts, v, top=12):
 
 
 def run_model(name, device, dtypes, k, tol, limit, which, feature_only, linearize, max_memory=None, record=None,
-              seed=0, costs=True, blocks=(), profile_edit=False):
+              seed=0, costs=True, blocks=(), profile_edit=False, profile_products=False):
     t_build = time.perf_counter()
     model, params = build(name, device, dtypes[0])
     model.max_memory = max_memory
@@ -422,7 +447,7 @@ def run_model(name, device, dtypes, k, tol, limit, which, feature_only, lineariz
         fwd, peak, _ = timed(device, lambda: model.network(x[None], t, model.encode_prompt(prompt)), repeats=3)
         emit(f"| {name} | whole forward, batch 1 ({dtype_name(model.dtype)}) | {fwd:.3f} s | peak {format_bytes(peak)} |")
     f = model.features(ts, prompt)
-    vjp_s = evaluation_rows(name, device, f, x, max_memory, record) if costs else None
+    vjp_s = evaluation_rows(name, device, f, x, max_memory, record, profile_products) if costs else None
     found = basis_rows(name, device, f, x, k, tol, seed, limit, which, max_memory, record, blocks)
     if linearize and vjp_s:
         linearize_row(name, device, f, x, vjp_s)
@@ -469,6 +494,8 @@ def main():
                                                  "each, beside its default block")
     ap.add_argument("--profile-edit", action="store_true", help="print where one guidance edit's time goes "
                                                                     "(torch.profiler's top operators)")
+    ap.add_argument("--profile-products", action="store_true", help="on the CPU, print where one JVP's time goes "
+                                                                        "beside one VJP's, by operator")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     device = resolve_device(a.device)
@@ -485,7 +512,7 @@ def main():
             run_model(name, device, dtypes, k, a.tol, limit, which, feature_only, a.linearize,
                       parse_memory(a.max_memory) if a.max_memory else None,
                       {"auto": None, "yes": True, "no": False}[a.record], costs=not a.no_costs, blocks=blocks,
-                      profile_edit=a.profile_edit)
+                      profile_edit=a.profile_edit, profile_products=a.profile_products)
         except Exception as e:  # out of memory on a small machine: say so
             print(f"| {name} | - | failed | {type(e).__name__}: {str(e).splitlines()[0][:200]} |", flush=True)
         return
@@ -504,6 +531,7 @@ def main():
         cmd += (["--max-memory", a.max_memory] if a.max_memory else []) + ["--record", a.record]
         cmd += ["--no-costs"] if a.no_costs else []
         cmd += (["--blocks", a.blocks] if blocks else []) + (["--profile-edit"] if a.profile_edit else [])
+        cmd += ["--profile-products"] if a.profile_products else []
         proc = subprocess.run(cmd)               # its rows go straight to this one's output
         if proc.returncode < 0:
             print(f"| {name} | - | killed by signal {-proc.returncode} | "
