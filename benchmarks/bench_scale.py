@@ -339,7 +339,34 @@ def product_profile(name, op, U1, V1, top=12):
           f"{sum(jvp_t.values()) - sum(vjp_t.values()):+.2f} |\n", flush=True)
 
 
-def evaluation_rows(name, device, f, x, budget=None, record=None, profile_products=False):
+def convolution_rows(name, device, f, x, op, U1, V1, repeats=3):
+    """The recorded products with autograd's own convolution backward (the pullback built without
+    jacobian.double_backward_friendly) beside latentbasis', timed interleaved (medians of `repeats`), same x."""
+    import contextlib
+
+    import latentbasis.jacobian as jacobian
+
+    friendly = jacobian.double_backward_friendly
+    jacobian.double_backward_friendly = contextlib.nullcontext
+    try:
+        plain = JacobianOperator(f, x, chunk_size=op.chunk_size)
+    finally:
+        jacobian.double_backward_friendly = friendly
+    times: dict[str, list[float]] = {}
+    for _ in range(repeats):
+        for label, o in (("autograd's", plain), ("latentbasis'", op)):
+            for way, fn in (("VJP", lambda o=o: o.vjp(U1)), ("JVP", lambda o=o: o.jvp(V1))):
+                s, _, _ = timed(device, fn)
+                times.setdefault(f"{way}, {label}", []).append(s)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for label in ("autograd's", "latentbasis'"):
+        emit(f"| {name} | interleaved: one VJP / one JVP, {label} convolution backward | "
+             f"{med['VJP, ' + label]:.2f} / {med['JVP, ' + label]:.2f} s | JVP = "
+             f"{med['JVP, ' + label] / med['VJP, ' + label]:.2f} VJPs; medians of {repeats} |")
+
+
+def evaluation_rows(name, device, f, x, budget=None, record=None, profile_products=False,
+                    compare_convolutions=False):
     """The cost of one evaluation through the feature map, each way, with the floor beside them."""
     from torch.func import jvp
 
@@ -373,6 +400,8 @@ def evaluation_rows(name, device, f, x, budget=None, record=None, profile_produc
          f"{s:.2f} s = {s / vjp_s:.2f} VJPs | peak {format_bytes(peak)} |")
     if profile_products and device.type == "cpu":
         product_profile(name, op, U1, V1)
+    if compare_convolutions:
+        convolution_rows(name, device, f, x, op, U1, V1)
     op = None
     s, peak, _ = timed(device, lambda: jvp(f, (x,), (v,))[1], repeats=2)
     emit(f"| {name} | one JVP, forward-mode AD (torch.func.jvp, the published way) | {s:.2f} s = {s / vjp_s:.2f} "
@@ -427,7 +456,7 @@ def edit_profile(name, model, x, ts, v, top=12):
 
 
 def run_model(name, device, dtypes, k, tol, limit, which, feature_only, linearize, max_memory=None, record=None,
-              seed=0, costs=True, blocks=(), profile_edit=False, profile_products=False):
+              seed=0, costs=True, blocks=(), profile_edit=False, profile_products=False, compare_convolutions=False):
     t_build = time.perf_counter()
     model, params = build(name, device, dtypes[0])
     model.max_memory = max_memory
@@ -447,7 +476,8 @@ def run_model(name, device, dtypes, k, tol, limit, which, feature_only, lineariz
         fwd, peak, _ = timed(device, lambda: model.network(x[None], t, model.encode_prompt(prompt)), repeats=3)
         emit(f"| {name} | whole forward, batch 1 ({dtype_name(model.dtype)}) | {fwd:.3f} s | peak {format_bytes(peak)} |")
     f = model.features(ts, prompt)
-    vjp_s = evaluation_rows(name, device, f, x, max_memory, record, profile_products) if costs else None
+    vjp_s = (evaluation_rows(name, device, f, x, max_memory, record, profile_products, compare_convolutions)
+             if costs else None)
     found = basis_rows(name, device, f, x, k, tol, seed, limit, which, max_memory, record, blocks)
     if linearize and vjp_s:
         linearize_row(name, device, f, x, vjp_s)
@@ -496,6 +526,8 @@ def main():
                                                                     "(torch.profiler's top operators)")
     ap.add_argument("--profile-products", action="store_true", help="on the CPU, print where one JVP's time goes "
                                                                         "beside one VJP's, by operator")
+    ap.add_argument("--compare-convolutions", action="store_true", help="also time the recorded products with "
+                    "autograd's own convolution backward, interleaved with latentbasis'")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     device = resolve_device(a.device)
@@ -512,7 +544,8 @@ def main():
             run_model(name, device, dtypes, k, a.tol, limit, which, feature_only, a.linearize,
                       parse_memory(a.max_memory) if a.max_memory else None,
                       {"auto": None, "yes": True, "no": False}[a.record], costs=not a.no_costs, blocks=blocks,
-                      profile_edit=a.profile_edit, profile_products=a.profile_products)
+                      profile_edit=a.profile_edit, profile_products=a.profile_products,
+                      compare_convolutions=a.compare_convolutions)
         except Exception as e:  # out of memory on a small machine: say so
             print(f"| {name} | - | failed | {type(e).__name__}: {str(e).splitlines()[0][:200]} |", flush=True)
         return
@@ -532,6 +565,7 @@ def main():
         cmd += ["--no-costs"] if a.no_costs else []
         cmd += (["--blocks", a.blocks] if blocks else []) + (["--profile-edit"] if a.profile_edit else [])
         cmd += ["--profile-products"] if a.profile_products else []
+        cmd += ["--compare-convolutions"] if a.compare_convolutions else []
         proc = subprocess.run(cmd)               # its rows go straight to this one's output
         if proc.returncode < 0:
             print(f"| {name} | - | killed by signal {-proc.returncode} | "

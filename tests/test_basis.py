@@ -121,6 +121,53 @@ def test_jvp_modes_agree(tiny_unet_dir, tiny_sd_dir, which):
         JacobianOperator(f, x, jvp_mode="sideways")
 
 
+def _conv_net(d: int) -> torch.nn.Module:
+    """Convolutions of d spatial dimensions with every geometry the input-only backward must invert: padding,
+    stride 2 (an odd size, so the transpose needs output padding), a 1x1 kernel, dilation with groups."""
+    C = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)[d - 1]
+    torch.manual_seed(d)
+    return torch.nn.Sequential(C(3, 8, 3, padding=1), torch.nn.SiLU(), C(8, 8, 3, stride=2, padding=1),
+                               torch.nn.SiLU(), C(8, 16, 1), torch.nn.SiLU(),
+                               C(16, 16, 3, padding=2, dilation=2, groups=4)).requires_grad_(False)
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_recorded_products_through_convolutions_are_the_dense_jacobians(d):
+    from latentbasis.jacobian import JacobianOperator
+
+    net = _conv_net(d)
+    x = torch.randn(3, *(9,) * d)
+    f = lambda z: net(z[None])[0]      # noqa: E731
+    op = JacobianOperator(f, x, chunk_size=2)
+    dense = torch.autograd.functional.jacobian(f, x).reshape(op.m, op.n).double()
+    V, U = torch.randn(3, op.n, dtype=torch.float64), torch.randn(3, op.m, dtype=torch.float64)
+    assert torch.allclose(op.jvp(V), V @ dense.T, rtol=1e-4, atol=1e-5 * dense.abs().max())
+    assert torch.allclose(op.vjp(U), U @ dense, rtol=1e-4, atol=1e-5 * dense.abs().max())
+
+
+def test_a_jvp_through_the_recorded_pullback_costs_one_forward_of_flops():
+    """J v as the VJP of the recorded pullback: each convolution's part is one convolution, the FLOPs of the
+    forward (autograd's own double backward of a convolution also computes the weight's gradient: 2.3x)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from latentbasis.jacobian import JacobianOperator
+
+    net = _conv_net(2)
+    x = torch.randn(3, 16, 16)
+    f = lambda z: net(z[None])[0]      # noqa: E731
+    op = JacobianOperator(f, x, chunk_size=1)
+
+    def flops(fn):
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        return counter.get_total_flops()
+
+    forward = flops(lambda: f(x))
+    assert forward > 0
+    assert flops(lambda: op.jvp(torch.randn(1, op.n, dtype=torch.float64))) == forward
+    assert flops(lambda: op.vjp(torch.randn(1, op.m, dtype=torch.float64))) == forward
+
+
 def test_cost_is_reported_and_far_below_dense(tiny_unet_dir):
     model = load_model(str(tiny_unet_dir))
     x = torch.randn(model.x_shape)
