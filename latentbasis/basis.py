@@ -3,8 +3,9 @@
     J = U S V^T (thin, top k).  latent basis: rows v_i of V^T (unit vectors in X, what an edit moves along);
     tangent basis: rows u_i = J v_i / s_i (unit vectors in H); singular values s_1 >= ... >= s_k.
 
-J is never formed. A JVP (J v, forward mode) costs about three VJPs (J^T u, reverse mode) through a pullback that
-is built once per (x_t, t) and reused, so the algorithms count both and prefer VJPs.
+J is never formed. J^T u (a VJP) replays a pullback recorded once per (x_t, t), and J v (a JVP) is that linear
+pullback's own VJP, about as costly (forward-mode AD costs 2.4-3 VJPs; latentbasis/jacobian.py). The algorithms
+count both.
 
 Two algorithms behind `pullback_basis`:
 - "krylov" (default): block Golub-Kahan-Lanczos with full reorthogonalisation and Rayleigh-Ritz. It keeps a
