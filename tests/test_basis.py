@@ -123,12 +123,15 @@ def test_jvp_modes_agree(tiny_unet_dir, tiny_sd_dir, which):
 
 def _conv_net(d: int) -> torch.nn.Module:
     """Convolutions of d spatial dimensions with every geometry the input-only backward must invert: padding,
-    stride 2 (an odd size, so the transpose needs output padding), a 1x1 kernel, dilation with groups."""
+    stride 2 (an odd size, so the transpose needs output padding), a 1x1 kernel, dilation with groups, circular
+    padding (done before the convolution); and one it leaves to autograd ("same" padding, a string)."""
     C = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)[d - 1]
     torch.manual_seed(d)
     return torch.nn.Sequential(C(3, 8, 3, padding=1), torch.nn.SiLU(), C(8, 8, 3, stride=2, padding=1),
                                torch.nn.SiLU(), C(8, 16, 1), torch.nn.SiLU(),
-                               C(16, 16, 3, padding=2, dilation=2, groups=4)).requires_grad_(False)
+                               C(16, 16, 3, padding=2, dilation=2, groups=4), torch.nn.SiLU(),
+                               C(16, 16, 3, padding=1, padding_mode="circular"), torch.nn.SiLU(),
+                               C(16, 16, 3, padding="same")).requires_grad_(False)
 
 
 @pytest.mark.parametrize("d", [1, 2, 3])
@@ -152,7 +155,7 @@ def test_a_jvp_through_the_recorded_pullback_costs_one_forward_of_flops():
 
     from latentbasis.jacobian import JacobianOperator
 
-    net = _conv_net(2)
+    net = _conv_net(2)[:-2]                # without the "same" layer, which autograd differentiates
     x = torch.randn(3, 16, 16)
     f = lambda z: net(z[None])[0]      # noqa: E731
     op = JacobianOperator(f, x, chunk_size=1)
