@@ -69,6 +69,10 @@ change v(all). The factor it names is the largest phi. The description side is u
 reading's code). Two columns are added: the main part against the joint judge, and the same with the bands as one
 part, the latter declared the fifth reading's primary figure; every column is printed and reported. The registration
 and the reader are unchanged, so the judges' columns on 5500.. also re-measure the fourth reading on fresh seeds.
+
+A larger run, declared 2026-12-06 before it (no new reading: the same code, judges and columns as the fifth
+reading's run): 48 samples from fresh seeds 6500 on (`--reading edit --first-seed 6500 --samples 48`), to measure
+the shipped description with three times the samples, since seed sets of 16 differed by about 10 points.
 """
 from __future__ import annotations
 
