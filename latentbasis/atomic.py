@@ -127,10 +127,7 @@ def atomic_folder_contents(folder: str | os.PathLike):
     or interrupt it is removed and `folder` is left as it was (one left by a killed process is removed by the next
     block on `folder`). A full disk is one LatentBasisError."""
     folder = Path(folder)
-    for stale in folder.glob(".latentbasis-*.tmp"):
-        m = re.fullmatch(r"\.latentbasis-(\d+)-[0-9a-f]{8}\.tmp", stale.name)
-        if m and stale.is_dir() and not stale.is_symlink() and not process_running(int(m.group(1))):
-            shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_workdirs(folder, _FOLDER_CONTENTS_NAME)
     tmp = folder / f".latentbasis-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     tmp.mkdir()
     try:
@@ -203,12 +200,16 @@ def new_workdir(root: Path) -> Path:
     return d
 
 
-def remove_stale_workdirs(root: Path) -> int:
-    """Remove the folders in `root` that new_workdir made for processes no longer running; returns how many. Only
-    such folders: named as new_workdir names them, real folders (not links), this user's."""
+_FOLDER_CONTENTS_NAME = re.compile(r"\.latentbasis-(\d+)-[0-9a-f]{8}\.tmp")   # atomic_folder_contents' folders
+
+
+def remove_stale_workdirs(root: Path, name: re.Pattern = _WORKDIR_NAME) -> int:
+    """Remove the folders in `root` that new_workdir made (or, with `name`, another maker whose names carry the
+    process id first) for processes no longer running; returns how many. Only such folders: named so, real
+    folders (not links), this user's."""
     removed = 0
     for d in root.iterdir():
-        m = _WORKDIR_NAME.fullmatch(d.name)
+        m = name.fullmatch(d.name)
         if not m or int(m.group(1)) == os.getpid():
             continue
         st = os.lstat(d)
