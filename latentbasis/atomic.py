@@ -53,6 +53,26 @@ def _write_error(path: Path, e: BaseException) -> LatentBasisError | None:
     return None
 
 
+def names_folder(path: str | os.PathLike) -> bool:
+    """Whether a path given for a file names a folder instead: an existing folder, or a path ending in a
+    separator, '.' or '..', or the root (no file name to write)."""
+    text = os.fspath(path)
+    if text.endswith(("/", os.sep)) or Path(text).name in ("", ".", ".."):
+        return True
+    try:
+        return Path(text).is_dir()
+    except OSError:          # a name too long to look up: no folder; the writer says what is wrong with it
+        return False
+
+
+def file_path(path: str | os.PathLike) -> Path:
+    """The path of a file to write, as a Path; one that names a folder (names_folder) is refused, before the
+    conversion to a Path drops a trailing separator."""
+    if names_folder(path):
+        raise LatentBasisError(f"{os.fspath(path)} is a folder; give a file path")
+    return Path(path)
+
+
 _PENDING: contextvars.ContextVar[list | None] = contextvars.ContextVar("latentbasis_pending_writes", default=None)
 
 
@@ -66,7 +86,7 @@ def atomic_path(path: str | os.PathLike):
     process killed mid-write cannot remove its temporary file; the next complete write of `path` removes those of
     processes no longer running, never one another live writer is still writing. A full disk, a quota or a
     read-only folder is one LatentBasisError naming the file."""
-    path = Path(path)
+    path = file_path(path)
     token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = path.with_name(temporary_name(path.name, token))
     pending, deferred = _PENDING.get(), False

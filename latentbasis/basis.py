@@ -374,7 +374,7 @@ def latent_basis(model, x_t: torch.Tensor, *, t: float | None = None, timestep: 
     if space == "h":
         if mask is not None or null_rank:
             raise LatentBasisError("a mask and null_rank need space x0 (the Jacobian of x0_hat)")
-        layer = layer or model.default_layer
+        layer = model.layer_name(layer)
         f = model.features(ts, prompt=prompt, layer=layer)
     else:
         layer = "x0_hat"

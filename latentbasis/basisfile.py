@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_path
+from .atomic import atomic_path, file_path
 from .basis import ALGORITHMS, Basis, GlobalDirections, Provenance, Region
 from .describe import description_lines, descriptions_from_json, descriptions_to_json
 from .errors import LatentBasisError
@@ -46,7 +46,7 @@ def save_basis(b: Basis, path: str | os.PathLike) -> Path:
     """Write atomically: a temporary file in the same folder, then a rename (never a half-written file)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
+    path = file_path(path)
     if not path.parent.is_dir():
         raise LatentBasisError(f"cannot write {path}: folder {path.parent} does not exist")
     # own copies: rows that share memory (a tangent that is the latent, say) would make safetensors refuse the file

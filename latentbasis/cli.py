@@ -5,6 +5,7 @@ work and written atomically). Progress bars go to stderr and are erased when a c
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -14,11 +15,12 @@ from .basisfile import info_lines, load_basis, save_basis
 from .devices import error_line, parse_memory
 from .errors import LatentBasisError
 from .evaluate import train_bundled
+from .train import TRAIN_OUTPUTS
 from .loading import load_model, quiet_libraries, resolve_timestep
 from .masks import parse_mask
 from .progress import StageBars
 from .recipe import EditRecipe, basis_for, edit_outputs, run_recipe
-from .report import ReportSettings, run_compare, run_report
+from .report import COMPARE_OUTPUTS, REPORT_OUTPUTS, ReportSettings, run_compare, run_report
 from .report_pages import findings_lines
 from .transport import global_basis, global_lines
 
@@ -79,12 +81,13 @@ def read_paths(a, **more) -> dict[str, str | None]:
 def _cmd_basis(a) -> None:
     _check_common(a)
     v.tolerance(a.tol, "--tol")
-    out = Path(v.nonempty(a.out, "--out"))
-    png = None if a.png == "" else Path(a.png) if a.png else out.with_suffix(".png")
-    v.check_outputs({"--out": out, "--png": png}, read_paths(a))
+    out = v.output_file(a.out, "--out")
+    png = None if a.png == "" else a.png if a.png else out.with_suffix(".png")
+    v.check_outputs({"--out": out, "--png": png}, read_paths(a))   # the paths as given: "d/" names a folder
+    png = None if png is None else Path(png)
     a.t = 0.6 if a.t is None and a.timestep is None else a.t
     model, (ts, frac) = _model_and_t(a)
-    init = load_basis(a.init, model=model, layer=a.layer or model.default_layer).latent if a.init else None
+    init = load_basis(a.init, model=model, layer=model.layer_name(a.layer)).latent if a.init else None
     mask = _region(a, model)
     with StageBars(a.quiet) as stages:
         run = basis_for(model, timestep=ts, t_fraction=frac, k=a.k, seed=a.seed, image=a.image, num_steps=a.steps,
@@ -148,7 +151,7 @@ def _cmd_layers(a) -> None:
 def _cmd_train(a) -> None:
     if a.steps is not None:
         v.count(a.steps, "--steps", 10_000_000)
-    v.check_output_folder(a.out, "--out")
+    v.check_output_folder(a.out, "--out", earlier=TRAIN_OUTPUTS, what="training run")
     text = train_bundled(a.dataset, a.out, steps=a.steps, device=a.device, progress=not a.quiet,
                          evaluate=not a.no_eval)
     print(f"{text}\nwrote {a.out}" if text else f"wrote {a.out}")
@@ -156,7 +159,7 @@ def _cmd_train(a) -> None:
 
 def _cmd_report(a) -> None:
     _check_common(a)
-    v.check_output_folder(a.out, "--out")
+    v.check_output_folder(a.out, "--out", earlier=REPORT_OUTPUTS, what="report")
     model = _load(a, a.model)
     a.prompt = v.condition(model, a.prompt, a.label, ("--prompt", "--label"))
     settings = ReportSettings(samples=a.samples, timesteps=a.timesteps, k=a.k, t_max=a.t_max, t_min=a.t_min,
@@ -174,7 +177,7 @@ def _cmd_compare(a) -> None:
     _check_common(a)
     v.count(a.samples, "--samples", v.MAX_SAMPLES, lo=4)
     v.count(a.timesteps, "--timesteps", v.MAX_TIMESTEPS, lo=2)
-    v.check_output_folder(a.out, "--out")
+    v.check_output_folder(a.out, "--out", earlier=COMPARE_OUTPUTS, what="comparison")
     models = [_load(a, name) for name in a.model]
     settings = ReportSettings(samples=a.samples, timesteps=a.timesteps, k=a.k, num_steps=a.steps, geometry=False)
     print("\n".join(findings_lines(run_compare(models, a.out, settings, progress=not a.quiet)["findings"])))
@@ -203,11 +206,15 @@ def build_parser():
                                      "compare": _cmd_compare, "train": _cmd_train})
 
 
+_NUMBERS = re.compile(r"-\.?\d[\d.,eE+-]*")   # a negative number, or a list starting with one: -6,-3,0  -1,0,4,4
+
+
 def _glue_negative_lists(argv: list[str]) -> list[str]:
-    """argparse reads '--strengths -6,-3,0' as an option followed by another option: glue such values on."""
+    """argparse reads '--strengths -6,-3,0' (or '--mask -1,0,4,4') as an option followed by another option: glue
+    a value that is a negative number or a list of numbers onto the option before it."""
     out, i = [], 0
     while i < len(argv):
-        if argv[i] in ("--strengths", "--directions") and i + 1 < len(argv) and argv[i + 1].startswith("-"):
+        if argv[i].startswith("--") and "=" not in argv[i] and i + 1 < len(argv) and _NUMBERS.fullmatch(argv[i + 1]):
             out.append(f"{argv[i]}={argv[i + 1]}")
             i += 2
         else:

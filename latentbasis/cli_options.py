@@ -40,6 +40,18 @@ def _numbers(s: str, kind, what: str) -> list:
         raise argparse.ArgumentTypeError(f"expected {what} separated by commas, got {s!r}") from None
 
 
+# Text options an empty value means something for: --png '' (no picture), --prompt '' (the empty prompt).
+MAY_BE_EMPTY = ("png", "prompt")
+
+
+def _text(s: str) -> str:
+    """A text option's value, refused when empty or blank: an empty path would mean the current folder, an empty
+    layer the default, an empty model nothing, none of which the user asked for."""
+    if not s.strip():
+        raise argparse.ArgumentTypeError("is empty; give a value")
+    return s
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line (the full usage is in --help)."""
 
@@ -121,6 +133,8 @@ def _command(sub, name: str, run, help: str, description: str, options, **own):
                        epilog="example:\n  " + EXAMPLES[name])
     for opt in options:
         kw = {**OPTIONS.get(opt, {}), **own.get(opt.replace("-", "_"), {})}
+        if "type" not in kw and kw.get("action") in (None, "append") and opt not in MAY_BE_EMPTY:
+            kw["type"] = _text
         p.add_argument(opt if opt == "file" else f"--{opt}", **kw)
     p.set_defaults(run=run)
     return p

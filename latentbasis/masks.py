@@ -55,8 +55,16 @@ def _non_empty(m: torch.Tensor) -> torch.Tensor:
 
 
 def mask_in_x(model, mask: torch.Tensor) -> torch.Tensor:
-    """The image mask [S, S] as a boolean mask of x [C, h, w] (area-averaged down to a latent's size, >= 1/2)."""
+    """The image mask [S, S] as a boolean mask of x [C, h, w] (area-averaged down to a latent's size, >= 1/2).
+    A mask of another size or shape, or with a value that is not a number, is refused (not stretched to fit)."""
     C, h, w = model.x_shape
+    S = model.pixel_size()[1]
+    mask = torch.as_tensor(mask)
+    if tuple(mask.shape) != (S, S):
+        raise LatentBasisError(f"the mask has shape {tuple(mask.shape)}; the model's images are {S}x{S} pixels, so a "
+                               f"mask is [{S}, {S}]")
+    if mask.is_floating_point() and not bool(torch.isfinite(mask).all()):
+        raise LatentBasisError("the mask holds a value that is not a finite number")
     m = mask.float()[None, None]
     if m.shape[-1] != w:
         m = torch.nn.functional.adaptive_avg_pool2d(m, (h, w))

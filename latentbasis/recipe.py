@@ -169,7 +169,7 @@ def edit_outputs(out: str | os.PathLike, replayed: str | os.PathLike | None = No
                  name: str = "out") -> tuple[Path, Path | None]:
     """The files an edit writes: its PNG grid `out` and the recipe beside it (`out` with .json), or None for the
     recipe when that is the file `replayed` (a replay leaves the recipe it replays alone)."""
-    out = Path(v.nonempty(out, name))
+    out = v.output_file(out, name)
     if out.suffix.lower() != ".png":
         raise LatentBasisError(f"{name} {out.name}: the edit grid is a PNG; give a path ending in .png (its recipe "
                                "goes beside it as .json)")

@@ -65,6 +65,11 @@ def prompt_group(prompt: str) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
+# What a report (a comparison) writes in its folder first: an existing folder must hold one of these or nothing.
+REPORT_OUTPUTS = ("cache", "report.html", "numbers.json")
+COMPARE_OUTPUTS = ("[0-9]*-*", "compare.json", "compare.html")
+
+
 def run_report(model, out: str | os.PathLike, settings: ReportSettings, *, progress: bool = True,
                pca=None, callback=None) -> dict | None:
     """Compute, measure and write the report into `out`; returns the numbers (None on processes other than 0).
@@ -76,9 +81,7 @@ def run_report(model, out: str | os.PathLike, settings: ReportSettings, *, progr
     D = int(np.prod(model.x_shape))
     if not 1 <= settings.k <= D:
         raise LatentBasisError(f"k = {settings.k} is out of range: x_t has {D} dimensions, so 1 <= k <= {D}")
-    out = Path(out)
-    if not out.parent.exists():
-        raise LatentBasisError(f"{out.parent} does not exist")
+    out = check_output_folder(out, "the output folder", earlier=REPORT_OUTPUTS, what="report")
     prompts: list[str | None] = [None]
     groups = None
     if settings.prompts:
@@ -156,7 +159,7 @@ def run_compare(models: list, out: str | os.PathLike, settings: ReportSettings, 
     compare.csv and compare.png."""
     if len(models) < 2:
         raise LatentBasisError("compare needs at least two models")
-    out = check_output_folder(out, "the output folder")
+    out = check_output_folder(out, "the output folder", earlier=COMPARE_OUTPUTS, what="comparison")
     out.mkdir(parents=True, exist_ok=True)
     one = dataclass_replace(settings, geometry=False)
     per = []

@@ -26,6 +26,7 @@ from .devices import resolve_device
 from .errors import LatentBasisError
 from .schedules import flow_sigmas
 from .text import word_tokenizer
+from .validate import check_output_folder
 
 
 @dataclass
@@ -204,6 +205,10 @@ def read_checkpoint(path: Path, device) -> dict:
     return ckpt
 
 
+# What a training run writes in its folder first: an existing folder must hold one of these or nothing.
+TRAIN_OUTPUTS = ("checkpoint.pt", "training_log.json")
+
+
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -> dict:
     """Train (or resume) a model into `out_dir`; returns the training log (losses, seconds).
 
@@ -217,7 +222,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
         torch.set_num_threads(cfg.num_threads)
 
     dev = resolve_device(cfg.device)     # its message says what is wrong, once
-    out = Path(out_dir)
+    out = check_output_folder(out_dir, "the model folder", earlier=TRAIN_OUTPUTS, what="training run")
     out.mkdir(parents=True, exist_ok=True)
     data, labels = load_dataset(cfg)
     torch.manual_seed(cfg.seed)

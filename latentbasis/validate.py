@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .atomic import NAME_MAX
+from .atomic import NAME_MAX, names_folder
 from .errors import LatentBasisError
 
 # Ceilings on work and sizes (a value above one is refused with the bound in the message).
@@ -182,15 +182,33 @@ def json_depth_ok(data: Any, max_depth: int = MAX_JSON_DEPTH) -> bool:
 
 
 def parse_json(text: str | bytes, what: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """JSON text, strictly (no NaN / Infinity), at most max_depth deep; one message otherwise. For JSON that is not
-    a file of its own (a basis file's header fields)."""
+    """JSON text, strictly: no NaN / Infinity nor a number too large to be finite (1e400), no key twice in one
+    object (which of two values is meant?), at most max_depth deep; one message otherwise. Bytes are UTF-8, a
+    leading byte-order mark allowed (editors on Windows write one)."""
     import json
 
     def no_constants(c):
         raise ValueError(f"{c} is not a JSON number")
 
+    def finite(s):
+        x = float(s)
+        if not math.isfinite(x):
+            raise ValueError(f"{s[:40]} is too large for a number")
+        return x
+
+    def one_value_per_key(pairs):
+        d = dict(pairs)
+        if len(d) < len(pairs):
+            seen = set()
+            for k, _ in pairs:
+                if k in seen:
+                    raise ValueError(f"the key {printable(k)[:60]!r} appears twice in one object")
+                seen.add(k)
+        return d
+
     try:
-        data = json.loads(text.decode("utf-8") if isinstance(text, bytes) else text, parse_constant=no_constants)
+        data = json.loads(text.decode("utf-8-sig") if isinstance(text, bytes) else text, parse_constant=no_constants,
+                          parse_float=finite, object_pairs_hook=one_value_per_key)
     except RecursionError:
         data = None
         deep = True
@@ -325,6 +343,15 @@ def nonempty(value, name: str) -> str:
     return str(value)
 
 
+def output_file(value, name: str) -> Path:
+    """An output file's path: not empty, and not a path that names a folder (an existing folder, one ending in a
+    separator, '.', '..' or the root), where a file name would otherwise be made up or the write would fail late."""
+    text = nonempty(value, name)
+    if names_folder(text):
+        raise LatentBasisError(f"{name} {text} is a folder; give a file path")
+    return Path(text)
+
+
 def _inside(f: Path, folder: Path) -> bool:
     try:
         f.resolve().relative_to(folder.resolve())
@@ -338,10 +365,7 @@ def check_outputs(outputs: dict[str, str | os.PathLike | None], inputs: dict[str
     from: its configs, weights and tokenizer) or another output, and every output's folder exists and can be written to. `outputs` / `inputs`:
     what the user calls them (e.g. "--out") -> path or None; the inputs are every path the command reads
     (cli.read_paths)."""
-    for k, v in outputs.items():
-        if v is not None and not str(v).strip():
-            raise LatentBasisError(f"{k} is empty: give a file path")
-    outs = {k: Path(v) for k, v in outputs.items() if v is not None}
+    outs = {k: output_file(v, k) for k, v in outputs.items() if v is not None}
     for k, p in outs.items():
         if len(p.name.encode()) > NAME_MAX:
             raise LatentBasisError(f"{k}: the file name is {len(p.name.encode())} bytes long; file systems take at "
@@ -361,8 +385,6 @@ def check_outputs(outputs: dict[str, str | os.PathLike | None], inputs: dict[str
             if _same(outs[a], outs[b]):
                 raise LatentBasisError(f"{a} and {b} are the same file ({outs[a]}): give them different names")
     for k, p in outs.items():
-        if p.is_dir():
-            raise LatentBasisError(f"{k} {p} is a folder; give a file path")
         if p.exists() and not p.is_file():
             raise LatentBasisError(f"{k} {p} is not a regular file (a device or a pipe); give a file path")
         parent = p.parent
@@ -374,8 +396,14 @@ def check_outputs(outputs: dict[str, str | os.PathLike | None], inputs: dict[str
             raise LatentBasisError(f"cannot write {p}: it is not writable")
 
 
-def check_output_folder(path: str | os.PathLike, name: str, inputs: dict[str, str | os.PathLike | None] = ()) -> Path:
-    """An output folder (created if missing, its parent must exist): not a file, not an input, writable."""
+def check_output_folder(path: str | os.PathLike, name: str, inputs: dict[str, str | os.PathLike | None] = (),
+                        earlier: tuple[str, ...] = (), what: str = "output") -> Path:
+    """An output folder (created if missing, its parent must exist): not a file, not an input, writable. With
+    `earlier` (name patterns of what the command writes there, e.g. "report.html"), an existing folder must be
+    empty or hold an earlier run's output, so that no file of the user's is overwritten: the file system's root, a
+    home folder or a model folder is refused. Hidden entries are not counted: no output's name starts with '.'."""
+    import fnmatch
+
     p = Path(nonempty(path, name))
     for k, v in dict(inputs).items():
         if v not in (None, "") and _same(p, Path(v)):
@@ -387,4 +415,13 @@ def check_output_folder(path: str | os.PathLike, name: str, inputs: dict[str, st
     target = p if p.exists() else p.parent
     if not os.access(target, os.W_OK | os.X_OK):
         raise LatentBasisError(f"cannot write into {target}: it is not writable")
+    if earlier and p.is_dir():
+        try:
+            names = sorted(e.name for e in p.iterdir() if not e.name.startswith("."))
+        except OSError as e:
+            raise LatentBasisError(f"cannot read {p}: {e.strerror or e}") from None
+        if names and not any(fnmatch.fnmatch(n, pat) for n in names for pat in earlier):
+            raise LatentBasisError(f"{name} {p} already holds other files ({printable(names[0])[:60]}"
+                                   f"{', ...' if len(names) > 1 else ''}) and no earlier {what}: writing there could "
+                                   "overwrite them; give a new or empty folder")
     return p

@@ -75,6 +75,8 @@ def ws(tmp_path_factory, tiny_unet_dir, other_unet_dir):
     (d / "out.png").write_bytes(b"an earlier output")
     (d / "out.json").write_text("{}")
     (d / "a_folder").mkdir()
+    (d / "notes_folder").mkdir()                                           # a folder of the user's own files
+    (d / "notes_folder" / "notes.txt").write_text("mine")
     base_recipe = {"format": "latentbasis.recipe/1", "model": str(tiny_unet_dir), "seed": 1, "num_steps": 4,
                    "timestep": 599, "t_fraction": 0.6, "k": 2, "n_iter": 1, "strengths": [-1.0, 1.0]}
     for name, changes in {
@@ -90,6 +92,9 @@ def ws(tmp_path_factory, tiny_unet_dir, other_unet_dir):
         text = json.dumps({**base_recipe, **changes}).replace('"NaN"', "NaN")
         (d / f"{name}.json").write_text(text)
     (d / "recipe_list.json").write_text("[1, 2]")
+    ok = json.dumps({**base_recipe})
+    (d / "recipe_key_twice.json").write_text(ok[:-1] + ', "seed": 2}')           # which seed?
+    (d / "recipe_overflow.json").write_text(ok[:-1] + ', "scale": 1e400}')       # a float that parses to inf
     (d / "recipe_broken.json").write_text("{ nope")
     bad = d / "bad_models"
     for name, index in {"evil_index": {"unet": ["os", "system"]}, "evil_config": None, "degenerate": None,
@@ -270,6 +275,11 @@ def cli_cases(m, o, w):
         ("recipe_bool_as_text", ["edit", "--recipe", w / "recipe_bool.json", "--out", w / "new.png"], "true or false"),
         ("recipe_strength_huge", ["edit", "--recipe", w / "recipe_strength_big.json", "--out", w / "new.png"],
          "out of range"),
+        ("recipe_key_twice", ["edit", "--recipe", w / "recipe_key_twice.json", "--out", w / "new.png"],
+         "the key 'seed' appears twice"),
+        ("recipe_number_overflows", ["edit", "--recipe", w / "recipe_overflow.json", "--out", w / "new.png"],
+         "1e400 is too large"),
+        ("mask_box_with_a_negative_corner", B + ["--space", "x0", "--mask", "-1,0,4,4"], "is not inside"),
         ("recipe_out_is_recipe_input", ["edit", "--recipe", w / "recipe_ok.json", "--out", w / "recipe_ok.json"],
          "ending in .png"),
         ("edit_out_not_png", E[:-2] + ["--out", w / "basis.safetensors"], "ending in .png"),
@@ -297,6 +307,31 @@ def cli_cases(m, o, w):
         ("train_steps_zero", ["train", "--dataset", "digits", "--steps", "0", "--out", w / "new_model"],
          "out of range"),
         ("train_out_is_a_file", ["train", "--dataset", "digits", "--out", w / "out.png"], "is a file"),
+        # a path given for a file that names a folder: nothing made up, nothing written
+        ("out_is_the_root", B[:-4] + ["--out", "/"], "is a folder"),
+        ("out_is_dot", B[:-4] + ["--out", "."], "is a folder"),
+        ("out_ends_in_a_separator", B[:-4] + ["--out", f"{w / 'newdir'}/"], "is a folder"),
+        ("png_ends_in_a_separator", B[:-2] + ["--png", f"{w / 'pdir'}/"], "is a folder"),
+        ("edit_out_ends_in_a_separator", E[:-2] + ["--out", f"{w / 'e.png'}/"], "is a folder"),
+        ("global_out_is_the_root", ["global", "--model", m, "--samples", "2", "--k", "1", "--steps", "3", "--quiet",
+                                    "--out", "/"], "is a folder"),
+        # an output folder that holds the user's own files (and no earlier run's): refused before anything runs
+        ("report_out_holds_other_files", R[:-2] + ["--out", w / "notes_folder"], "already holds other files"),
+        ("report_out_is_the_root", R[:-2] + ["--out", "/"], "already holds other files"),
+        ("report_out_is_a_model_folder", R[:-2] + ["--out", bad / "degenerate"], "already holds other files"),
+        ("compare_out_holds_other_files", ["compare", "--model", m, "--model", o, "--samples", "4", "--timesteps",
+                                           "2", "--k", "1", "--steps", "3", "--quiet", "--out", w / "notes_folder"],
+         "already holds other files"),
+        ("train_out_holds_other_files", ["train", "--dataset", "digits", "--steps", "1", "--no-eval", "--quiet",
+                                         "--out", w / "notes_folder"], "already holds other files"),
+        ("train_out_is_the_root", ["train", "--dataset", "digits", "--steps", "1", "--no-eval", "--quiet", "--out",
+                                   "/"], "already holds other files"),
+        # an empty text option means no value, not the default nor the current folder
+        ("layer_empty", B + ["--layer", ""], "argument --layer: is empty"),
+        ("model_empty", ["basis", "--model", "", "--out", w / "n.safetensors"], "argument --model: is empty"),
+        ("image_blank", B + ["--image", " "], "argument --image: is empty"),
+        ("basis_empty", E + ["--basis", ""], "argument --basis: is empty"),
+        ("info_empty", ["info", ""], "argument file: is empty"),
         ("train_device_missing", ["train", "--dataset", "digits", "--steps", "1", "--device", "cuda:99", "--no-eval",
                                   "--out", w / "new_model"], "CUDA GPU"),   # none available / there are N
     ]
@@ -342,6 +377,34 @@ def test_cli_bad_input_in_a_real_process(name, ws, tiny_unet_dir, other_unet_dir
     assert r.returncode == 2 and len(lines) == 1 and case[2] in lines[0], r.stderr
     assert "please report" not in lines[0]
     assert snapshot(ws) == before
+
+
+def test_the_python_api_refuses_the_same_paths_and_names(ws, tiny_unet_dir, tmp_path):
+    """The CLI's checks hold at the library's root too: a writer given a folder for a file, an output folder of
+    the user's files, an empty layer name."""
+    from latentbasis import load_model
+    from latentbasis.basisfile import load_basis, save_basis
+    from latentbasis.errors import LatentBasisError
+    from latentbasis.report import ReportSettings, run_report
+    from latentbasis.train import PRESETS, train
+
+    m = load_model(str(tiny_unet_dir), device="cpu")
+    b = load_basis(ws / "basis.safetensors")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    for folder in (tmp_path, tmp_path / "mine", f"{tmp_path / 'new'}/"):
+        with pytest.raises(LatentBasisError, match="is a folder; give a file path"):
+            save_basis(b, folder)
+    with pytest.raises(LatentBasisError, match="already holds other files"):
+        run_report(m, tmp_path / "mine", ReportSettings(samples=2, timesteps=2, k=1, num_steps=3, geometry=False),
+                   progress=False)
+    with pytest.raises(LatentBasisError, match="already holds other files"):
+        train(PRESETS["digits"], tmp_path / "mine", progress=False)
+    for layer in ("", "  "):
+        with pytest.raises(LatentBasisError, match="no layer name"):
+            m.features(599, layer=layer)
+    assert snapshot(tmp_path) == before
 
 
 # ---------------------------------------------------------------- nothing runs from a data file
@@ -424,6 +487,12 @@ APP_CASES = {
     "find_k_words": (lambda E, m, s, w: E.find_directions(m, s, 0.6, "many", "guidance"), "whole number"),
     "find_before_a_source": (lambda E, m, s, w: E.find_directions(m, E.Session(), 0.6, 2, "guidance"),
                              "choose a source"),
+    "find_mask_of_another_size": (lambda E, m, s, w: E.find_directions(m, s, 0.6, 2, "guidance", space="x0",
+                                                                      mask=torch.ones(3, 3, dtype=torch.bool)),
+                                  "has shape (3, 3)"),
+    "find_mask_of_nan": (lambda E, m, s, w: E.find_directions(
+        m, s, 0.6, 2, "guidance", space="x0", mask=torch.full((m.pixel_size()[1],) * 2, float("nan"))),
+        "not a finite number"),
     "find_method": (lambda E, m, s, w: E.find_directions(m, s, 0.6, 2, "sideways"), "unknown edit method"),
     "slide_huge": (lambda E, m, s, w: E.apply_edit(m, s, "guidance", [1e6, 0]), "out of range"),
     "slide_nan": (lambda E, m, s, w: E.apply_edit(m, s, "guidance", [float("nan"), 0]), "out of range"),
@@ -664,6 +733,14 @@ def test_every_json_of_a_model_folder_goes_through_one_reader(name, tmp_path_fac
     assert snapshot(out) == before
 
 
+def test_a_recipe_saved_with_a_byte_order_mark_is_read(ws, tmp_path):
+    """Editors on Windows start UTF-8 files with a byte-order mark; the reader takes it."""
+    from latentbasis.recipe import EditRecipe
+
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + (ws / "recipe_ok.json").read_bytes())
+    assert EditRecipe.from_file(tmp_path / "bom.json") == EditRecipe.from_file(ws / "recipe_ok.json")
+
+
 @pytest.mark.parametrize("name,text,says", [
     ("recipe_nested_deep", '{"seed": 0, "x": ' + _nested(64) + "}", "nests more than 32"),
     ("recipe_recursion", '{"seed": ' + _nested(200_000) + "}", "nests more than 32"),
@@ -875,11 +952,11 @@ def test_output_names_the_file_system_cannot_take(case, tiny_unet_dir, tmp_path,
     monkeypatch.chdir(tmp_path)          # an empty path must not mean "here"
     m = tiny_unet_dir
     args, says = {
-        "basis_out_empty": (_basis_args(m, ""), "--out is empty"),
+        "basis_out_empty": (_basis_args(m, ""), "argument --out: is empty"),
         "edit_out_blank": (["edit", "--model", m, "--steps", "3", "--k", "2", "--quiet", "--out", "  "],
-                           "--out is empty"),
+                           "argument --out: is empty"),
         "report_out_empty": (["report", "--model", m, "--samples", "2", "--timesteps", "2", "--k", "2", "--steps", "3",
-                              "--quiet", "--out", ""], "--out is empty"),
+                              "--quiet", "--out", ""], "argument --out: is empty"),
         "name_of_300_bytes": (_basis_args(m, tmp_path / ("b" * 290 + ".safetensors")), "at most 255"),
         "png_name_of_256_bytes": (_basis_args(m, tmp_path / "b.safetensors", tmp_path / ("é" * 126 + ".png")),
                                   "at most 255"),

@@ -95,6 +95,16 @@ class DiffusionModel:
         """The conditioning the network needs when none is given (a class-conditional model's null label)."""
         return None
 
+    def layer_name(self, layer: str | None) -> str:
+        """`layer`, or the family's default for None; an empty or non-text name is refused, not read as the
+        default."""
+        if layer is None:
+            return self.default_layer
+        if not isinstance(layer, str) or not layer.strip():
+            raise LatentBasisError(f"layer {layer!r} is no layer name (`latentbasis layers` lists them; None for "
+                                   f"the default, {self.default_layer})")
+        return layer
+
     def feature_function(self, timestep: int, cond: Conditioning | None, layer: str):
         """The batched feature map at one timestep: a function x [B, *x_shape] (float32, on any device: computed on the
         model's, returned on x's) -> h [B, *h_shape] (float32), differentiable under torch.func (forward and reverse mode): the output of the
@@ -241,7 +251,7 @@ class DiffusionModel:
         to the 'meta' device, so the Jacobian products of a model too big for memory fit (SDXL on 24 GB: 10.3 GB of
         float32 weights, 5.0 GB of them before mid_block). Sampling, editing, x0_hat and other layers need the
         whole network and refuse afterwards, with one message. Returns the bytes freed."""
-        layer = layer or self.default_layer
+        layer = self.layer_name(layer)
         used = modules_run_before(self.denoiser, layer, self._probe)
         freed = 0
         for mname, mod in self.denoiser.named_modules():
@@ -307,7 +317,7 @@ class DiffusionModel:
         """The feature map f_t: x_t [*x_shape] -> h [*h_shape], float32, computed on the model's device (x_t on any:
         h comes back on x_t's), at an integer
         timestep (and prompt, for text models: no classifier-free guidance inside J)."""
-        run = self.feature_function(int(timestep), self.encode_prompt(prompt), layer or self.default_layer)
+        run = self.feature_function(int(timestep), self.encode_prompt(prompt), self.layer_name(layer))
 
         def f(x: torch.Tensor) -> torch.Tensor:
             return run(x[None])[0]
