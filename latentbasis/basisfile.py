@@ -21,7 +21,8 @@ from .describe import description_lines, descriptions_from_json, descriptions_to
 from .errors import LatentBasisError
 from .images import pixel_size
 from .masks import mask_in_x, mask_sha256
-from .validate import MAX_ITERS, MAX_K, MAX_SEED, number, optional_string, parse_json, printable
+from .validate import (MAX_ITERS, MAX_K, MAX_SEED, number, optional_string, parent_folder, parse_json, printable,
+                       regular_file)
 from .version import __version__
 
 FORMAT = "latentbasis.basis/1"
@@ -47,8 +48,7 @@ def save_basis(b: Basis, path: str | os.PathLike) -> Path:
     from safetensors.torch import save_file
 
     path = file_path(path)
-    if not path.parent.is_dir():
-        raise LatentBasisError(f"cannot write {path}: folder {path.parent} does not exist")
+    parent_folder(path)
     # own copies: rows that share memory (a tangent that is the latent, say) would make safetensors refuse the file
     tensors = {name: getattr(b, name).detach().to(torch.float32).contiguous().clone() for name in TENSORS}
     if b.mask is not None:
@@ -120,11 +120,7 @@ def load_basis(path: str | os.PathLike, model=None, layer: str | None = None) ->
     also that it was computed with that model's weights (model_hash) and fits its x and schedule."""
     from safetensors import safe_open
 
-    path = Path(path)
-    if not path.exists():
-        raise LatentBasisError(f"basis file {path} does not exist")
-    if not path.is_file():
-        raise LatentBasisError(f"basis file {path} is not a file")
+    path = regular_file(path, "basis file")
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}

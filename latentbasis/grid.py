@@ -21,7 +21,7 @@ from .basisfile import load_basis, save_basis
 from .describe import describe_basis
 from .errors import LatentBasisError
 from .sampling import Trajectory, sample_trajectory
-from .validate import finite_tensor, parse_json, read_json_object
+from .validate import finite_tensor, parse_json, read_json_object, regular_file
 
 
 @dataclass
@@ -84,6 +84,7 @@ def load_trajectory(path: Path, model):
     """A trajectory file, checked (format, the model's weights, shapes, finite values)."""
     from safetensors import safe_open
 
+    regular_file(path, "trajectory file")
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}

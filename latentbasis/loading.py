@@ -23,7 +23,8 @@ import torch
 from .devices import check_memory_budget, resolve_device, resolve_dtype
 from .errors import LatentBasisError
 from .families import FAMILIES, adapter_for
-from .validate import DENOISER_FIELDS, MAX_JSON_AUX_BYTES, SCHEDULER_FIELDS, check_fields, read_json, read_json_object
+from .validate import (DENOISER_FIELDS, MAX_JSON_AUX_BYTES, SCHEDULER_FIELDS, check_fields, read_json, read_json_object,
+                       regular_file)
 
 
 def _models_dir() -> Path:
@@ -102,10 +103,16 @@ def _read_json(path: Path, fields: dict[str, str] | None = None) -> dict:
 
 
 def _check_part_files(folder: Path) -> None:
-    """Every JSON file of a component folder (configs, a tokenizer's vocabulary), before a library reads it: a
-    regular file, within MAX_JSON_AUX_BYTES, JSON no deeper than MAX_JSON_DEPTH."""
-    for f in sorted(folder.glob("*.json")):
-        read_json(f, f.name, MAX_JSON_AUX_BYTES)
+    """Every file of a component folder before a library reads it: a regular file (a FIFO would make the reader
+    wait for a writer, a device could be endless); a JSON file (configs, a tokenizer's vocabulary) within
+    MAX_JSON_AUX_BYTES and no deeper than MAX_JSON_DEPTH."""
+    for f in sorted(folder.iterdir()):
+        if f.name.startswith(".") or f.is_dir():
+            continue
+        if f.suffix == ".json":
+            read_json(f, f.name, MAX_JSON_AUX_BYTES)
+        else:
+            regular_file(f, f"{folder.name}/{f.name}" if folder.name else f.name)
 
 
 def check_allowed(library, class_name) -> None:

@@ -298,9 +298,11 @@ def basis_for(model, *, timestep: int, t_fraction: float | None = None, k: int =
     return run
 
 
-def sha256_file(path: str | os.PathLike) -> str:
+def sha256_file(path: str | os.PathLike, what: str = "file") -> str:
+    """The file's sha256, read in 1 MiB chunks; only a regular file is opened (a FIFO would wait for a writer, a
+    device could be endless)."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open(v.regular_file(path, what), "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -308,7 +310,7 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def _checked_sha256(path: str, recorded: str | None, what: str) -> str:
     """The file's sha256; when the recipe recorded one, it must be the same (the recipe's input has not changed)."""
-    digest = sha256_file(path)
+    digest = sha256_file(path, what)
     if recorded and recorded != digest:
         raise LatentBasisError(f"the {what} {path} is not the one the recipe was made with (sha256 {digest[:12]}..., "
                                f"the recipe says {str(recorded)[:12]}...)")

@@ -26,7 +26,7 @@ from .devices import resolve_device
 from .errors import LatentBasisError
 from .schedules import flow_sigmas
 from .text import word_tokenizer
-from .validate import check_output_folder
+from .validate import check_output_folder, regular_file
 
 
 @dataclass
@@ -193,6 +193,7 @@ def _atomic_torch_save(obj, path: Path) -> None:
 def read_checkpoint(path: Path, device) -> dict:
     """A training checkpoint, read with torch.load(weights_only=True): tensors, numbers, strings and plain
     containers only, so a planted file cannot run code (anything else is refused with one message)."""
+    regular_file(path, "training checkpoint")
     try:
         ckpt = torch.load(path, weights_only=True, map_location=device)
     except Exception as e:  # pickle.UnpicklingError for forbidden globals, corrupt zip, ...

@@ -169,6 +169,16 @@ def regular_file(path: str | os.PathLike, what: str) -> Path:
     return p
 
 
+def parent_folder(path: str | os.PathLike) -> Path:
+    """The folder a file is to be written into, if it is an existing folder; otherwise one message saying what it
+    is instead (missing, or a file)."""
+    parent = Path(path).parent
+    if not parent.is_dir():
+        what = "is a file, not a folder" if parent.exists() else "does not exist"
+        raise LatentBasisError(f"cannot write {path}: {parent} {what}")
+    return parent
+
+
 def json_depth_ok(data: Any, max_depth: int = MAX_JSON_DEPTH) -> bool:
     """Whether data nests at most max_depth lists and objects deep (walked without recursion)."""
     stack = [(data, 1)]
@@ -387,9 +397,7 @@ def check_outputs(outputs: dict[str, str | os.PathLike | None], inputs: dict[str
     for k, p in outs.items():
         if p.exists() and not p.is_file():
             raise LatentBasisError(f"{k} {p} is not a regular file (a device or a pipe); give a file path")
-        parent = p.parent
-        if not parent.is_dir():
-            raise LatentBasisError(f"cannot write {p}: folder {parent} does not exist")
+        parent = parent_folder(p)
         if not os.access(parent, os.W_OK | os.X_OK):
             raise LatentBasisError(f"cannot write {p}: folder {parent} is not writable")
         if p.exists() and not os.access(p, os.W_OK) and not os.access(parent, os.W_OK):
@@ -410,8 +418,7 @@ def check_output_folder(path: str | os.PathLike, name: str, inputs: dict[str, st
             raise LatentBasisError(f"{name} {p} is the input {k}; choose another folder")
     if p.exists() and not p.is_dir():
         raise LatentBasisError(f"{name} {p} is a file, not a folder")
-    if not p.parent.is_dir():
-        raise LatentBasisError(f"cannot write {p}: folder {p.parent} does not exist")
+    parent_folder(p)
     target = p if p.exists() else p.parent
     if not os.access(target, os.W_OK | os.X_OK):
         raise LatentBasisError(f"cannot write into {target}: it is not writable")

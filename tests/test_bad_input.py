@@ -291,7 +291,8 @@ def cli_cases(m, o, w):
          "[2, 100000]"),
         ("prediction_type_unknown", ["basis", "--model", bad / "flow_pred", "--out", w / "n.safetensors"],
          "not supported"),
-        ("info_a_device", ["info", "/dev/zero"], "is not a file"),
+        ("info_a_device", ["info", "/dev/zero"], "not a regular file"),
+        ("out_folder_is_a_file", B[:-4] + ["--out", w / "out.png" / "new.safetensors"], "is a file, not a folder"),
         ("info_corrupt", ["info", w / "corrupt.safetensors"], "not a readable basis file"),
         ("info_missing", ["info", w / "nope.safetensors"], "does not exist"),
         ("info_json", ["info", w / "recipe_ok.json"], "not a readable basis file"),
@@ -731,6 +732,62 @@ def test_every_json_of_a_model_folder_goes_through_one_reader(name, tmp_path_fac
     assert rc == 2 and len(err) == 1 and says in err[0], err
     assert "please report" not in err[0] and "Traceback" not in err[0]
     assert snapshot(out) == before
+
+
+def _fifo_image(d: Path, w: Path, m: Path) -> tuple[list, Path]:
+    os.mkfifo(d / "image.png")
+    return ["edit", "--model", m, "--image", d / "image.png", "--steps", "3", "--k", "2", "--n-iter", "1", "--quiet",
+            "--out", w / "new.png"], d / "image.png"
+
+
+def _fifo_init(d: Path, w: Path, m: Path) -> tuple[list, Path]:
+    os.mkfifo(d / "init.safetensors")
+    return ["basis", "--model", m, "--init", d / "init.safetensors", "--steps", "3", "--k", "2", "--quiet",
+            "--out", w / "new.safetensors", "--png", ""], d / "init.safetensors"
+
+
+def _fifo_weights(d: Path, w: Path, m: Path) -> tuple[list, Path]:
+    md = d / "model"
+    shutil.copytree(m, md)
+    (md / "diffusion_pytorch_model.safetensors").unlink()
+    os.mkfifo(md / "diffusion_pytorch_model.safetensors")
+    return ["basis", "--model", md, "--steps", "3", "--k", "2", "--quiet", "--out", w / "new.safetensors",
+            "--png", ""], md / "diffusion_pytorch_model.safetensors"
+
+
+def _fifo_tokenizer_file(d: Path, w: Path, m: Path) -> tuple[list, Path]:
+    md = d / "model"
+    shutil.copytree(m, md)
+    os.mkfifo(md / "merges.txt")              # any file of a component folder, not only its JSON and weights
+    return ["basis", "--model", md, "--steps", "3", "--k", "2", "--quiet", "--out", w / "new.safetensors",
+            "--png", ""], md / "merges.txt"
+
+
+def _fifo_checkpoint(d: Path, w: Path, m: Path) -> tuple[list, Path]:
+    (d / "run").mkdir()
+    os.mkfifo(d / "run" / "checkpoint.pt")    # where a resumed training run reads its checkpoint
+    return ["train", "--dataset", "digits", "--steps", "1", "--out", d / "run", "--quiet", "--no-eval"], d / "run" / "checkpoint.pt"
+
+
+@pytest.mark.parametrize("make", [_fifo_image, _fifo_init, _fifo_weights, _fifo_tokenizer_file, _fifo_checkpoint],
+                         ids=lambda f: f.__name__[1:])
+def test_no_input_that_is_not_a_regular_file_is_opened(make, tmp_path, tiny_unet_dir):
+    """An input path (or any file of an input model folder) that is a FIFO: opening it would wait for a writer (a
+    device such as /dev/zero could be read for ever), so it is refused by its file type before anything opens it.
+    In a real process with a time limit: a command left waiting fails the test instead of hanging the suite."""
+    w = tmp_path / "outputs"
+    w.mkdir()
+    (w / "earlier.txt").write_text("an earlier output")
+    args, fifo = make(tmp_path, w, tiny_unet_dir)
+    try:
+        r = subprocess.run([sys.executable, "-m", "latentbasis", *map(str, args)], capture_output=True, text=True,
+                           timeout=90)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the command opened {fifo.name} and waited on it")
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "not a regular file" in lines[0], r.stderr
+    assert "please report" not in lines[0] and "Traceback" not in r.stderr
+    assert sorted(p.name for p in w.iterdir()) == ["earlier.txt"]
 
 
 def test_a_recipe_saved_with_a_byte_order_mark_is_read(ws, tmp_path):
