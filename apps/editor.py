@@ -12,6 +12,7 @@ show server paths.
 from __future__ import annotations
 
 import functools
+import html
 import inspect
 import os
 import shutil
@@ -204,9 +205,17 @@ def build_app(model):
     def handler(fn, n_inputs: int, outputs: list, stream: bool = False):
         """fn(session, *inputs[1:], progress=...) -> outputs (the session first), as a Gradio event function: the
         session is made on first use and locked while fn runs; an error becomes a message in the status line and
-        every other output keeps its value. Gradio passes the request and the progress tracker by position, after
-        the inputs (its special arguments are read from the signature set here)."""
+        every other output keeps its value. The status line is HTML: every text put there, a message or a handler's
+        line (which may quote a file's name or what a received file says), is escaped here, in one place. Gradio
+        passes the request and the progress tracker by position, after the inputs (its special arguments are read
+        from the signature set here)."""
         si = outputs.index(status)
+
+        def shown(out):
+            out = list(out)
+            if isinstance(out[si], str):
+                out[si] = html.escape(out[si])
+            return tuple(out)
 
         def failed(s, e: Exception):
             if isinstance(e, LatentBasisError):
@@ -215,7 +224,7 @@ def build_app(model):
                 print(f"latentbasis app: {type(e).__name__} in {fn.__name__}: {e}", file=sys.stderr)
                 msg = f"unexpected {type(e).__name__}; the page is unchanged (details in the server's log)"
             out = [gr.update()] * len(outputs)
-            out[0], out[si] = s, f"<span class='error'>Error: {msg}</span>"
+            out[0], out[si] = s, f"<span class='error'>Error: {html.escape(msg)}</span>"
             return tuple(out)
 
         def split(args):
@@ -227,7 +236,8 @@ def build_app(model):
                 s, inputs, progress = split(args)
                 with s.lock:
                     try:
-                        yield from fn(s, *inputs, progress=progress)
+                        for out in fn(s, *inputs, progress=progress):
+                            yield shown(out)
                     except Exception as e:
                         yield failed(s, e)
         else:
@@ -235,7 +245,7 @@ def build_app(model):
                 s, inputs, progress = split(args)
                 with s.lock:
                     try:
-                        return fn(s, *inputs, progress=progress)
+                        return shown(fn(s, *inputs, progress=progress))
                     except Exception as e:
                         return failed(s, e)
 

@@ -6,6 +6,7 @@ import argparse
 
 from .basis import SPACES
 from .devices import DTYPE_NAMES
+from .errors import printable
 from .editing import METHODS
 from .loading import bundled_models
 from .transport import TRANSFERS
@@ -56,7 +57,7 @@ class _Parser(argparse.ArgumentParser):
     """Usage errors as one line (the full usage is in --help)."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {printable(message)} (see {self.prog} --help)\n")
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

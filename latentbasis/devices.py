@@ -18,7 +18,7 @@ import re
 
 import torch
 
-from .errors import LatentBasisError
+from .errors import LatentBasisError, printable
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -186,7 +186,12 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 def error_line(e: BaseException) -> str:
     """Any error as one line for the user: latentbasis' own message (LatentBasisError), running out of memory, a
-    file system error, or, for a failure not foreseen, its kind and first line (never a traceback)."""
+    file system error, or, for a failure not foreseen, its kind and first line (never a traceback). Escaped
+    (errors.printable): a path or value the message quotes cannot break the line or drive the terminal."""
+    return printable(_error_text(e))
+
+
+def _error_text(e: BaseException) -> str:
     if isinstance(e, LatentBasisError):
         return str(e)
     if is_out_of_memory(e):

@@ -1,6 +1,7 @@
-"""The one exception type whose message is meant for the user (the CLI prints it as one line, exit 2), and its
-form for a page served to others (without_paths)."""
+"""The one exception type whose message is meant for the user (the CLI prints it as one line, exit 2), its form
+for a page served to others (without_paths), and the escaping every printed message goes through (printable)."""
 import re
+import unicodedata
 
 
 class LatentBasisError(Exception):
@@ -13,3 +14,16 @@ _PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][^/\\\s'\"():,]+)+[/\\]([^/\\\s'\"():
 def without_paths(message: str) -> str:
     """A message for a page served to others: every absolute path shortened to its file name."""
     return _PATH.sub(r"\1", message)
+
+
+def printable(text: str) -> str:
+    """text with every control and format character escaped (\\x1b, \\n, \\u202e ...): what a file says can be
+    shown on a terminal without moving the cursor, colouring it, or forging a line of its own (a lone surrogate,
+    from a file name that is not UTF-8, is escaped too)."""
+    out = []
+    for c in str(text):
+        if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+            out.append(f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+        else:
+            out.append(c)
+    return "".join(out)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import NAME_MAX, names_folder
-from .errors import LatentBasisError
+from .errors import LatentBasisError, printable
 
 # Ceilings on work and sizes (a value above one is refused with the bound in the message).
 MAX_K = 1024                 # directions of one basis
@@ -310,20 +310,6 @@ def check_fields(cfg: dict, fields: dict[str, str], where: str) -> dict:
             raise LatentBasisError(f"{where}: the field {name!r} is {str(cfg[name])[:60]!r} "
                                    f"({type(cfg[name]).__name__}); latentbasis needs a {kind} there")
     return cfg
-
-
-def printable(text: str) -> str:
-    """text with every control and format character escaped (\\x1b, \\n, \\u202e ...): what a file says can be
-    shown on a terminal without moving the cursor, colouring it, or forging a line of its own."""
-    import unicodedata
-
-    out = []
-    for c in str(text):
-        if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp"):
-            out.append(f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
-        else:
-            out.append(c)
-    return "".join(out)
 
 
 # ---------------------------------------------------------------- paths

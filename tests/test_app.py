@@ -162,6 +162,8 @@ def test_launched_app_over_loopback(model, tmp_path):
     """Through gradio_client, as a second program would: errors come back as a message in the status output, the
     app keeps running, and sessions keep their own state."""
     from gradio_client import Client, handle_file
+    from safetensors import safe_open
+    from safetensors.torch import save_file
 
     demo, url = E.launch(model, block=False)
     sliders = [0] * (E.MAX_K - 1)
@@ -180,6 +182,12 @@ def test_launched_app_over_loopback(model, tmp_path):
         bad.write_text("no")
         res = c.predict(handle_file(str(bad)), 0.6, "", api_name="/on_upload")
         assert "Error" in res[3] and "not a readable image" in res[3] and str(tmp_path) not in res[3]
+        exported = next(Path(f) for f in files if f.endswith(".safetensors"))
+        with safe_open(str(exported), framework="pt") as fh:         # a received basis whose header is markup
+            meta, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+        save_file(tensors, str(tmp_path / "received.safetensors"), metadata={**meta, "layer": "<img src=x onerror=f()>"})
+        res = c.predict(handle_file(str(tmp_path / "received.safetensors")), api_name="/on_import")
+        assert "&lt;img src=x onerror=f()&gt;" in res[1] and "<img" not in res[1], res[1]
         again = c.predict(0.6, 2, "guidance", "h", None, 0, api_name="/on_find")   # still running, intact
         assert len(again[0]) == 2 and "Error" not in again[2]
         other = Client(url, verbose=False)                            # another session: its own state
