@@ -13,7 +13,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from .errors import LatentBasisError
+from .errors import LatentBasisError, utf8_text
 
 NAME_MAX = 255    # bytes in one file name on Linux, macOS and Windows file systems
 
@@ -68,6 +68,7 @@ def names_folder(path: str | os.PathLike) -> bool:
 def file_path(path: str | os.PathLike) -> Path:
     """The path of a file to write, as a Path; one that names a folder (names_folder) is refused, before the
     conversion to a Path drops a trailing separator."""
+    utf8_text(path, "the path")
     if names_folder(path):
         raise LatentBasisError(f"{os.fspath(path)} is a folder; give a file path")
     return Path(path)

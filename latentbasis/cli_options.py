@@ -45,9 +45,21 @@ def _numbers(s: str, kind, what: str) -> list:
 MAY_BE_EMPTY = ("png", "prompt")
 
 
+def _utf8(s: str) -> str:
+    """Any text option's value, refused when it is not valid Unicode (a file name in another encoding reaches
+    Python with lone surrogates that no recipe, header or message can hold)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"{printable(s)} is not valid UTF-8 (a file name in another encoding?); "
+                                         "rename it or give another") from None
+    return s
+
+
 def _text(s: str) -> str:
     """A text option's value, refused when empty or blank: an empty path would mean the current folder, an empty
     layer the default, an empty model nothing, none of which the user asked for."""
+    _utf8(s)
     if not s.strip():
         raise argparse.ArgumentTypeError("is empty; give a value")
     return s
@@ -134,8 +146,8 @@ def _command(sub, name: str, run, help: str, description: str, options, **own):
                        epilog="example:\n  " + EXAMPLES[name])
     for opt in options:
         kw = {**OPTIONS.get(opt, {}), **own.get(opt.replace("-", "_"), {})}
-        if "type" not in kw and kw.get("action") in (None, "append") and opt not in MAY_BE_EMPTY:
-            kw["type"] = _text
+        if "type" not in kw and kw.get("action") in (None, "append"):
+            kw["type"] = _utf8 if opt in MAY_BE_EMPTY else _text
         p.add_argument(opt if opt == "file" else f"--{opt}", **kw)
     p.set_defaults(run=run)
     return p

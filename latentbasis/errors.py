@@ -1,5 +1,6 @@
 """The one exception type whose message is meant for the user (the CLI prints it as one line, exit 2), its form
 for a page served to others (without_paths), and the escaping every printed message goes through (printable)."""
+import os
 import re
 import unicodedata
 
@@ -27,3 +28,15 @@ def printable(text: str) -> str:
         else:
             out.append(c)
     return "".join(out)
+
+
+def utf8_text(text, name: str) -> str:
+    """text, if it is valid Unicode (encodes as UTF-8). A file name the system could not decode reaches Python
+    with lone surrogates (\\udcff) that no recipe, file header or JSON can hold: refused by name, before any work."""
+    text = os.fspath(text) if isinstance(text, os.PathLike) else str(text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise LatentBasisError(f"{name} {printable(text)} is not valid UTF-8 (a file name in another encoding?); "
+                               "rename it or give another") from None
+    return text

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import NAME_MAX, names_folder
-from .errors import LatentBasisError, printable
+from .errors import LatentBasisError, printable, utf8_text
 
 # Ceilings on work and sizes (a value above one is refused with the bound in the message).
 MAX_K = 1024                 # directions of one basis
@@ -116,7 +116,7 @@ def optional_string(value: Any, name: str, max_chars: int = MAX_PROMPT_CHARS) ->
         raise LatentBasisError(f"{name} has {len(value)} characters, at most {max_chars}")
     if "\x00" in value:
         raise LatentBasisError(f"{name} contains a NUL character")
-    return value
+    return utf8_text(value, name)
 
 
 def choice(value: Any, name: str, options: tuple[str, ...]) -> str:
@@ -157,7 +157,7 @@ def regular_file(path: str | os.PathLike, what: str) -> Path:
     without being opened (opening a FIFO waits for a writer; a device can be endless)."""
     import stat
 
-    p = Path(path)
+    p = Path(utf8_text(path, what))
     try:
         st = p.stat()
     except OSError:
@@ -336,7 +336,7 @@ def nonempty(value, name: str) -> str:
     """A path argument that is not empty (an empty one would mean the current folder, or nothing)."""
     if value is None or not str(value).strip():
         raise LatentBasisError(f"{name} is empty: give a path")
-    return str(value)
+    return utf8_text(value, name)
 
 
 def output_file(value, name: str) -> Path:

@@ -292,6 +292,10 @@ def cli_cases(m, o, w):
         ("prediction_type_unknown", ["basis", "--model", bad / "flow_pred", "--out", w / "n.safetensors"],
          "not supported"),
         ("info_a_device", ["info", "/dev/zero"], "not a regular file"),
+        ("out_not_utf8", B[:-4] + ["--out", w / "\udcff.safetensors"], "is not valid UTF-8"),
+        ("png_not_utf8", B[:-2] + ["--png", w / "\udcff.png"], "is not valid UTF-8"),
+        ("info_not_utf8", ["info", w / "\udcff.safetensors"], "is not valid UTF-8"),
+        ("prompt_not_utf8", B + ["--prompt", "a \udcff cat"], "is not valid UTF-8"),
         ("info_path_with_a_newline", ["info", w / "no\nfile.safetensors"], "no\\x0afile.safetensors does not exist"),
         ("info_path_with_an_escape", ["info", w / "\x1b[2Jclear.safetensors"], "\\x1b[2Jclear"),
         ("model_path_with_a_line_separator", B + ["--model", w / "a\u2028b"], "a\\u2028b"),
@@ -385,7 +389,7 @@ def test_cli_bad_input_in_a_real_process(name, ws, tiny_unet_dir, other_unet_dir
 
 def test_the_python_api_refuses_the_same_paths_and_names(ws, tiny_unet_dir, tmp_path):
     """The CLI's checks hold at the library's root too: a writer given a folder for a file, an output folder of
-    the user's files, an empty layer name."""
+    the user's files, an empty layer name, a file name that is not UTF-8."""
     from latentbasis import load_model
     from latentbasis.basisfile import load_basis, save_basis
     from latentbasis.errors import LatentBasisError
@@ -408,6 +412,10 @@ def test_the_python_api_refuses_the_same_paths_and_names(ws, tiny_unet_dir, tmp_
     for layer in ("", "  "):
         with pytest.raises(LatentBasisError, match="no layer name"):
             m.features(599, layer=layer)
+    with pytest.raises(LatentBasisError, match="not valid UTF-8"):     # a name no header or recipe can hold
+        save_basis(b, tmp_path / "\udcff.safetensors")
+    with pytest.raises(LatentBasisError, match="not valid UTF-8"):
+        load_basis(tmp_path / "\udcff.safetensors")
     assert snapshot(tmp_path) == before
 
 
