@@ -26,6 +26,7 @@ from typing import Callable
 
 import torch
 
+from . import validate
 from .errors import LatentBasisError
 from .features import FeatureMap
 from .jacobian import JacobianOperator
@@ -294,6 +295,8 @@ def pullback_basis(f: FeatureMap, x: torch.Tensor, k: int, *, algorithm: str = "
     """
     if algorithm not in ALGORITHMS:
         raise LatentBasisError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+    x = validate.point(x, tuple(getattr(x, "shape", ())), "x")
+    k = validate.integer(k, "k", lo=1)
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(int(seed))
     op = JacobianOperator(f, x, chunk_size=chunk_size, jvp_mode=jvp_mode, max_memory=max_memory, record=record)
@@ -358,10 +361,9 @@ def latent_basis(model, x_t: torch.Tensor, *, t: float | None = None, timestep: 
     chunk_size, callback, ...); max_memory defaults to the model's.
     """
     ts, frac = resolve_timestep(model.num_train_timesteps, fraction=t, timestep=timestep)
-    x = x_t[0] if x_t.dim() == len(model.x_shape) + 1 and x_t.shape[0] == 1 else x_t
-    if tuple(x.shape) != tuple(model.x_shape):
-        raise LatentBasisError(f"x_t has shape {tuple(x_t.shape)}, the model expects {tuple(model.x_shape)}")
+    x = validate.point(x_t, model.x_shape, "x_t")
     D = int(torch.tensor(model.x_shape).prod())
+    k = validate.integer(k, "k", lo=1)
     if not 1 <= k <= D:
         raise LatentBasisError(f"k = {k} is out of range: x_t has {D} dimensions, so 1 <= k <= {D}")
     kwargs.setdefault("max_memory", getattr(model, "max_memory", None))

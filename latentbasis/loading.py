@@ -23,8 +23,8 @@ import torch
 from .devices import check_memory_budget, resolve_device, resolve_dtype
 from .errors import LatentBasisError
 from .families import FAMILIES, adapter_for
-from .validate import (DENOISER_FIELDS, MAX_JSON_AUX_BYTES, SCHEDULER_FIELDS, check_fields, read_json, read_json_object,
-                       regular_file)
+from .validate import (DENOISER_FIELDS, MAX_JSON_AUX_BYTES, SCHEDULER_FIELDS, check_fields, number, read_json,
+                       read_json_object, regular_file)
 
 
 def _models_dir() -> Path:
@@ -321,11 +321,13 @@ def resolve_timestep(num_train_timesteps: int, *, fraction: float | None = None,
     """
     T = num_train_timesteps
     if fraction is not None:
+        fraction = number(fraction, "t")
         if not (0.0 <= float(fraction) <= 1.0):
             raise LatentBasisError(f"t = {fraction} is outside the schedule: give a fraction of T in [0, 1]")
         ts = int(round(float(fraction) * (T - 1)))
         return ts, float(fraction)
     if timestep is not None:
+        timestep = number(timestep, "timestep", integer=True)
         if int(timestep) != timestep or not (0 <= int(timestep) <= T - 1):
             raise LatentBasisError(f"timestep {timestep} is outside the schedule [0, {T - 1}]")
         return int(timestep), int(timestep) / (T - 1)

@@ -25,6 +25,7 @@ from .editing import METHODS, EditSettings, direct_edit, guidance_edit
 from .errors import LatentBasisError
 from .families import FAMILIES, adapter_for, supported_pipelines
 from .loading import DENOISERS, TEXT_PARTS, weights_hash
+from . import validate
 from .validate import SCHEDULER_FIELDS, check_fields
 
 
@@ -158,11 +159,8 @@ def edit_callback(basis, direction: int = 0, strength: float = 1.0, t: int | Non
     if method not in METHODS:
         raise LatentBasisError(f"unknown edit method {method!r}; choose one of {', '.join(METHODS)}")
     k = int(basis.latent.shape[0])
-    if isinstance(direction, bool) or not isinstance(direction, int) or not 0 <= direction < k:
-        raise LatentBasisError(f"direction {direction!r} is out of range: the basis has k = {k} (0..{k - 1})")
-    strength = float(strength)
-    if not torch.isfinite(torch.tensor(strength)):
-        raise LatentBasisError(f"strength {strength} is not a finite number")
+    direction = validate.integer(direction, "direction", 0, k - 1)
+    strength = float(validate.number(strength, "strength"))
     timestep = basis.timestep if t is None else t
     if timestep is None:
         raise LatentBasisError("the basis does not record its timestep: give t")

@@ -17,6 +17,7 @@ import torch
 from .errors import LatentBasisError
 from .images import image_to_x, pixel_size, read_image
 from .loading import resolve_timestep
+from .validate import sampling_options
 from .schedules import clip_x0, ddim_update, to_eps_x0
 
 
@@ -71,6 +72,7 @@ def sample_to(model, seed: int = 0, *, t: float | None = None, timestep: int | N
               prompt: str | None = None, guidance: float = 1.0, progress=None) -> torch.Tensor:
     """x_t on the DDIM trajectory of `seed`: x_T ~ N(0, I), then DDIM down to t over the part of
     trajectory_grid(T, num_steps, t) above t; the same x_t as sample_trajectory(..., through=t). [*x_shape]."""
+    sampling_options(seed=seed, steps=num_steps, guidance=guidance)
     T = model.num_train_timesteps
     ts, _ = resolve_timestep(T, fraction=t, timestep=timestep)
     grid = [g for g in trajectory_grid(T, num_steps, ts) if g >= ts]

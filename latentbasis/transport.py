@@ -15,6 +15,7 @@ import torch
 
 from .basis import GlobalDirections, latent_basis
 from .editing import EditSettings, combine, edit_images
+from . import validate
 from .errors import LatentBasisError
 from .images import x_to_image
 from .motion import motion_carried_row, region_in_x
@@ -80,6 +81,7 @@ def transported_basis(model, given, x_t: torch.Tensor, timestep: int, prompt: st
     extra["motion_share"] lists how much of each given direction is such a motion."""
     if transfer not in TRANSFERS:
         raise LatentBasisError(f"unknown transfer {transfer!r}; choose one of {', '.join(TRANSFERS)}")
+    x_t = validate.point(x_t, model.x_shape, "x_t")
     if torch.equal(given.point, x_t) and given.timestep == timestep:
         return given
     k = given.k

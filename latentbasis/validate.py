@@ -38,7 +38,10 @@ MAX_TRAIN_TIMESTEPS = 100_000
 def number(value: Any, name: str, *, lo: float | None = None, hi: float | None = None, integer: bool = False,
            lo_open: bool = False, hi_open: bool = False) -> float | int:
     """A finite number (an int when `integer`), inside [lo, hi] (open ends where asked); else one message.
-    Booleans and strings are not numbers here (a JSON "3" is a mistake, not a 3)."""
+    Booleans and strings are not numbers here (a JSON "3" is a mistake, not a 3); a one-number array or tensor
+    (numpy's int64, torch.tensor(3)) is its number."""
+    if not isinstance(value, (bool, int, float)) and getattr(value, "shape", None) == () and hasattr(value, "item"):
+        value = value.item()      # numpy scalars and 0-d arrays or tensors (their bools stay bools: refused below)
     left, right = "(" if lo_open else "[", ")" if hi_open else "]"
     bounds = f"{left}{'-inf' if lo is None else _fmt(lo)}, {'inf' if hi is None else _fmt(hi)}{right}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -150,6 +153,21 @@ def finite_tensor(t, name: str):
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):
         raise LatentBasisError(f"{name} holds NaN or infinite values")
     return t
+
+
+def point(x: Any, shape: tuple[int, ...], name: str = "x_t"):
+    """x as a point of x-space [*shape] (a leading batch of one is dropped): a torch.Tensor of floating point with
+    every value finite; anything else (an array, integers, NaN, another shape) is one message naming it."""
+    import torch
+
+    if not isinstance(x, torch.Tensor):
+        raise LatentBasisError(f"{name} must be a torch.Tensor of shape {tuple(shape)}, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise LatentBasisError(f"{name} must hold floating-point numbers, got {str(x.dtype).removeprefix('torch.')}")
+    p = x[0] if x.dim() == len(shape) + 1 and x.shape[0] == 1 else x
+    if tuple(p.shape) != tuple(shape):
+        raise LatentBasisError(f"{name} has shape {tuple(x.shape)}, the model expects {tuple(shape)}")
+    return finite_tensor(p, name)
 
 
 def regular_file(path: str | os.PathLike, what: str) -> Path:

@@ -419,6 +419,61 @@ def test_the_python_api_refuses_the_same_paths_and_names(ws, tiny_unet_dir, tmp_
     assert snapshot(tmp_path) == before
 
 
+@pytest.fixture(scope="module")
+def api_model(tiny_unet_dir):
+    from latentbasis import load_model
+
+    m = load_model(str(tiny_unet_dir), device="cpu")
+    return m, torch.randn(m.x_shape, generator=torch.Generator().manual_seed(0))
+
+
+API_CASES = {   # name: (call(m, x), what the message says); every public entry that takes x_t, k or t
+    "x_numpy": (lambda lb, m, x: lb.latent_basis(m, x.numpy(), timestep=599, k=2), "must be a torch.Tensor"),
+    "x_list": (lambda lb, m, x: lb.latent_basis(m, x.tolist(), timestep=599, k=2), "must be a torch.Tensor"),
+    "x_integers": (lambda lb, m, x: lb.latent_basis(m, x.long(), timestep=599, k=2), "floating-point"),
+    "x_nan": (lambda lb, m, x: lb.latent_basis(m, x * float("nan"), timestep=599, k=2), "NaN or infinite"),
+    "x_inf": (lambda lb, m, x: lb.latent_basis(m, x / 0, timestep=599, k=2), "NaN or infinite"),
+    "k_true": (lambda lb, m, x: lb.latent_basis(m, x, timestep=599, k=True), "k is not a whole number"),
+    "k_text": (lambda lb, m, x: lb.latent_basis(m, x, timestep=599, k="2"), "k is not a whole number"),
+    "k_fraction": (lambda lb, m, x: lb.latent_basis(m, x, timestep=599, k=2.5), "k is not a whole number"),
+    "t_text": (lambda lb, m, x: lb.latent_basis(m, x, t="0.5", k=2), "t is not a number"),
+    "timestep_fraction": (lambda lb, m, x: lb.latent_basis(m, x, timestep=599.5, k=2), "not a whole number"),
+    "pullback_x_nan": (lambda lb, m, x: lb.pullback_basis(m.features(599), x * float("nan"), 2), "NaN"),
+    "pullback_k_text": (lambda lb, m, x: lb.pullback_basis(m.features(599), x, "two"), "k is not a whole number"),
+    "sample_to_t_text": (lambda lb, m, x: lb.sample_to(m, 0, t="late", num_steps=3), "t is not a number"),
+    "sample_to_seed_text": (lambda lb, m, x: lb.sample_to(m, "one", t=0.5, num_steps=3), "seed is not a whole number"),
+    "sample_to_steps_zero": (lambda lb, m, x: lb.sample_to(m, 0, t=0.5, num_steps=0), "steps = 0 is out of range"),
+    "callback_strength_text": (lambda lb, m, x: lb.edit_callback(lb.latent_basis(m, x, timestep=599, k=2), 0, "big"),
+                               "strength is not a number"),
+    "callback_direction_fraction": (lambda lb, m, x: lb.edit_callback(lb.latent_basis(m, x, timestep=599, k=2),
+                                                                      0.5), "direction is not a whole number"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(API_CASES))
+def test_the_python_api_checks_what_it_is_given(name, api_model):
+    """The public functions take a latent, k and t from a user's own code: a wrong type or value is one
+    LatentBasisError naming it, not an AttributeError or a failed SVD deep inside."""
+    import latentbasis as lb
+
+    m, x = api_model
+    call, says = API_CASES[name]
+    with pytest.raises(lb.LatentBasisError) as err:
+        call(lb, m, x)
+    assert says in str(err.value), str(err.value)
+
+
+def test_the_python_api_takes_numpy_and_torch_scalars(api_model):
+    """A one-number array or tensor is its number: k = np.int64(2) and timestep = torch.tensor(599) give the
+    basis that k = 2 and timestep = 599 give."""
+    import latentbasis as lb
+
+    m, x = api_model
+    a = lb.latent_basis(m, x, timestep=599, k=2)
+    b = lb.latent_basis(m, x[None].double(), timestep=torch.tensor(599), k=np.int64(2))
+    assert torch.equal(a.singular_values, b.singular_values) and b.timestep == 599 and b.k == 2
+
+
 # ---------------------------------------------------------------- nothing runs from a data file
 
 def test_a_planted_checkpoint_runs_nothing(tmp_path, capsys):
