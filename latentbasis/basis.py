@@ -295,6 +295,8 @@ def pullback_basis(f: FeatureMap, x: torch.Tensor, k: int, *, algorithm: str = "
     """
     if algorithm not in ALGORITHMS:
         raise LatentBasisError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+    if not callable(f):
+        raise LatentBasisError(f"f must be a feature map (a function of x), got {type(f).__name__}")
     x = validate.point(x, tuple(getattr(x, "shape", ())), "x")
     k = validate.integer(k, "k", lo=1)
     t0 = time.perf_counter()

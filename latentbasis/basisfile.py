@@ -47,6 +47,8 @@ def save_basis(b: Basis, path: str | os.PathLike) -> Path:
     """Write atomically: a temporary file in the same folder, then a rename (never a half-written file)."""
     from safetensors.torch import save_file
 
+    if not isinstance(b, Basis):
+        raise LatentBasisError(f"save_basis takes a Basis (latent_basis' result), got {type(b).__name__}")
     path = file_path(path)
     parent_folder(path)
     # own copies: rows that share memory (a tangent that is the latent, say) would make safetensors refuse the file

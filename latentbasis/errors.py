@@ -33,7 +33,11 @@ def printable(text: str) -> str:
 def utf8_text(text, name: str) -> str:
     """text, if it is valid Unicode (encodes as UTF-8). A file name the system could not decode reaches Python
     with lone surrogates (\\udcff) that no recipe, file header or JSON can hold: refused by name, before any work."""
-    text = os.fspath(text) if isinstance(text, os.PathLike) else str(text)
+    if not isinstance(text, (str, os.PathLike)):
+        raise LatentBasisError(f"{name} must be text or a path, got {type(text).__name__}")
+    text = os.fspath(text)
+    if isinstance(text, bytes):
+        raise LatentBasisError(f"{name} must be text or a path, got bytes")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -7,16 +7,38 @@ from __future__ import annotations
 
 import torch
 
+from .errors import LatentBasisError
+from .validate import count
 
-def orthonormal_rows(A: torch.Tensor) -> torch.Tensor:
-    """[k, ...] -> [D, k] float64 with orthonormal columns spanning the rows of A."""
+
+def orthonormal_rows(A: torch.Tensor, name: str = "A") -> torch.Tensor:
+    """[k, ...] -> [D, k] float64 with orthonormal columns spanning the rows of A. A must be a floating tensor of
+    k <= D finite rows that are linearly independent (|R_ii| of its QR above 1e-10 of the largest): anything else
+    spans no k-dimensional subspace and is one message naming it."""
+    if not isinstance(A, torch.Tensor) or not A.is_floating_point() or A.dim() < 2:
+        what = type(A).__name__ if not isinstance(A, torch.Tensor) else f"{str(A.dtype)[6:]} {tuple(A.shape)}"
+        raise LatentBasisError(f"{name} must be a floating-point torch.Tensor [k, ...] whose rows span a subspace, "
+                               f"got {what}")
     M = A.reshape(A.shape[0], -1).to(torch.float64).T
-    return torch.linalg.qr(M)[0]
+    if not 1 <= M.shape[1] <= M.shape[0]:
+        raise LatentBasisError(f"{name} has shape {tuple(A.shape)}: it needs 1 <= k <= D rows of D numbers")
+    if not bool(torch.isfinite(M).all()):
+        raise LatentBasisError(f"{name} holds NaN or infinite values")
+    Q, R = torch.linalg.qr(M)
+    d = R.diagonal().abs()
+    if bool((d <= 1e-10 * d.max()).any()) or float(d.max()) == 0.0:
+        raise LatentBasisError(f"the rows of {name} are not linearly independent: they span fewer than "
+                               f"{M.shape[1]} dimensions")
+    return Q
 
 
 def principal_angles(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """theta_i = arccos(sigma_i(Qa^T Qb)), ascending, in radians; [min(ka, kb)]."""
-    s = torch.linalg.svdvals(orthonormal_rows(A).T @ orthonormal_rows(B))
+    """theta_i = arccos(sigma_i(Qa^T Qb)), ascending, in radians; [min(ka, kb)]. A and B: [k, ...] with the same
+    number of entries per row."""
+    Qa, Qb = orthonormal_rows(A, "A"), orthonormal_rows(B, "B")
+    if Qa.shape[0] != Qb.shape[0]:
+        raise LatentBasisError(f"A and B live in different spaces: rows of {Qa.shape[0]} and {Qb.shape[0]} numbers")
+    s = torch.linalg.svdvals(Qa.T @ Qb)
     return torch.arccos(s.clamp(-1.0, 1.0)).sort().values
 
 
@@ -37,6 +59,9 @@ def random_subspace_distances(n: int, k: int, samples: int = 256, seed: int = 0)
     Returns mean and standard deviation of each. For reference, E[chordal^2] = k (1 - k/n) exactly, since
     E ||P_A P_B||_F^2 = k^2 / n.
     """
+    n = count(n, "n", 1 << 30)
+    k = count(k, "k", n)
+    samples = count(samples, "samples", 1 << 20)
     g = torch.Generator().manual_seed(seed)
     geo, cho = [], []
     for _ in range(samples):

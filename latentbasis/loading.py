@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 from .devices import check_memory_budget, resolve_device, resolve_dtype
-from .errors import LatentBasisError
+from .errors import LatentBasisError, utf8_text
 from .families import FAMILIES, adapter_for
-from .validate import (DENOISER_FIELDS, MAX_JSON_AUX_BYTES, SCHEDULER_FIELDS, check_fields, number, read_json,
-                       read_json_object, regular_file)
+from .validate import (DENOISER_FIELDS, MAX_JSON_AUX_BYTES, SCHEDULER_FIELDS, check_fields, nonempty, number,
+                       read_json, read_json_object, regular_file)
 
 
 def _models_dir() -> Path:
@@ -75,6 +75,7 @@ def resolve_model_path(name_or_path: str) -> Path:
     """The folder of a bundled name, a local path, or a hub id already in the local cache (offline only). A local
     folder named like a bundled model (a report's output folder `shapes/`, say) is taken only when it is a model
     folder (it has model_index.json or config.json); otherwise the name means the bundled model."""
+    name_or_path = utf8_text(nonempty(name_or_path, "model"), "model")
     p = Path(name_or_path).expanduser()
     bundled = MODELS_DIR / name_or_path if name_or_path and "/" not in name_or_path else None
     if p.is_dir() and (bundled is None or not bundled.is_dir() or (p / "model_index.json").is_file()
@@ -320,6 +321,8 @@ def resolve_timestep(num_train_timesteps: int, *, fraction: float | None = None,
     The fraction maps to round(fraction * (T - 1)), so 1.0 is the noisiest step T-1 and 0.0 is step 0.
     """
     T = num_train_timesteps
+    if fraction is not None and timestep is not None:
+        raise LatentBasisError(f"give t (a fraction of T) or timestep, not both (t = {fraction}, timestep = {timestep})")
     if fraction is not None:
         fraction = number(fraction, "t")
         if not (0.0 <= float(fraction) <= 1.0):

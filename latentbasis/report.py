@@ -25,7 +25,7 @@ from .grid import (GridSpec, barrier, check_cache, compute_grid, distributed, lo
 from . import validate as v
 from .report_pages import _compare_page, _csv, findings_lines, report_plots, verdict, write_report
 from .theory import data_pca
-from .validate import check_output_folder
+from .validate import check_output_folder, sampling_options
 
 
 @dataclass
@@ -73,7 +73,14 @@ COMPARE_OUTPUTS = ("[0-9]*-*", "compare.json", "compare.html")
 def run_report(model, out: str | os.PathLike, settings: ReportSettings, *, progress: bool = True,
                pca=None, callback=None) -> dict | None:
     """Compute, measure and write the report into `out`; returns the numbers (None on processes other than 0).
-    callback(done, total): after each basis of the grid (progress: a progress bar on stderr)."""
+    callback(done, total): after each basis of the grid (progress: a progress bar on stderr). settings: None for
+    the defaults; every number is checked before any work (validate.sampling_options)."""
+    settings = ReportSettings() if settings is None else settings
+    if not isinstance(settings, ReportSettings):
+        raise LatentBasisError(f"settings must be a ReportSettings, got {type(settings).__name__}")
+    sampling_options(lambda name: f"settings.{name}", samples=settings.samples, timesteps=settings.timesteps,
+                     k=settings.k, t_max=settings.t_max, t_min=settings.t_min, guidance=settings.guidance,
+                     steps=settings.num_steps, judge_samples=settings.judge_samples)
     if settings.prompt_points not in ("own", "shared"):
         raise LatentBasisError(f"prompt points {settings.prompt_points!r}: choose 'own' or 'shared'")
     if settings.samples < 2:

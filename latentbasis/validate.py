@@ -352,7 +352,7 @@ def _model_file(f: Path) -> bool:
 
 def nonempty(value, name: str) -> str:
     """A path argument that is not empty (an empty one would mean the current folder, or nothing)."""
-    if value is None or not str(value).strip():
+    if value is None or (isinstance(value, (str, os.PathLike)) and not str(value).strip()):
         raise LatentBasisError(f"{name} is empty: give a path")
     return utf8_text(value, name)
 
