@@ -6,7 +6,7 @@ import argparse
 
 from .basis import SPACES
 from .devices import DTYPE_NAMES
-from .errors import printable
+from .errors import LatentBasisError, printable, utf8_text
 from .editing import METHODS
 from .loading import bundled_models
 from .transport import TRANSFERS
@@ -47,13 +47,12 @@ MAY_BE_EMPTY = ("png", "prompt")
 
 def _utf8(s: str) -> str:
     """Any text option's value, refused when it is not valid Unicode (a file name in another encoding reaches
-    Python with lone surrogates that no recipe, header or message can hold)."""
+    Python with lone surrogates that no recipe, header or message can hold): errors.utf8_text, as the parser's
+    message."""
     try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        raise argparse.ArgumentTypeError(f"{printable(s)} is not valid UTF-8 (a file name in another encoding?); "
-                                         "rename it or give another") from None
-    return s
+        return utf8_text(s, "the value")
+    except LatentBasisError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _text(s: str) -> str:

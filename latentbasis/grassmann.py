@@ -26,7 +26,7 @@ def orthonormal_rows(A: torch.Tensor, name: str = "A") -> torch.Tensor:
         raise LatentBasisError(f"{name} holds NaN or infinite values")
     Q, R = torch.linalg.qr(M)
     d = R.diagonal().abs()
-    if bool((d <= 1e-10 * d.max()).any()) or float(d.max()) == 0.0:
+    if bool((d <= 1e-10 * d.max()).any()):          # all zero rows included: then every d_i <= 0
         raise LatentBasisError(f"the rows of {name} are not linearly independent: they span fewer than "
                                f"{M.shape[1]} dimensions")
     return Q

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .devices import check_memory_budget, resolve_device, resolve_dtype
-from .errors import LatentBasisError, utf8_text
+from .errors import LatentBasisError
 from .families import FAMILIES, adapter_for
 from .validate import (DENOISER_FIELDS, MAX_JSON_AUX_BYTES, SCHEDULER_FIELDS, check_fields, nonempty, number,
                        read_json, read_json_object, regular_file)
@@ -75,7 +75,7 @@ def resolve_model_path(name_or_path: str) -> Path:
     """The folder of a bundled name, a local path, or a hub id already in the local cache (offline only). A local
     folder named like a bundled model (a report's output folder `shapes/`, say) is taken only when it is a model
     folder (it has model_index.json or config.json); otherwise the name means the bundled model."""
-    name_or_path = utf8_text(nonempty(name_or_path, "model"), "model")
+    name_or_path = nonempty(name_or_path, "model")      # text or a path, not empty, valid UTF-8
     p = Path(name_or_path).expanduser()
     bundled = MODELS_DIR / name_or_path if name_or_path and "/" not in name_or_path else None
     if p.is_dir() and (bundled is None or not bundled.is_dir() or (p / "model_index.json").is_file()

@@ -369,9 +369,9 @@ def test_there_are_at_least_80_cases():
 
 # ---------------------------------------------------------------- a handful through real processes
 
-def run_cli(*args):
+def run_cli(*args, timeout: float = 300):
     return subprocess.run([sys.executable, "-m", "latentbasis", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=timeout)
 
 
 @pytest.mark.parametrize("name", ["t_nan", "model_index_names_os_system",
@@ -863,8 +863,7 @@ def test_no_input_that_is_not_a_regular_file_is_opened(make, tmp_path, tiny_unet
     (w / "earlier.txt").write_text("an earlier output")
     args, fifo = make(tmp_path, w, tiny_unet_dir)
     try:
-        r = subprocess.run([sys.executable, "-m", "latentbasis", *map(str, args)], capture_output=True, text=True,
-                           timeout=90)
+        r = run_cli(*args, timeout=90)
     except subprocess.TimeoutExpired:
         pytest.fail(f"the command opened {fifo.name} and waited on it")
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
