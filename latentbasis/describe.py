@@ -189,22 +189,24 @@ def summary_lines(b) -> list[str]:
 
 def describe_basis(model, basis, conditions: bool = True) -> list[dict]:
     """A description of every direction of a basis: [{"name", "shares", "outside", "coefficients"}], from the
-    change of x0_hat along v_i at the basis' point and timestep (k JVPs through the denoised estimate; float32 on
-    the model's device). Stored in basis.descriptions (and so in the basis file). conditions: also the label or
-    prompt each direction follows (condition_alignment: one forward per label); the report's grid and the pick of
-    a direction by its description, which read only the shares, leave it out."""
-    from torch.func import jvp
+    change of x0_hat along v_i at the basis' point and timestep: the k products J_x0 v_i of the denoised
+    estimate's Jacobian, in one batch through the JacobianOperator the bases use (float32 on the model's device,
+    within the model's memory budget). Stored in basis.descriptions (and so in the basis file). conditions: also
+    the label or prompt each direction follows (condition_alignment: one forward per label); the report's grid and
+    the pick of a direction by its description, which read only the shares, leave it out."""
+    from .basis import region_maps
+    from .jacobian import JacobianOperator
 
     if basis.timestep is None:
         raise LatentBasisError("the basis does not record its timestep: it cannot be described")
-    x0 = model.denoised_function(int(basis.timestep), model.encode_prompt(basis.prompt))
-    x = basis.point.to(model.device, torch.float32)[None]
-    with torch.no_grad():
-        image = x0(x)[0].float().cpu()
+    x0, _ = region_maps(model, int(basis.timestep), basis.prompt, None)      # x_t [*x_shape] -> x0_hat
+    op = JacobianOperator(x0, basis.point.to(model.device, torch.float32), chunk_size=None,
+                          max_memory=getattr(model, "max_memory", None))
+    image = op.h.detach().float().cpu()
+    changes = op.jvp(basis.latent.reshape(basis.k, -1)).float().cpu().reshape(basis.k, *image.shape)
     region = region_in_x(model, basis.mask) if basis.mask is not None else None
     out = []
-    for v in basis.latent:
-        change = jvp(x0, (x,), (v.to(model.device, torch.float32)[None],))[1][0].float().cpu()
+    for change in changes:
         parts = decompose_change(image, change, region)
         parts["name"] = name_change(parts, model.x_is_latent)
         out.append(parts)
