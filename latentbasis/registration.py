@@ -26,15 +26,20 @@ def _similarity_warp(image: torch.Tensor, p: torch.Tensor, centre: torch.Tensor 
     """image [C, h, w] with its content moved by p = (dx, dy, log scale, angle) about `centre` (x, y; None: the
     image's centre): the output at q is the image at T^-1 q, T q = c + e^ls R(angle) (q - c) + (dx, dy), in
     coordinates of [-1, 1] across the image (dx = 1: half the width; y down, so a positive angle turns clockwise on
-    screen)."""
+    screen). p may be a batch of motions [B, 4]: then [B, C, h, w], one grid_sample for all."""
+    one = p.dim() == 1
+    p = p[None] if one else p                                          # [B, 4]
     c = torch.zeros(2, dtype=p.dtype) if centre is None else centre.to(p.dtype)
-    s, a = torch.exp(-p[2]), -p[3]
+    s, a = torch.exp(-p[:, 2]), -p[:, 3]
     cos, sin = s * torch.cos(a), s * torch.sin(a)
-    A = torch.stack([torch.stack([cos, -sin]), torch.stack([sin, cos])])
+    A = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)      # [B, 2, 2]
     ys, xs = (v.to(p.dtype) for v in _pixel_coordinates(*image.shape[-2:]))
-    t = c - A @ (c + p[:2])      # the grid affine_grid makes, written out (both are slow on small float64 grids)
-    grid = torch.stack([A[0, 0] * xs + A[0, 1] * ys + t[0], A[1, 0] * xs + A[1, 1] * ys + t[1]], dim=-1)
-    return tnf.grid_sample(image[None], grid[None], padding_mode="border", align_corners=False)[0]
+    t = c - (A @ (c + p[:, :2])[..., None])[..., 0]   # the grid affine_grid makes, written out (both are slow on
+    A, t = A[:, :, :, None, None], t[:, :, None, None]  # small float64 grids)
+    grid = torch.stack([A[:, 0, 0] * xs + A[:, 0, 1] * ys + t[:, 0], A[:, 1, 0] * xs + A[:, 1, 1] * ys + t[:, 1]],
+                       dim=-1)                                        # [B, h, w, 2]
+    out = tnf.grid_sample(image[None].expand(len(p), *image.shape), grid, padding_mode="border", align_corners=False)
+    return out[0] if one else out
 
 
 def content_mask(image: torch.Tensor) -> torch.Tensor:
@@ -79,13 +84,18 @@ def _modelled(src: torch.Tensor, mask: torch.Tensor, theta: torch.Tensor, centre
 
     a similarity motion p of the content (about `centre`), a gain per channel of each pixel's deviation from the
     background colour b (src's median colour), and a colour offset per channel inside the moved content and one
-    outside it. Returns (model, w, m)."""
+    outside it. Returns (model, w, m); theta may be a batch [B, 3C + 4], then each has a leading B."""
     C = src.shape[0]
-    p, G, o_in, o_out = theta[:4], theta[4:4 + C], theta[4 + C:4 + 2 * C], theta[4 + 2 * C:4 + 3 * C]
-    w = _similarity_warp(src, p, centre)
-    m = _similarity_warp(mask[None], p, centre)[0]
+    one = theta.dim() == 1
+    th = theta[None] if one else theta
+    p, G, o_in, o_out = th[:, :4], th[:, 4:4 + C], th[:, 4 + C:4 + 2 * C], th[:, 4 + 2 * C:4 + 3 * C]
+    both = _similarity_warp(torch.cat([src, mask[None]]), p, centre)       # content and mask, one warp
+    w, m = both[:, :C], both[:, C:]
     b = src.flatten(1).median(dim=1).values[:, None, None]
-    return w + (G - 1)[:, None, None] * (w - b) + m * o_in[:, None, None] + (1 - m) * o_out[:, None, None], w, m
+    G, o_in, o_out = (v[:, :, None, None] for v in (G, o_in, o_out))
+    model = w + (G - 1) * (w - b) + m * o_in + (1 - m) * o_out
+    m = m[:, 0]
+    return (model[0], w[0], m[0]) if one else (model, w, m)
 
 
 def _register(src: torch.Tensor, dst: torch.Tensor, mask: torch.Tensor, motion: bool, colour: bool,
@@ -103,15 +113,16 @@ def _register(src: torch.Tensor, dst: torch.Tensor, mask: torch.Tensor, motion: 
     for sigma in (2.0, 0.0):
         a, b, mk = (_blur(src, sigma), _blur(dst, sigma), _blur(mask[None], sigma)[0]) if sigma else (src, dst, mask)
 
-        def residual(th):
-            return (_modelled(a, mk, torch.where(free, th, identity), centre)[0] - b).reshape(-1)
+        def residual(th):      # one theta [P] -> [N], or a batch [B, P] -> [B, N]
+            return (_modelled(a, mk, torch.where(free, th, identity), centre)[0] - b).reshape(*th.shape[:-1], -1)
 
         r = residual(theta)
         loss, damping = float(r @ r), 1e-3
         floor = 1e-12 * float(b.pow(2).sum() + a.pow(2).sum())
+        steps = 1e-6 * torch.eye(len(theta), dtype=theta.dtype)[free]
         for _ in range(20):
-            Jt = torch.stack([(residual(theta + 1e-6 * e) - residual(theta - 1e-6 * e)) / 2e-6
-                              for e in torch.eye(len(theta), dtype=theta.dtype)[free]])     # J^T [n, N]
+            both = residual(torch.cat([theta + steps, theta - steps]))      # every difference in one batch
+            Jt = (both[:len(steps)] - both[len(steps):]) / 2e-6              # J^T [n, N]
             JtJ, g = (Jt[:, None] * Jt[None]).sum(-1), (Jt * r).sum(-1)   # not matmul: slow in small float64
             step = torch.linalg.solve(JtJ + damping * torch.diag(JtJ.diagonal().clamp(min=1e-12)), -g)
             trial = theta.clone()
