@@ -131,7 +131,7 @@ def _gallery(model, s: Session, progress=None) -> list[tuple[np.ndarray, str]]:
     b = s.basis
     prev = session.previews(model, s, PREVIEW,
                             progress=fraction_stages(progress)("previews", session.preview_steps(s)))
-    names = [f"  {d['name']}" for d in b.descriptions] if b.descriptions else [""] * b.k
+    names = [f"  {d['name']}" for d in session.preview_descriptions(s, prev, PREVIEW)]
     return [(side_by_side([direction_pixels(b.latent[i], size=THUMB), display(prev[i, 0], size=THUMB),
                            display(prev[i, 1], size=THUMB)]),
              f"v{i + 1}{names[i]}  s = {float(b.singular_values[i]):.3g}   (-{PREVIEW:g} | +{PREVIEW:g})")

@@ -28,6 +28,7 @@ from .errors import LatentBasisError
 from .images import x_to_image
 from .loading import resolve_timestep
 from .masks import save_mask_png
+from .registration import describe_edit
 from .recipe import EditRecipe, psnr, recipe_for
 from .sampling import denoise, trajectory_for
 from .transport import CarriedEdit, carry_edit, transported_basis
@@ -141,6 +142,18 @@ def previews(model, s: EditSession, strength: float = 6.0, progress=None) -> tor
     d = sweep_directions(b.latent, list(range(b.k)), [-strength, strength])
     images = x_to_image(model, edit_images(model, s.trajectory, s.timestep, d, settings, progress=progress))
     return images.reshape(b.k, 2, *images.shape[1:])
+
+
+def preview_descriptions(s: EditSession, images: torch.Tensor, strength: float = 6.0) -> list[dict]:
+    """What each direction of s.basis did to the finished image, from its previews (images [k, 2, C, H, W] at
+    -strength and +strength, as previews() returns them): registration.describe_edit, the reading `latentbasis
+    edit` prints and benchmarks/describe_shapes.py measures. The basis' own descriptions (describe_basis: the
+    first-order change of x0_hat at x_t, what the basis file stores) are kept for a region's basis, where they say
+    inside or outside the region."""
+    b = _basis(s)
+    if b.mask is not None and b.descriptions:
+        return b.descriptions
+    return [describe_edit(pair[1], pair[0], strength) for pair in images]
 
 
 def preview_steps(s: EditSession) -> int:

@@ -12,6 +12,7 @@ from latentbasis.basisfile import save_basis  # noqa: E402
 from latentbasis.app import load_editor  # noqa: E402
 from latentbasis.loading import load_model  # noqa: E402
 from latentbasis.recipe import EditRecipe, run_recipe  # noqa: E402
+from latentbasis import session  # noqa: E402
 
 E = load_editor()
 
@@ -32,7 +33,8 @@ def found(model):
 def test_sample_find_slide(model, found):
     s, gallery = found
     assert len(gallery) == 4 and all(pic.dtype == np.uint8 and "s = " in cap for pic, cap in gallery)
-    names = [d["name"] for d in s.basis.descriptions]        # each caption says what its direction does
+    # each caption says what its direction did between its previews (the reading `edit` prints)
+    names = [d["name"] for d in session.preview_descriptions(s, session.previews(model, s, E.PREVIEW), E.PREVIEW)]
     assert all(f"v{i + 1}  {n}  s = " in cap for i, (n, (_, cap)) in enumerate(zip(names, gallery)))
     source = E.display(s.edited)
     assert np.array_equal(E.apply_edit(model, s, "guidance", [0, 0, 0, 0]), source)   # strength 0: the sample
