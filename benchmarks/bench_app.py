@@ -2,8 +2,8 @@
 
     python benchmarks/bench_app.py [--model digits] [--t 0.6] [--k 6] [--repeats 9]
 
-Rows: a new sample (the trajectory, 50-step grid), "Find directions" (the basis and the -/+ previews of every
-direction), and a released slider (one combined edit: its quick preview, then the full image), for both edit
+Rows: a new sample (the trajectory, 50-step grid), "Find directions" (the basis, the -/+ previews of every
+direction and what each did between them, registered), and a released slider (one combined edit: its quick preview, then the full image), for both edit
 methods. Targets on a 2-core CPU: the preview within 0.25 s of the release, the full image well under a second.
 """
 from __future__ import annotations
