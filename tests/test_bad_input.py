@@ -369,9 +369,9 @@ def test_there_are_at_least_80_cases():
 
 # ---------------------------------------------------------------- a handful through real processes
 
-def run_cli(*args, timeout: float = 300):
+def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "latentbasis", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=300)
 
 
 @pytest.mark.parametrize("name", ["t_nan", "model_index_names_os_system",
