@@ -18,10 +18,10 @@ import torch
 from .atomic import atomic_path, file_path
 from .basis import ALGORITHMS, Basis, GlobalDirections, Provenance, Region
 from .describe import description_lines, descriptions_from_json, descriptions_to_json
-from .errors import LatentBasisError
+from .errors import LatentBasisError, printable
 from .images import pixel_size
 from .masks import mask_in_x, mask_sha256
-from .validate import (MAX_ITERS, MAX_K, MAX_SEED, number, optional_string, parent_folder, parse_json, printable,
+from .validate import (MAX_ITERS, MAX_K, MAX_SEED, number, optional_string, parent_folder, parse_json,
                        regular_file)
 from .version import __version__
 

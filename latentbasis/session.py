@@ -28,8 +28,8 @@ from .errors import LatentBasisError
 from .images import x_to_image
 from .loading import resolve_timestep
 from .masks import save_mask_png
-from .registration import describe_edit
 from .recipe import EditRecipe, psnr, recipe_for
+from .registration import describe_edit
 from .sampling import denoise, trajectory_for
 from .transport import CarriedEdit, carry_edit, transported_basis
 from .viz import save_png
