@@ -100,7 +100,7 @@ class Basis:
     residuals: torch.Tensor         # [k]            ||J^T u_i - s_i v_i|| / s_i
     provenance: Provenance = field(default_factory=Provenance)
     region: Region = field(default_factory=Region)
-    descriptions: list | None = None  # what each direction does to x0_hat (latentbasis.describe; None: not described)
+    descriptions: list | None = None  # what each direction does (describe, registration; None: not described)
     extra: dict = field(default_factory=dict)
 
     @property

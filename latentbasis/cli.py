@@ -93,7 +93,7 @@ def _cmd_basis(a) -> None:
         run = basis_for(model, timestep=ts, t_fraction=frac, k=a.k, seed=a.seed, image=a.image, num_steps=a.steps,
                         prompt=a.prompt, guidance=a.guidance, pictures=png is not None, stage=stages, layer=a.layer,
                         algorithm=a.algorithm, tol=a.tol, init=init, callback=stages.basis_callback(),
-                        space=a.space, mask=mask, null_rank=a.null_rank)
+                        space=a.space, mask=mask, null_rank=a.null_rank, describe=a.describe)
     print("\n".join([f"note: {n}" for n in run.notes] + run.write(out, png)))
 
 

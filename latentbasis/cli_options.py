@@ -91,6 +91,9 @@ OPTIONS = {
                       "subspace iteration"),
     "tol": dict(type=float, default=1e-3, help="krylov: stop at residual ||J^T u - s v|| / s <= tol"),
     "layer": dict(default=None, help="module whose output is h (None: the family's, mid_block for U-Nets)"),
+    "describe": dict(choices=("edit", "change"), default="edit", help="what the directions' descriptions read: "
+                     "edit, each direction's guidance edit at -6 and +6, registered (2k edits, what `edit` prints); "
+                     "change, the first-order change of x0_hat at x_t (k JVPs, no edits: cheaper for large models)"),
     "init": dict(default=None, help="warm start from a basis file of the same model (e.g. a nearby t)"),
     "directions": dict(type=_ints, default=None, help="which directions, 0-based, e.g. 0,2 (None: all k)"),
     "direction": dict(default=None, help="instead, the one direction whose description matches, e.g. 'shift right', "
@@ -167,7 +170,7 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
              "Compute the top-k latent basis (right singular vectors of J = dh/dx_t) and tangent basis at x_t of a "
              "seed's DDIM trajectory (or of a DDIM-inverted image), and save it with a picture.",
              ["model", "seed", "t", "timestep", "k", "prompt", "label", "image", "guidance", "steps", "algorithm",
-              "tol", "layer", "init", *REGION, "out", "png", *RUNTIME, "quiet"], model=model,
+              "tol", "layer", "init", *REGION, "describe", "out", "png", *RUNTIME, "quiet"], model=model,
              t=dict(type=float, default=None, help="timestep as a fraction of T in [0, 1] (None: 0.6)"),
              out=dict(default="basis.safetensors", help="basis file to write"),
              png=dict(default=None, help="picture of the directions (None: OUT with .png; '' for none)"))

@@ -167,12 +167,21 @@ def group_shares(descriptions: list[dict]) -> dict[str, float]:
             for g, parts in GROUPS.items()}
 
 
+def reading_text(descriptions: list[dict]) -> str:
+    """What a basis' descriptions read: 'as edited from -6 to +6 and registered' (registration.describe_by_edits)
+    or 'by the first-order change of x0_hat at x_t' (describe_basis; files without a reading are of that one)."""
+    d = descriptions[0]
+    if d.get("reading") == "edit":
+        return f"as edited from {-d['strength']:+g} to {d['strength']:+g} and registered (per unit strength)"
+    return "by the first-order change of x0_hat at x_t (per unit strength)"
+
+
 def description_lines(basis) -> list[str]:
-    """'v1  shifts right 0.30 box (shift 0.81, fine 0.10, scale 0.05)' for every direction; 'v1  no description'
-    for a basis without them (older files)."""
+    """'v1  shifts right 0.30 box (shift 0.81, fine 0.10, scale 0.05)' for every direction, after a line saying
+    which reading they are (reading_text); 'v1  no description' for a basis without them (older files)."""
     if not basis.descriptions:
         return [f"v{i + 1}  no description" for i in range(basis.k)]
-    lines = []
+    lines = [f"what each direction's + does, {reading_text(basis.descriptions)}:"]
     for i, d in enumerate(basis.descriptions):
         lines.append(f"v{i + 1}  {d['name']} ({shares_text(d)})")
         c = d.get("condition")
@@ -208,6 +217,7 @@ def describe_basis(model, basis, conditions: bool = True) -> list[dict]:
     for change in changes:
         parts = decompose_change(image, change, region)
         parts["name"] = name_change(parts, model.x_is_latent)
+        parts["reading"] = "change"
         out.append(parts)
     for parts, closest in zip(out, (conditions and condition_alignment(model, basis)) or [None] * basis.k):
         parts["condition"] = closest
@@ -248,6 +258,8 @@ def condition_alignment(model, basis, candidates: list[str] | None = None) -> li
 
 def descriptions_to_json(descriptions: list[dict] | None) -> str:
     return json.dumps([{"name": d["name"], "shares": d["shares"], "outside": d.get("outside"),
+                        "reading": d.get("reading", "change"),
+                        **({"strength": d["strength"]} if d.get("reading") == "edit" else {}),
                         **({"condition": d["condition"]} if d.get("condition") else {})} for d in descriptions or []])
 
 
@@ -271,8 +283,23 @@ def descriptions_from_json(text: str, k: int) -> list[dict] | None:
         if o is not None and (isinstance(o, bool) or not isinstance(o, (int, float)) or not 0.0 <= float(o) <= 1.0):
             raise LatentBasisError("a description's outside share in the basis file is not a number in [0, 1]")
         out.append({"name": printable(d["name"][:200]), "shares": shares, "outside": o, "coefficients": {},
-                    "condition": _condition_from_json(d.get("condition"))})
+                    "condition": _condition_from_json(d.get("condition")), **_reading_from_json(d)})
+    if len({(d["reading"], d.get("strength")) for d in out}) > 1:
+        raise LatentBasisError("the basis file's descriptions are not all of one reading")
     return out or None
+
+
+def _reading_from_json(d: dict) -> dict:
+    """A stored description's reading, checked: {"reading": "edit", "strength": s} or {"reading": "change"} (what
+    files from before the reading was stored hold)."""
+    reading = d.get("reading", "change")
+    if reading == "change":
+        return {"reading": "change"}
+    s = d.get("strength")
+    if reading != "edit" or isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < float(s) <= 1e6:
+        raise LatentBasisError("a description's reading in the basis file is not \"change\" or \"edit\" with a "
+                               "positive strength")
+    return {"reading": "edit", "strength": float(s)}
 
 
 def _condition_from_json(c) -> dict | None:

@@ -17,7 +17,7 @@ from .basisfile import load_basis, save_basis
 from .describe import describe_basis, pick_direction, summary_lines
 from .describe import shares_text as part_shares
 from .devices import DTYPE_NAMES, dtype_name
-from .registration import describe_edit
+from .registration import describe_by_edits, describe_edit
 from .editing import METHODS, EditSettings, combine, edit_images, edit_steps, sweep_directions
 from .errors import LatentBasisError
 from .images import pixel_size, x_to_image
@@ -271,15 +271,23 @@ class BasisRun:
                 *summary_lines(b), f"wrote {out}" + (f" and {png}" if png is not None else "")]
 
 
+DESCRIBE = ("edit", "change")
+
+
 def basis_for(model, *, timestep: int, t_fraction: float | None = None, k: int = 8, seed: int = 0, image=None,
               num_steps: int = 100, prompt: str | None = None, guidance: float = 1.0, pictures: bool = True,
-              stage=None, **basis_kw) -> BasisRun:
+              describe: str = "edit", describe_strength: float = 6.0, stage=None, **basis_kw) -> BasisRun:
     """The basis at x_t of a seed's DDIM trajectory, or of a DDIM-inverted image (the same x_t as an edit recipe's
-    of the same seed, steps and timestep), described (describe_basis: what each direction does to x0_hat), with the
-    pictures `latentbasis basis` draws when `pictures`. basis_kw go to latent_basis (layer, algorithm, tol, init,
-    space, mask, null_rank, callback, ...); the basis' random start is `seed`. stage: as trajectory_for's."""
+    of the same seed, steps and timestep), described, with the pictures `latentbasis basis` draws when `pictures`.
+    describe: "edit", what each direction's guidance edit at -describe_strength and +describe_strength does to the
+    finished image (registration.describe_by_edits: 2k edits, the reading `edit` prints), or "change", the
+    first-order change of x0_hat at x_t (describe.describe_basis: k JVPs, no edits). basis_kw go to latent_basis
+    (layer, algorithm, tol, init, space, mask, null_rank, callback, ...); the basis' random start is `seed`.
+    stage: as trajectory_for's."""
     stage = stage or (lambda desc, total: None)
-    if image is None and not pictures:   # only down to t
+    v.choice(describe, "describe", DESCRIBE)
+    v.number(describe_strength, "the describing strength", lo=1e-6, hi=v.MAX_STRENGTH)
+    if image is None and not pictures and describe == "change":   # only down to t
         n = len([g for g in trajectory_grid(model.num_train_timesteps, num_steps, timestep) if g > timestep])
         x_t, traj, img, notes = sample_to(model, seed, timestep=timestep, num_steps=num_steps, prompt=prompt,
                                           guidance=guidance, progress=stage("sampling", n)), None, None, []
@@ -290,7 +298,12 @@ def basis_for(model, *, timestep: int, t_fraction: float | None = None, k: int =
     b = latent_basis(model, x_t, timestep=timestep, k=k, prompt=prompt, seed=seed, **basis_kw)
     if t_fraction is not None:
         b.t_fraction = t_fraction
-    describe_basis(model, b)
+    if describe == "edit":
+        settings = EditSettings("guidance")
+        describe_by_edits(model, b, traj, describe_strength, settings,
+                          progress=stage(f"describing: {2 * k} edits", edit_steps(traj, timestep, settings)))
+    else:
+        describe_basis(model, b)
     run = BasisRun(b, notes=notes, source=f"image {Path(image).name}" if image is not None else f"seed {seed}")
     if pictures:
         run.image = img if image is not None else x_to_image(model, traj.x0[None])[0]
@@ -393,8 +406,11 @@ def run_recipe(r: EditRecipe, model=None, progress=None) -> EditResult:
         basis = latent_basis(model, x_t, timestep=r.timestep, k=r.k, prompt=r.prompt, space=r.space, **basis_kw)
     settings = EditSettings(r.method, r.n_iter, r.step, r.scale, r.keep_norm)
     latent = basis.latent
-    if r.direction is not None:   # the direction whose description matches, along its "+" or its "-"
-        i, sign, what = pick_direction(describe_basis(model, basis, conditions=False), r.direction)
+    if r.direction is not None:   # the direction whose edit does what is asked, along its "+" or its "-"
+        strength = max(abs(float(s)) for s in r.strengths) or 6.0     # the edit's own range (6: the default's)
+        described = describe_by_edits(model, basis, traj, strength, settings, conditions=False,
+                                      progress=stage("describing", edit_steps(traj, r.timestep, settings)))
+        i, sign, what = pick_direction(described, r.direction)
         notes.append(f"picked {what}")
         r.directions = [i]
         latent = basis.latent.clone()

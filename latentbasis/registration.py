@@ -11,8 +11,10 @@ import functools
 import torch
 import torch.nn.functional as tnf
 
-from .describe import BANDS, PARTS, name_change
+from .describe import BANDS, PARTS, condition_alignment, name_change
+from .editing import EditSettings, edit_images, sweep_directions
 from .geometry import band_pass
+from .images import x_to_image
 
 
 @functools.lru_cache(maxsize=8)
@@ -154,7 +156,7 @@ def register_change(minus: torch.Tensor, plus: torch.Tensor, strength: float) ->
     per channel inside the content and one outside it, fitted jointly (_register; at most 64 pixels a side), from
     no motion, from the motion the contents' centroids and areas suggest (a jump is out of a local fit's reach),
     and from that motion with the contents' and backgrounds' mean colour change (a large recolouring is too), the
-    best kept. With E0 = ||plus - minus||^2 and E the joint fit's error, the explained 1 - E / E0 goes to motion
+    best kept (or none, where no fit comes closer than the image at -strength itself). With E0 = ||plus - minus||^2 and E the joint fit's error, the explained 1 - E / E0 goes to motion
     and to colour in proportion to the pixel change each makes alone, ||warp(minus, p) - minus||^2 against
     ||colour map(minus) - minus||^2 (the currency of the shares: a jump of the object counts its whole area twice,
     a recolouring once). Motion splits into shift, scale and rotation the same way
@@ -182,7 +184,10 @@ def register_change(minus: torch.Tensor, plus: torch.Tensor, strength: float) ->
     mean0, mean1 = ((x * mk).sum((1, 2)) / mk.sum().clamp(min=1e-12) for x, mk in ((src, mask), (dst, mask1)))
     recoloured = torch.cat([start, torch.ones(C, dtype=start.dtype), mean1 - mean0, bg1 - bg0])
     fits = [_register(src, dst, mask, True, True, centre, s) for s in (start, None, recoloured)]
-    theta = min(fits, key=lambda th: _error(src, dst, mask, th, centre))
+    identity = torch.cat([torch.zeros(4), torch.ones(C), torch.zeros(2 * C)]).double()
+    # the identity too: a fit refined on blurred images can end sharp farther off than no change at all, and then
+    # the rest would hold more than the whole change (shares over 1)
+    theta = min(fits + [identity], key=lambda th: _error(src, dst, mask, th, centre))
     fitted, warped, m = _modelled(src, mask, theta, centre)
     rest = dst - fitted
     e = float((rest ** 2).sum())
@@ -243,3 +248,41 @@ def describe_edit(plus: torch.Tensor, minus: torch.Tensor, strength: float, x_is
     parts = register_change(minus, plus, strength)
     parts["name"] = name_change(parts, x_is_latent)
     return parts
+
+
+def describe_pairs(images: torch.Tensor, strength: float, mask: torch.Tensor | None = None) -> list[dict]:
+    """describe_edit of each direction's pair of edited images, images [k, 2, C, H, W] at -strength and +strength
+    (pixels), each marked as this reading ("reading": "edit", "strength"). With a region (an image mask [H, W],
+    a local basis') "outside" is the share of the finished change outside it, ||(plus - minus) off the mask||^2 /
+    ||plus - minus||^2, and the name says where the change is, as describe_basis' names do."""
+    out = []
+    for minus, plus in images:
+        parts = register_change(minus, plus, strength)
+        if mask is not None:
+            change2 = ((plus.double() - minus.double()) ** 2).sum(0)
+            total = float(change2.sum())
+            parts["outside"] = float(change2[~mask.bool()].sum()) / total if total > 0 else None
+        parts["name"] = name_change(parts)
+        parts["reading"], parts["strength"] = "edit", float(strength)
+        out.append(parts)
+    return out
+
+
+def describe_by_edits(model, basis, trajectory, strength: float = 6.0, settings: EditSettings | None = None,
+                      conditions: bool = True, progress=None) -> list[dict]:
+    """A description of every direction of a basis by what its edit does to the finished image: each v_i applied at
+    -strength and +strength from the basis' timestep of `trajectory` (the trajectory whose x_t the basis was
+    computed at; one batch of 2k edits, editing.edit_images with `settings`, the published guidance by default),
+    the pairs described by describe_pairs (register_change, named by name_change). The reading `latentbasis edit`
+    prints for its rows and benchmarks/describe_shapes.py measures; describe.describe_basis is the first-order one
+    (the change of x0_hat at x_t, k JVPs, no edits). conditions: also the label each direction follows
+    (describe.condition_alignment). Stored in basis.descriptions (and so in the basis file); returned."""
+    ts = int(basis.timestep)
+    d = sweep_directions(basis.latent, list(range(basis.k)), [-float(strength), float(strength)])
+    images = x_to_image(model, edit_images(model, trajectory, ts, d, settings or EditSettings("guidance"),
+                                           progress=progress))
+    out = describe_pairs(images.reshape(basis.k, 2, *images.shape[1:]), strength, basis.mask)
+    for parts, closest in zip(out, (conditions and condition_alignment(model, basis)) or [None] * basis.k):
+        parts["condition"] = closest
+    basis.descriptions = out
+    return out

@@ -330,8 +330,9 @@ def _descriptions_html(n: dict) -> str:
     head = "<tr><th>timestep</th><th>t</th>" + "".join(f"<th>{g}</th>" for g in ds) + "</tr>"
     rows = "".join(f"<tr><td>{ts}</td><td>{t:.2f}</td>" + "".join(f"<td>{ds[g][i]:.2f}</td>" for g in ds) + "</tr>"
                    for i, (ts, t) in enumerate(zip(n["timesteps"], n["t_fractions"])))
-    return ("<h2>What the directions do</h2><p>Mean share of each part of a direction's change of the denoised "
-            f"image, over the samples' directions (latentbasis.describe).</p><table>{head}{rows}</table>")
+    return ("<h2>What the directions do</h2><p>Mean share of each part of a direction's first-order change of the "
+            "denoised estimate x0_hat at x_t, over the samples' directions (latentbasis.describe; not the finished "
+            f"edit's, which `basis` and `edit` describe).</p><table>{head}{rows}</table>")
 
 
 def write_report(n: dict, out: str | os.PathLike, *, bases, pca, alphas_cumprod) -> Path:

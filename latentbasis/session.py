@@ -29,7 +29,7 @@ from .images import x_to_image
 from .loading import resolve_timestep
 from .masks import save_mask_png
 from .recipe import EditRecipe, psnr, recipe_for
-from .registration import describe_edit
+from .registration import describe_pairs
 from .sampling import denoise, trajectory_for
 from .transport import CarriedEdit, carry_edit, transported_basis
 from .viz import save_png
@@ -146,14 +146,16 @@ def previews(model, s: EditSession, strength: float = 6.0, progress=None) -> tor
 
 def preview_descriptions(s: EditSession, images: torch.Tensor, strength: float = 6.0) -> list[dict]:
     """What each direction of s.basis did to the finished image, from its previews (images [k, 2, C, H, W] at
-    -strength and +strength, as previews() returns them): registration.describe_edit, the reading `latentbasis
-    edit` prints and benchmarks/describe_shapes.py measures. The basis' own descriptions (describe_basis: the
-    first-order change of x0_hat at x_t, what the basis file stores) are kept for a region's basis, where they say
-    inside or outside the region."""
+    -strength and +strength, as previews() returns them): registration.describe_pairs, the reading `latentbasis
+    edit` prints, `latentbasis basis` stores and benchmarks/describe_shapes.py measures; for a region's basis the
+    share of the change outside the region too. They become the basis' descriptions (an exported basis file holds
+    what the captions said), each keeping the label its first-order description found (condition_alignment)."""
     b = _basis(s)
-    if b.mask is not None and b.descriptions:
-        return b.descriptions
-    return [describe_edit(pair[1], pair[0], strength) for pair in images]
+    described = describe_pairs(images, strength, b.mask)
+    for d, old in zip(described, b.descriptions or [{}] * b.k):
+        d["condition"] = old.get("condition")
+    b.descriptions = described
+    return described
 
 
 def preview_steps(s: EditSession) -> int:

@@ -99,19 +99,33 @@ def test_basis_and_info_print_a_line_per_direction(tmp_path, capsys):
                  "--png", ""]) == 0
     capsys.readouterr()
     assert main(["info", str(out)]) == 0
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln[:2] in ("v1", "v2", "v3")]
+    said = capsys.readouterr().out
+    lines = [ln for ln in said.splitlines() if ln[:2] in ("v1", "v2", "v3")]
     assert [ln.split()[0] for ln in lines] == ["v1", "v2", "v3"]
     assert all("(" in ln and "no description" not in ln for ln in lines)
+    assert "as edited from -6 to +6 and registered" in said                  # the reading `edit` prints
+    first = tmp_path / "first.safetensors"
+    assert main(["basis", "--model", "digits", "--k", "3", "--steps", "10", "--quiet", "--out", str(first),
+                 "--png", "", "--describe", "change"]) == 0
+    assert "by the first-order change of x0_hat" in capsys.readouterr().out
+    assert [d["reading"] for d in load_basis(first).descriptions] == ["change"] * 3
     with safe_open(str(out), framework="pt") as fh:
         meta, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
-    del meta["descriptions"]
+    stored = json.loads(meta.pop("descriptions"))
     save_file(tensors, str(tmp_path / "old.safetensors"), metadata=meta)
     assert main(["info", str(tmp_path / "old.safetensors")]) == 0
     assert capsys.readouterr().out.count("no description") == 3
-    bad = dict(meta, descriptions=json.dumps([{"name": "x", "shares": {"shift": 7}}] * 3))
-    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=bad)
-    with pytest.raises(LatentBasisError, match="corrupt header"):
-        load_basis(tmp_path / "bad.safetensors")
+    older = [{key: x for key, x in d.items() if key not in ("reading", "strength")} for d in stored]
+    save_file(tensors, str(tmp_path / "older.safetensors"), metadata=dict(meta, descriptions=json.dumps(older)))
+    assert main(["info", str(tmp_path / "older.safetensors")]) == 0     # described before the reading was stored
+    assert "by the first-order change of x0_hat" in capsys.readouterr().out
+    for told in ([{"name": "x", "shares": {"shift": 7}}] * 3, [dict(d, reading="exec") for d in stored],
+                 [dict(d, strength=float("nan")) for d in stored], [dict(d, strength=-6) for d in stored],
+                 [dict(stored[0], reading="change")] + stored[1:]):         # ... and two readings in one file
+        bad = dict(meta, descriptions=json.dumps(told))
+        save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=bad)
+        with pytest.raises(LatentBasisError, match="corrupt header"):
+            load_basis(tmp_path / "bad.safetensors")
 
 
 def test_edit_picks_a_direction_by_its_description(tmp_path, capsys):
