@@ -44,7 +44,9 @@ def basis_metadata(b: Basis) -> dict[str, str]:
 
 
 def save_basis(b: Basis, path: str | os.PathLike) -> Path:
-    """Write atomically: a temporary file in the same folder, then a rename (never a half-written file)."""
+    """Write atomically: a temporary file in the same folder, then a rename (never a half-written file). The
+    temporary file is read back by load_basis first: what would not load (a NaN from a broken model, a description
+    out of range) is one message and no file, not a file that its own reader refuses later."""
     from safetensors.torch import save_file
 
     if not isinstance(b, Basis):
@@ -57,6 +59,11 @@ def save_basis(b: Basis, path: str | os.PathLike) -> Path:
         tensors["mask"] = b.mask.detach().to(torch.float32).contiguous()
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=basis_metadata(b))
+        try:
+            load_basis(tmp)
+        except LatentBasisError as e:
+            raise LatentBasisError(f"{path} was not written: the basis would not load back "
+                                   f"({str(e).replace(str(tmp), 'the file')})") from None
     return path
 
 

@@ -82,6 +82,26 @@ def test_failed_write_keeps_the_old_file(basis, tmp_path, monkeypatch):
     assert [f.name for f in tmp_path.iterdir()] == ["b.safetensors"]  # no temporary left behind
 
 
+def test_what_would_not_load_back_is_not_written(basis, tmp_path):
+    """save_basis reads its temporary file back with load_basis before the rename: a basis its own reader would
+    refuse (a NaN from a broken model, a description's share out of [0, 1]) is one message, and the file already
+    at the path stays as it was, no temporary left."""
+    import copy
+
+    p = save_basis(basis, tmp_path / "b.safetensors")
+    before = p.read_bytes()
+    broken = copy.deepcopy(basis)
+    broken.latent[0, 0] = float("nan")
+    shares = {"shift": 5.6}
+    described = copy.deepcopy(basis)
+    described.descriptions = [{"name": "x", "shares": shares, "reading": "edit", "strength": 6.0}] * basis.k
+    for bad, says in ((broken, "latent"), (described, "share 'shift'")):
+        with pytest.raises(LatentBasisError, match="was not written: the basis would not load back") as e:
+            save_basis(bad, p)
+        assert says in str(e.value) and ".tmp" not in str(e.value), e.value
+        assert p.read_bytes() == before and [f.name for f in tmp_path.iterdir()] == ["b.safetensors"]
+
+
 def test_every_output_gets_the_same_permissions(tiny_unet_dir, tmp_path):
     """Basis files (written by safetensors, which makes 0600 files), pictures and recipes all follow the umask."""
     import os
