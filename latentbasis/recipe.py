@@ -75,7 +75,14 @@ class EditRecipe:
     version: str = ""
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=1)
+        """The recipe as JSON, read back and checked as from_file checks a file (validate) before it is handed
+        out: a recipe that `edit --recipe` would refuse (a NaN that reached a field) is one message, never a file."""
+        text = json.dumps(dataclasses.asdict(self), indent=1)
+        try:
+            type(self)(**json.loads(text)).validate()
+        except LatentBasisError as e:
+            raise LatentBasisError(f"the edit's recipe would not replay, so it is not written: {e}") from None
+        return text
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "EditRecipe":

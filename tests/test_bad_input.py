@@ -891,6 +891,28 @@ def test_a_recipe_saved_with_a_byte_order_mark_is_read(ws, tmp_path):
     assert EditRecipe.from_file(tmp_path / "bom.json") == EditRecipe.from_file(ws / "recipe_ok.json")
 
 
+def test_a_recipe_that_would_not_replay_is_not_written(ws, tmp_path):
+    """The recipe's JSON is read back and checked as `edit --recipe` reads it before it is written: one that would
+    be refused (here a NaN strength that reached it) is one message, and neither the grid nor the recipe is
+    written (they go together)."""
+    from latentbasis import LatentBasisError
+    from latentbasis.recipe import EditRecipe, EditResult
+
+    r = EditRecipe.from_file(ws / "recipe_ok.json")
+    r.strengths = [0.0, float("nan")]
+    with pytest.raises(LatentBasisError, match="would not replay, so it is not written: .*not a finite number"):
+        r.to_json()
+    from types import SimpleNamespace
+
+    r.directions = [0]
+    res = EditResult(torch.zeros(1, 2, 1, 8, 8), basis=SimpleNamespace(singular_values=torch.ones(1)),
+                     trajectory=None, recipe=r)
+    out = tmp_path / "e.png"
+    with pytest.raises(LatentBasisError, match="would not replay"):
+        res.write(out, out.with_suffix(".json"))
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("name,text,says", [
     ("recipe_nested_deep", '{"seed": 0, "x": ' + _nested(64) + "}", "nests more than 32"),
     ("recipe_recursion", '{"seed": ' + _nested(200_000) + "}", "nests more than 32"),
