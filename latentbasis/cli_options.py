@@ -91,13 +91,15 @@ OPTIONS = {
                       "subspace iteration"),
     "tol": dict(type=float, default=1e-3, help="krylov: stop at residual ||J^T u - s v|| / s <= tol"),
     "layer": dict(default=None, help="module whose output is h (None: the family's, mid_block for U-Nets)"),
-    "describe": dict(choices=("edit", "change"), default="edit", help="what the directions' descriptions read: "
+    "describe": dict(choices=("edit", "change"), default=None, help="what the directions' descriptions read: "
                      "edit, each direction's guidance edit at -6 and +6, registered (2k edits, what `edit` prints); "
-                     "change, the first-order change of x0_hat at x_t (k JVPs, no edits: cheaper for large models)"),
+                     "change, the first-order change of x0_hat at x_t (k JVPs, no edits). None: edit for pixel "
+                     "models, change for latent (VAE) models, where 2k edits cost several times the basis"),
     "init": dict(default=None, help="warm start from a basis file of the same model (e.g. a nearby t)"),
     "directions": dict(type=_ints, default=None, help="which directions, 0-based, e.g. 0,2 (None: all k)"),
     "direction": dict(default=None, help="instead, the one direction whose description matches, e.g. 'shift right', "
-                      "'motion:x+', 'grow', 'brighten', 'fine detail' (it says which it picked)"),
+                      "'motion:x+', 'grow', 'brighten', 'fine detail': every direction is edited at -+ the largest "
+                      "strength and registered first (it says which it picked)"),
     "strengths": dict(type=_floats, default=[-6.0, -3.0, 0.0, 3.0, 6.0], help="strengths along each direction"),
     "method": dict(choices=METHODS, default="guidance", help="the published x-space guidance, or x_t + s v"),
     "n-iter": dict(type=int, default=16, help="guidance iterations"),

@@ -283,16 +283,20 @@ DESCRIBE = ("edit", "change")
 
 def basis_for(model, *, timestep: int, t_fraction: float | None = None, k: int = 8, seed: int = 0, image=None,
               num_steps: int = 100, prompt: str | None = None, guidance: float = 1.0, pictures: bool = True,
-              describe: str = "edit", describe_strength: float = 6.0, stage=None, **basis_kw) -> BasisRun:
+              describe: str | None = None, describe_strength: float = 6.0, stage=None, **basis_kw) -> BasisRun:
     """The basis at x_t of a seed's DDIM trajectory, or of a DDIM-inverted image (the same x_t as an edit recipe's
     of the same seed, steps and timestep), described, with the pictures `latentbasis basis` draws when `pictures`.
     describe: "edit", what each direction's guidance edit at -describe_strength and +describe_strength does to the
     finished image (registration.describe_by_edits: 2k edits, the reading `edit` prints), or "change", the
-    first-order change of x0_hat at x_t (describe.describe_basis: k JVPs, no edits). basis_kw go to latent_basis
+    first-order change of x0_hat at x_t (describe.describe_basis: k JVPs, no edits); None: "edit" where x is the
+    image, "change" where it is a VAE's latent (there each edit runs the whole network through every step after t
+    and decodes: 2k of them cost several times the basis, an hour at Stable Diffusion size on a CPU). basis_kw go
+    to latent_basis
     (layer, algorithm, tol, init, space, mask, null_rank, callback, ...); the basis' random start is `seed`.
     stage: as trajectory_for's."""
     stage = stage or (lambda desc, total: None)
-    v.choice(describe, "describe", DESCRIBE)
+    describe = ("change" if model.x_is_latent else "edit") if describe is None else v.choice(describe, "describe",
+                                                                                              DESCRIBE)
     v.number(describe_strength, "the describing strength", lo=1e-6, hi=v.MAX_STRENGTH)
     if image is None and not pictures and describe == "change":   # only down to t
         n = len([g for g in trajectory_grid(model.num_train_timesteps, num_steps, timestep) if g > timestep])

@@ -45,10 +45,17 @@ def test_basis_of_a_real_image(tiny_unet_dir, tmp_path):
 
 
 def test_prompted_basis(tiny_sd_dir, tmp_path):
+    """A text model's basis keeps its prompt; on a latent (VAE) model the directions are described by the
+    first-order change of x0_hat unless the edits are asked for (they cost several times the basis there), and
+    then by the registered edits of the decoded images."""
     out = tmp_path / "sd.safetensors"
     assert main(["basis", "--model", str(tiny_sd_dir), "--prompt", "the digit seven", "--k", "2", "--steps", "5",
                  "--out", str(out), "--quiet"]) == 0
-    assert load_basis(out).prompt == "the digit seven"
+    b = load_basis(out)
+    assert b.prompt == "the digit seven" and [d["reading"] for d in b.descriptions] == ["change"] * 2
+    assert main(["basis", "--model", str(tiny_sd_dir), "--prompt", "the digit seven", "--k", "2", "--steps", "5",
+                 "--out", str(out), "--quiet", "--describe", "edit"]) == 0
+    assert [(d["reading"], d["strength"]) for d in load_basis(out).descriptions] == [("edit", 6.0)] * 2
 
 
 @pytest.fixture(scope="module")
