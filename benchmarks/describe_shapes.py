@@ -104,6 +104,19 @@ MARGIN = np.array([0.05, 0.05, 0.05 / 4, 0.05, 0.05])
 PART_FACTOR = {"scale": "size", "colour": "hue", "brightness": "background", "coarse": "kind", "mid": "kind"}
 
 
+def recovered_samples(model, reader, first_seed: int, n: int, through: list[int], seeds: list[int]):
+    """The DDIM trajectories (50 steps, through the given timesteps) of the first n seeds from first_seed whose
+    unedited image the factor reader recovers, yielded as (seed, trajectory); each seed used is appended to
+    `seeds`, and at most 8 n seeds are tried."""
+    seed = first_seed
+    while len(seeds) < n and seed < first_seed + 8 * n:
+        traj = sample_trajectory(model, seed, num_steps=50, through=through)
+        seed += 1
+        if recovery(reader, traj.x0[None])[2][0]:
+            seeds.append(seed - 1)
+            yield seed - 1, traj
+
+
 def moved_factor(plus: dict, minus: dict) -> str | None:
     """The factor a direction moves (see the docstring), or None."""
     span = np.array([plus[f] - minus[f] for f in FACTORS], dtype=float)
@@ -182,13 +195,8 @@ def main():
     reader = shapes_reader(resolution=model.x_shape[-1])
     fractions = [float(t) for t in a.ts.split(",")]
     steps = [resolve_timestep(model.num_train_timesteps, fraction=t)[0] for t in fractions]
-    rows, seeds, seed = [], [], a.first_seed
-    while len(seeds) < a.samples and seed < a.first_seed + 8 * a.samples:
-        traj = sample_trajectory(model, seed, num_steps=50, through=steps)
-        seed += 1
-        if not recovery(reader, traj.x0[None])[2][0]:
-            continue
-        seeds.append(seed - 1)
+    rows, seeds = [], []
+    for seed, traj in recovered_samples(model, reader, a.first_seed, a.samples, steps, seeds):
         for frac, ts in zip(fractions, steps):
             b = latent_basis(model, traj.at(ts), timestep=ts, k=a.k)
             imgs = edit_images(model, traj, ts, sweep_directions(b.latent, list(range(a.k)),
@@ -202,12 +210,12 @@ def main():
                 plus = {f: read[f][2 * i] for f in (*FACTORS, "kind")}
                 minus = {f: read[f][2 * i + 1] for f in (*FACTORS, "kind")}
                 part, maps_to = main_part(d)
-                rows.append((seed - 1, frac, i, part, maps_to, moved_factor(plus, minus), d["name"],
+                rows.append((seed, frac, i, part, maps_to, moved_factor(plus, minus), d["name"],
                              pixel_factor(plus, minus, model.x_shape[-1]), main_part(d, rest_as_one=True)[1],
                              joint_factor(plus, minus, model.x_shape[-1])))
     load = os.getloadavg()
     print(f"\nshapes, k = {a.k}, guidance edits at +-{a.strength:g}; {len(seeds)} samples recovered unedited among "
-          f"seeds {a.first_seed}..{seed - 1} (used: {seeds}); load average {load[0]:.2f}\n")
+          f"seeds {a.first_seed}..{seeds[-1] if seeds else '-'} (used: {seeds}); load average {load[0]:.2f}\n")
     print("| t | directions | move a factor | main part agrees with the factor moved | ... with the factor that "
           "moves the most pixels | ... the same, the bands as one part (the rest) | ... with the joint judge | "
           "... the same, the bands as one part |\n|---|---|---|---|---|---|---|---|")

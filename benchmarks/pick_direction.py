@@ -32,16 +32,16 @@ import time
 import numpy as np
 import torch
 
+from describe_shapes import recovered_samples
 from edit_ground_truth import rate   # counts with a 95 % interval resampling the samples
 
 from latentbasis import latent_basis, load_model
 from latentbasis.describe import describe_basis, pick_direction
 from latentbasis.editing import EditSettings, edit_images, sweep_directions
-from latentbasis.evaluate import read_shapes, recovery, shapes_reader
+from latentbasis.evaluate import read_shapes, shapes_reader
 from latentbasis.images import x_to_image
 from latentbasis.loading import resolve_timestep
 from latentbasis.registration import describe_pairs
-from latentbasis.sampling import sample_trajectory
 
 QUERIES = {"shift right": ("x", 1), "shift left": ("x", -1), "shift down": ("y", 1), "shift up": ("y", -1),
            "grow": ("size", 1), "shrink": ("size", -1), "brighten": ("background", 1), "darken": ("background", -1)}
@@ -65,13 +65,8 @@ def main():
     steps = [resolve_timestep(model.num_train_timesteps, fraction=t)[0] for t in fractions]
     settings = EditSettings("guidance")
     rows = []   # (seed, t, query, reading, primary hit, secondary hit)
-    seeds, seed = [], a.first_seed
-    while len(seeds) < a.samples and seed < a.first_seed + 8 * a.samples:
-        traj = sample_trajectory(model, seed, num_steps=50, through=steps)
-        seed += 1
-        if not recovery(reader, traj.x0[None])[2][0]:
-            continue
-        seeds.append(seed - 1)
+    seeds = []
+    for seed, traj in recovered_samples(model, reader, a.first_seed, a.samples, steps, seeds):
         for frac, ts in zip(fractions, steps):
             b = latent_basis(model, traj.at(ts), timestep=ts, k=a.k)
             d = sweep_directions(b.latent, list(range(a.k)), [-a.strength, a.strength])
@@ -87,12 +82,12 @@ def main():
                 for reading in ("edit", "change"):
                     i, sign, _ = pick_direction(described[reading], query)
                     j = i if sign > 0 else i + a.k
-                    rows.append((seed - 1, frac, query, reading, float(primary[j]), float(secondary[j])))
-                rows.append((seed - 1, frac, query, "random", float(primary.mean()), float(secondary.mean())))
+                    rows.append((seed, frac, query, reading, float(primary[j]), float(secondary[j])))
+                rows.append((seed, frac, query, "random", float(primary.mean()), float(secondary.mean())))
                 best = int(np.argmax(moved))
-                rows.append((seed - 1, frac, query, "best", float(primary[best]), float(secondary[best])))
+                rows.append((seed, frac, query, "best", float(primary[best]), float(secondary[best])))
     print(f"\nshapes, k = {a.k}, guidance edits at +-{a.strength:g}; {len(seeds)} samples recovered unedited among "
-          f"seeds {a.first_seed}..{seed - 1} (used: {seeds}); {time.time() - start:.0f} s, load average "
+          f"seeds {a.first_seed}..{seeds[-1] if seeds else '-'} (used: {seeds}); {time.time() - start:.0f} s, load average "
           f"{load0:.2f} at the start, {os.getloadavg()[0]:.2f} at the end\n")
     for label, col in (("primary: the asked factor moves the asked way by its margin", 4),
                        ("secondary: the asked way at all", 5)):
