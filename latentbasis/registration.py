@@ -240,32 +240,29 @@ def register_change(minus: torch.Tensor, plus: torch.Tensor, strength: float) ->
     return {"shares": shares, "outside": None, "coefficients": coefficients}
 
 
-def describe_edit(plus: torch.Tensor, minus: torch.Tensor, strength: float, x_is_latent: bool = False) -> dict:
+def describe_edit(plus: torch.Tensor, minus: torch.Tensor, strength: float, x_is_latent: bool = False,
+                  mask: torch.Tensor | None = None) -> dict:
     """A description of what an edit did to the finished image, from the images edited at +strength and
-    -strength ([C, h, w] pixels; x for a latent model): register_change, named by name_change. Unlike
-    describe_basis (the first-order change of x0_hat at x_t) it reads the edit's whole effect through every
-    sampling step after t, large motions included, at the cost of the two edits."""
+    -strength ([C, h, w] pixels; x for a latent model): register_change, named by name_change, marked as this
+    reading ("reading": "edit", "strength"). Unlike describe_basis (the first-order change of x0_hat at x_t) it
+    reads the edit's whole effect through every sampling step after t, large motions included, at the cost of the
+    two edits. With a region (an image mask [h, w], a local basis') "outside" is the share of the change outside
+    it, ||(plus - minus) off the mask||^2 / ||plus - minus||^2, and the name says where the change is, as
+    describe_basis' names do."""
     parts = register_change(minus, plus, strength)
+    if mask is not None:
+        change2 = ((plus.double() - minus.double()) ** 2).sum(0)
+        total = float(change2.sum())
+        parts["outside"] = float(change2[~mask.bool()].sum()) / total if total > 0 else None
     parts["name"] = name_change(parts, x_is_latent)
+    parts["reading"], parts["strength"] = "edit", float(strength)
     return parts
 
 
 def describe_pairs(images: torch.Tensor, strength: float, mask: torch.Tensor | None = None) -> list[dict]:
     """describe_edit of each direction's pair of edited images, images [k, 2, C, H, W] at -strength and +strength
-    (pixels), each marked as this reading ("reading": "edit", "strength"). With a region (an image mask [H, W],
-    a local basis') "outside" is the share of the finished change outside it, ||(plus - minus) off the mask||^2 /
-    ||plus - minus||^2, and the name says where the change is, as describe_basis' names do."""
-    out = []
-    for minus, plus in images:
-        parts = register_change(minus, plus, strength)
-        if mask is not None:
-            change2 = ((plus.double() - minus.double()) ** 2).sum(0)
-            total = float(change2.sum())
-            parts["outside"] = float(change2[~mask.bool()].sum()) / total if total > 0 else None
-        parts["name"] = name_change(parts)
-        parts["reading"], parts["strength"] = "edit", float(strength)
-        out.append(parts)
-    return out
+    (pixels); mask: a region's, as describe_edit's."""
+    return [describe_edit(plus, minus, strength, mask=mask) for minus, plus in images]
 
 
 def describe_by_edits(model, basis, trajectory, strength: float = 6.0, settings: EditSettings | None = None,
