@@ -67,17 +67,24 @@ def _trajectory_path(cache: Path, p: int, seed: int) -> Path:
 TRAJECTORY_FORMAT = "latentbasis.trajectory/1"
 
 
-def save_trajectory(traj, path: Path, model_hash: str) -> None:
-    """A kept trajectory (states and x0_hat at each, float32) as one safetensors file, written atomically."""
+def save_trajectory(traj, path: Path, model) -> None:
+    """A kept trajectory (states and x0_hat at each, float32) as one safetensors file, written atomically after
+    load_trajectory has read the temporary file back: one that a later run would refuse (a NaN from a broken model)
+    is one message now and no file, not a cache that stops the next report."""
     from safetensors.torch import save_file
 
     meta = {"format": TRAJECTORY_FORMAT, "timesteps": json.dumps(list(traj.timesteps)), "prompt": traj.prompt or "",
-            "guidance": repr(float(traj.guidance)), "model_hash": model_hash}
+            "guidance": repr(float(traj.guidance)), "model_hash": model.model_hash}
     tensors = {"xs": traj.xs.float().contiguous(), "x0_hats": traj.x0_hats.float().contiguous(),
                "x0": traj.x0.float().contiguous()}
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
+        try:
+            load_trajectory(tmp, model)
+        except LatentBasisError as e:
+            raise LatentBasisError(f"{path} was not written: the trajectory would not load back "
+                                   f"({str(e).replace(str(tmp), 'the file')})") from None
 
 
 def load_trajectory(path: Path, model):
@@ -174,7 +181,7 @@ def compute_grid(model, spec: GridSpec, cache: str | os.PathLike, *, rank: int =
             traj = sample_trajectory(model, seed, num_steps=spec.num_steps, prompt=prompt, guidance=spec.guidance,
                                      through=spec.timesteps)
         if not tpath.exists():   # kept: the generation-geometry part of the report reads the states again
-            save_trajectory(traj, tpath, model.model_hash)
+            save_trajectory(traj, tpath, model)
         prev = None
         for ts, path in zip(spec.timesteps, paths):
             if path.exists():

@@ -57,7 +57,11 @@ def test_export_replays_to_the_same_pixels(model, found):
     assert np.asarray(Image.open(png)).shape == (8, 8)
     from latentbasis.basisfile import load_basis
 
-    assert torch.equal(load_basis(basis_path, model=model).latent, s.basis.latent)
+    loaded = load_basis(basis_path, model=model)
+    assert torch.equal(loaded.latent, s.basis.latent)
+    # the file says what the captions said: the previews' registered edits, not the first-order change
+    assert [(d["name"], d["reading"]) for d in loaded.descriptions] == [(d["name"], "edit") for d in s.basis.descriptions]
+    assert all(f"  {d['name']}  s = " in cap for d, (_, cap) in zip(loaded.descriptions, found[1]))
 
 
 def test_an_export_that_cannot_finish_leaves_the_earlier_one_whole(model, found, monkeypatch):

@@ -37,6 +37,23 @@ def test_the_cache_resumes_and_refuses_other_settings(tmp_path, tiny_unet_dir):
     assert json.loads((cache / "manifest.json").read_text())["k"] == 3         # the refused run wrote nothing
 
 
+def test_a_trajectory_that_would_not_load_back_is_not_cached(tmp_path, tiny_unet_dir):
+    """The kept trajectory is read back by load_trajectory before it is renamed into the cache: a NaN (a broken
+    model's) is one message now and no file, not a cache entry that stops the next run."""
+    from latentbasis.grid import load_trajectory, save_trajectory
+    from latentbasis.sampling import sample_trajectory
+
+    model = load_model(str(tiny_unet_dir))
+    traj = sample_trajectory(model, 0, num_steps=5, through=[500])
+    good = tmp_path / "good.safetensors"
+    save_trajectory(traj, good, model)
+    assert torch.equal(load_trajectory(good, model).xs, traj.xs.float())
+    traj.x0_hats[1, 0] = float("nan")
+    with pytest.raises(LatentBasisError, match="was not written: the trajectory would not load back.*x0_hats"):
+        save_trajectory(traj, tmp_path / "bad.safetensors", model)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["good.safetensors"]
+
+
 def test_warm_start_changes_cost_not_the_subspace(tmp_path, tiny_unet_dir):
     """Each timestep started from the previous one's basis: every basis within 0.5 degrees of its cold start (the
     largest principal angle of the latent and of the tangent basis), at fewer evaluations in all."""
