@@ -131,3 +131,31 @@ def test_latent_model_edit_with_prompt_and_real_image(which, tiny_sd_dir, tiny_s
                     k=1, strengths=[0.0, 1.0], n_iter=2)
     res2 = run_recipe(r2, model)
     assert res2.images.shape == (1, 2, 3, 16, 16) and res2.reconstruction_psnr is not None
+
+
+def test_a_memory_budget_splits_the_edit_rows_and_changes_nothing_else(tiny_unet_dir, traj, monkeypatch):
+    """Under a memory budget (max_memory) an edit's rows go through the network in as many batches as it needs
+    (edit_rows_at_once: edit_row_bytes a row, beside what the process holds): the images
+    are the one-batch ones (to float rounding), the progress counts the same steps, and a budget too small for one
+    row is one clear message. Without a budget every row goes at once."""
+    from latentbasis import devices
+    from latentbasis.editing import edit_row_bytes, edit_rows_at_once, edit_steps
+    from latentbasis.jacobian import SLACK
+
+    m = load_model(str(tiny_unet_dir))
+    ts = traj.timesteps[8]
+    d = sweep_directions(torch.randn(3, *m.x_shape), [0, 1, 2], [-2.0, 2.0])
+    settings = EditSettings("guidance", n_iter=3)
+    whole = edit_images(m, traj, ts, d, settings)
+    assert edit_rows_at_once(m, traj.at(ts), ts, None, 1.0, 6) == 6               # no budget: all at once
+    per_row = edit_row_bytes(m, traj.at(ts), ts, None, 1.0)
+    monkeypatch.setattr(devices, "memory_in_use", lambda device: 10**9)         # what the process holds, fixed
+    m.max_memory = 10**9 + SLACK + 2 * per_row + per_row // 2                    # room for two rows
+    assert edit_rows_at_once(m, traj.at(ts), ts, None, 1.0, 6) == 2
+    seen = []
+    split = edit_images(m, traj, ts, d, settings, progress=seen.append)
+    torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-5)
+    assert sum(seen) == edit_steps(traj, ts, settings)
+    m.max_memory = 10**9 + SLACK + per_row // 2
+    with pytest.raises(LatentBasisError, match="too small for one edit"):
+        edit_images(m, traj, ts, d, settings)
