@@ -37,9 +37,8 @@ from edit_ground_truth import rate   # counts with a 95 % interval resampling th
 
 from latentbasis import latent_basis, load_model
 from latentbasis.describe import describe_basis, pick_direction
-from latentbasis.editing import EditSettings, edit_images, sweep_directions
+from latentbasis.editing import EditSettings, edit_pairs
 from latentbasis.evaluate import read_shapes, shapes_reader
-from latentbasis.images import x_to_image
 from latentbasis.loading import resolve_timestep
 from latentbasis.registration import describe_pairs
 
@@ -69,12 +68,11 @@ def main():
     for seed, traj in recovered_samples(model, reader, a.first_seed, a.samples, steps, seeds):
         for frac, ts in zip(fractions, steps):
             b = latent_basis(model, traj.at(ts), timestep=ts, k=a.k)
-            d = sweep_directions(b.latent, list(range(a.k)), [-a.strength, a.strength])
-            images = x_to_image(model, edit_images(model, traj, ts, d, settings))
-            read = read_shapes(reader, images)
+            pairs = edit_pairs(model, traj, ts, b.latent, a.strength, settings)    # [k, 2, C, H, W]: -s, +s
+            read = read_shapes(reader, pairs.flatten(0, 1))
             # the change along +v_i of each factor: reading at +s minus reading at -s
             delta = {f: np.array([read[f][2 * i + 1] - read[f][2 * i] for i in range(a.k)]) for f in MARGIN}
-            described = {"edit": describe_pairs(images.reshape(a.k, 2, *images.shape[1:]), a.strength),
+            described = {"edit": describe_pairs(pairs, a.strength),
                          "change": describe_basis(model, b, conditions=False)}
             for query, (factor, way) in QUERIES.items():
                 moved = np.concatenate([delta[factor], -delta[factor]]) * way     # the 2k signed directions

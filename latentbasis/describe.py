@@ -219,10 +219,17 @@ def describe_basis(model, basis, conditions: bool = True) -> list[dict]:
         parts["name"] = name_change(parts, model.x_is_latent)
         parts["reading"] = "change"
         out.append(parts)
-    for parts, closest in zip(out, (conditions and condition_alignment(model, basis)) or [None] * basis.k):
-        parts["condition"] = closest
-    basis.descriptions = out
+    basis.descriptions = with_conditions(model, basis, out, conditions)
     return out
+
+
+def with_conditions(model, basis, descriptions: list[dict], conditions: bool = True) -> list[dict]:
+    """The descriptions, each with "condition": the label or prompt its direction follows (condition_alignment)
+    when `conditions`, else None; returned (the same list)."""
+    for parts, closest in zip(descriptions, (conditions and condition_alignment(model, basis)) or
+                              [None] * basis.k):
+        parts["condition"] = closest
+    return descriptions
 
 
 def condition_alignment(model, basis, candidates: list[str] | None = None) -> list[dict] | None:

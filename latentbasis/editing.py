@@ -20,6 +20,7 @@ import torch
 from . import devices
 from .devices import format_bytes
 from .errors import LatentBasisError
+from .images import x_to_image
 from .jacobian import SLACK, forward_peak_bytes
 from .sampling import Trajectory, denoise, predict_eps
 
@@ -102,6 +103,17 @@ def edit_images(model, traj: Trajectory, timestep: int, d: torch.Tensor, setting
                                 progress=advance))
         out[moving] = torch.cat(done)
     return out
+
+
+def edit_pairs(model, traj: Trajectory, timestep: int, latent: torch.Tensor, strength: float,
+               settings: EditSettings | None = None, progress=None) -> torch.Tensor:
+    """Every direction of `latent` [k, *x_shape] edited at -strength and +strength (edit_images, one call):
+    pixels [k, 2, C, H, W] in [-1, 1], [:, 0] at -strength, [:, 1] at +strength (the app's previews, and what
+    registration.describe_by_edits registers)."""
+    k = latent.shape[0]
+    d = sweep_directions(latent, list(range(k)), [-float(strength), float(strength)])
+    images = x_to_image(model, edit_images(model, traj, timestep, d, settings, progress=progress))
+    return images.reshape(k, 2, *images.shape[1:])
 
 
 # What one edit row holds at its peak, in plain forwards' live tensors at batch 1 (forward_peak_bytes): the guidance

@@ -290,10 +290,9 @@ def basis_for(model, *, timestep: int, t_fraction: float | None = None, k: int =
     finished image (registration.describe_by_edits: 2k edits, the reading `edit` prints), or "change", the
     first-order change of x0_hat at x_t (describe.describe_basis: k JVPs, no edits); None: "edit" where x is the
     image, "change" where it is a VAE's latent (there each edit runs the whole network through every step after t
-    and decodes: 2k of them cost several times the basis, an hour at Stable Diffusion size on a CPU). basis_kw go
-    to latent_basis
-    (layer, algorithm, tol, init, space, mask, null_rank, callback, ...); the basis' random start is `seed`.
-    stage: as trajectory_for's."""
+    and decodes: 2k of them cost several times the basis; at Stable Diffusion size on a CPU an estimated hour).
+    basis_kw go to latent_basis (layer, algorithm, tol, init, space, mask, null_rank, callback, ...); the basis'
+    random start is `seed`. stage: as trajectory_for's."""
     stage = stage or (lambda desc, total: None)
     describe = ("change" if model.x_is_latent else "edit") if describe is None else v.choice(describe, "describe",
                                                                                               DESCRIBE)

@@ -11,10 +11,9 @@ import functools
 import torch
 import torch.nn.functional as tnf
 
-from .describe import BANDS, PARTS, condition_alignment, name_change
-from .editing import EditSettings, edit_images, sweep_directions
+from .describe import BANDS, PARTS, name_change, with_conditions
+from .editing import EditSettings, edit_pairs
 from .geometry import band_pass
-from .images import x_to_image
 
 
 @functools.lru_cache(maxsize=8)
@@ -156,18 +155,19 @@ def register_change(minus: torch.Tensor, plus: torch.Tensor, strength: float) ->
     per channel inside the content and one outside it, fitted jointly (_register; at most 64 pixels a side), from
     no motion, from the motion the contents' centroids and areas suggest (a jump is out of a local fit's reach),
     and from that motion with the contents' and backgrounds' mean colour change (a large recolouring is too), the
-    best kept (or none, where no fit comes closer than the image at -strength itself). With E0 = ||plus - minus||^2 and E the joint fit's error, the explained 1 - E / E0 goes to motion
-    and to colour in proportion to the pixel change each makes alone, ||warp(minus, p) - minus||^2 against
-    ||colour map(minus) - minus||^2 (the currency of the shares: a jump of the object counts its whole area twice,
-    a recolouring once). Motion splits into shift, scale and rotation the same way
-    (||warp(minus, that part of p) - minus||^2); colour by the energy of the parts of the colour map's change L:
-    colour its channels' differences, brightness its channel mean where that is one level inside the content and
-    one outside (least squares), contrast the rest of the mean (shading within a region). The rest, E / E0, is
-    split into the coarse, mid and fine bands of the residual. Coefficients are per unit strength over the
-    2 * strength between the images: shift in half-widths (the whole image is the box), scale relative, rotation
-    in radians, brightness the mean offset, colour each channel's mean offset from their mean, contrast the mean
-    gain; "brightness where" and "colour where" give the background's part of that change (its level, or its
-    colour offset's size, outside the content against inside; 1: only the background's)."""
+    best kept (or none, where no fit comes closer than the image at -strength itself). With E0 = ||plus -
+    minus||^2 and E the joint fit's error, the explained 1 - E / E0 goes to motion and to colour in proportion to
+    the pixel change each makes alone, ||warp(minus, p) - minus||^2 against ||colour map(minus) - minus||^2 (the
+    currency of the shares: a jump of the object counts its whole area twice, a recolouring once). Motion splits
+    into shift, scale and rotation the same way (||warp(minus, that part of p) - minus||^2); colour by the energy
+    of the parts of the colour map's change L: colour its channels' differences, brightness its channel mean where
+    that is one level inside the content and one outside (least squares), contrast the rest of the mean (shading
+    within a region). The rest, E / E0, is split into the coarse, mid and fine bands of the residual. Coefficients
+    are per unit strength over the 2 * strength between the images: shift in half-widths (the whole image is the
+    box), scale relative, rotation in radians, brightness the mean offset, colour each channel's mean offset from
+    their mean, contrast the mean gain; "brightness where" and "colour where" give the background's part of that
+    change (its level, or its colour offset's size, outside the content against inside; 1: only the
+    background's)."""
     src, dst = minus.detach().double().cpu(), plus.detach().double().cpu()
     if max(src.shape[-2:]) > 64:
         src, dst = (tnf.interpolate(x[None], size=(64, 64), mode="area")[0] for x in (src, dst))
@@ -269,17 +269,12 @@ def describe_by_edits(model, basis, trajectory, strength: float = 6.0, settings:
                       conditions: bool = True, progress=None) -> list[dict]:
     """A description of every direction of a basis by what its edit does to the finished image: each v_i applied at
     -strength and +strength from the basis' timestep of `trajectory` (the trajectory whose x_t the basis was
-    computed at; one batch of 2k edits, editing.edit_images with `settings`, the published guidance by default),
+    computed at; 2k edits, editing.edit_pairs with `settings`, the published guidance by default),
     the pairs described by describe_pairs (register_change, named by name_change). The reading `latentbasis edit`
     prints for its rows and benchmarks/describe_shapes.py measures; describe.describe_basis is the first-order one
     (the change of x0_hat at x_t, k JVPs, no edits). conditions: also the label each direction follows
     (describe.condition_alignment). Stored in basis.descriptions (and so in the basis file); returned."""
-    ts = int(basis.timestep)
-    d = sweep_directions(basis.latent, list(range(basis.k)), [-float(strength), float(strength)])
-    images = x_to_image(model, edit_images(model, trajectory, ts, d, settings or EditSettings("guidance"),
-                                           progress=progress))
-    out = describe_pairs(images.reshape(basis.k, 2, *images.shape[1:]), strength, basis.mask)
-    for parts, closest in zip(out, (conditions and condition_alignment(model, basis)) or [None] * basis.k):
-        parts["condition"] = closest
-    basis.descriptions = out
-    return out
+    images = edit_pairs(model, trajectory, int(basis.timestep), basis.latent, strength,
+                        settings or EditSettings("guidance"), progress)
+    basis.descriptions = with_conditions(model, basis, describe_pairs(images, strength, basis.mask), conditions)
+    return basis.descriptions

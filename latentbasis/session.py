@@ -23,7 +23,7 @@ from .atomic import all_or_nothing, write_text_atomic
 from .basis import SPACES, latent_basis
 from .basisfile import load_basis, save_basis
 from .describe import describe_basis
-from .editing import METHODS, EditSettings, combine, edit_images, edit_steps, preview_images, sweep_directions
+from .editing import METHODS, EditSettings, combine, edit_images, edit_pairs, edit_steps, preview_images
 from .errors import LatentBasisError
 from .images import x_to_image
 from .loading import resolve_timestep
@@ -138,10 +138,8 @@ def find_directions(model, s: EditSession, t, k, method: str = "guidance", space
 def previews(model, s: EditSession, strength: float = 6.0, progress=None) -> torch.Tensor:
     """Each direction of the basis at -strength and +strength: images [k, 2, C, H, W] (one batch; progress(1)
     after each of its network steps)."""
-    b, settings = _basis(s), EditSettings(method=s.method)
-    d = sweep_directions(b.latent, list(range(b.k)), [-strength, strength])
-    images = x_to_image(model, edit_images(model, s.trajectory, s.timestep, d, settings, progress=progress))
-    return images.reshape(b.k, 2, *images.shape[1:])
+    return edit_pairs(model, s.trajectory, s.timestep, _basis(s).latent, strength, EditSettings(method=s.method),
+                      progress)
 
 
 def preview_descriptions(s: EditSession, images: torch.Tensor, strength: float = 6.0) -> list[dict]:
