@@ -12,6 +12,7 @@ from pathlib import Path
 from . import cli_options, validate as v
 from .app import load_editor
 from .basisfile import info_lines, load_basis, save_basis
+from .describe import description_lines
 from .devices import error_line, parse_memory
 from .errors import LatentBasisError
 from .evaluate import train_bundled
@@ -132,16 +133,19 @@ def _cmd_info(a) -> None:
 def _cmd_global(a) -> None:
     _check_common(a)
     v.count(a.samples, "--samples", v.MAX_SAMPLES, lo=2)
+    v.integer(a.describe_samples, "--describe-samples", lo=0, hi=v.MAX_SAMPLES)
     v.check_outputs({"--out": a.out}, read_paths(a))
     model, (ts, frac) = _model_and_t(a)
     mask = _region(a, model)
     with StageBars(a.quiet) as stages:
         g = global_basis(model, range(a.samples), timestep=ts, k=a.k, num_steps=a.steps, prompt=a.prompt,
                          guidance=a.guidance, progress=stages(f"{a.samples} samples", a.samples), layer=a.layer,
-                         space=a.space, mask=mask, null_rank=a.null_rank, t_fraction=frac)
+                         space=a.space, mask=mask, null_rank=a.null_rank, t_fraction=frac, describe=a.describe,
+                         describe_samples=a.describe_samples, stage=stages)
     save_basis(g, a.out)
     wrote = f"wrote {a.out}: apply it with latentbasis edit --basis {a.out} (transported to each image)"
-    print("\n".join(global_lines(model, g, a.samples, a.steps) + [wrote]))
+    print("\n".join(global_lines(model, g, a.samples, a.steps) + (description_lines(g) if g.descriptions else [])
+                    + [wrote]))
 
 
 def _cmd_layers(a) -> None:

@@ -189,8 +189,12 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
              "Compute the bases of --samples samples at t and keep the directions they share (the top eigenvectors "
              "of the mean projector of their tangent spaces); latentbasis edit --basis applies them to any image "
              "by transport and says how much of each it keeps.",
-             ["model", "samples", "t", "k", "prompt", "label", "guidance", "steps", "layer", *REGION, "out", *RUNTIME,
-              "quiet"], model=model, samples=dict(type=int, default=16, help="samples (seeds 0..N-1)"),
+             ["model", "samples", "t", "k", "prompt", "label", "guidance", "steps", "layer", *REGION, "describe",
+              "describe-samples", "out", *RUNTIME, "quiet"], model=model,
+             samples=dict(type=int, default=16, help="samples (seeds 0..N-1)"),
+             describe_samples=dict(type=int, default=4, help="describe each global direction on the first N samples "
+                                   "(carried onto each, as edit --basis does) and keep what most of them show; "
+                                   "0: no descriptions"),
              t=dict(type=float, default=0.8, help="timestep as a fraction of T"),
              k=dict(type=int, default=4, help="directions per sample, and global directions kept"),
              out=dict(default="global.safetensors", help="the file of global directions"))

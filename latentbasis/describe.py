@@ -171,9 +171,59 @@ def reading_text(descriptions: list[dict]) -> str:
     """What a basis' descriptions read: 'as edited from -6 to +6 and registered' (registration.describe_by_edits)
     or 'by the first-order change of x0_hat at x_t' (describe_basis; files without a reading are of that one)."""
     d = descriptions[0]
+    where = (f" on each of {d['samples']} samples (carried onto each sample's basis; what most of them show)"
+             if d.get("samples") else "")
     if d.get("reading") == "edit":
-        return f"as edited from {-d['strength']:+g} to {d['strength']:+g} and registered (per unit strength)"
-    return "by the first-order change of x0_hat at x_t (per unit strength)"
+        return (f"as edited from {-d['strength']:+g} to {d['strength']:+g}{where} and registered "
+                "(per unit strength)")
+    return f"by the first-order change of x0_hat at x_t{where} (per unit strength)"
+
+
+UNITS = ("box", "%", "deg")
+
+
+WHERE = (" in the background", " in the content", " the background", " the content")   # describe._where's
+
+
+def gist(name: str) -> str:
+    """What a description's name says of its main part, without size or place: its first part's words, numbers,
+    units and where it is left out ("shifts right 0.03 box, grows 5 %" -> "shifts right"; "darkens the background"
+    -> "darkens"; "less blue in the content" -> "less blue")."""
+    first = name.split(", ")[0]
+    for where in WHERE:
+        first = first.removesuffix(where)
+    return " ".join(w for w in first.split() if w not in UNITS and not _is_number(w))
+
+
+def _is_number(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
+
+
+def shared_descriptions(per_sample: list[list[dict | None]], reading: dict) -> list[dict]:
+    """One description per direction of directions described on several samples (per_sample[j][i]: direction i
+    on sample j, None where sample j's span does not hold it): the gist most samples give it (ties: the one the
+    earliest sample gives), the description of the first sample that gives it, with "samples": n and "agreeing":
+    how many give that gist (0 and no parts where no sample holds the direction). Global directions are described
+    this way (transport.describe_global): "agreeing" says how far a direction does the same on every image.
+    reading: the descriptions' reading fields ({"reading": "edit", "strength": s} or {"reading": "change"})."""
+    if not per_sample or any(len(d) != len(per_sample[0]) for d in per_sample):
+        raise LatentBasisError("shared descriptions need the same directions described on at least one sample")
+    out = []
+    for i in range(len(per_sample[0])):
+        column = [d[i] for d in per_sample if d[i] is not None]
+        if not column:
+            out.append({"name": "held by none of the samples described", "shares": dict.fromkeys(PARTS, 0.0),
+                        "outside": None, "coefficients": {}, "condition": None, **reading,
+                        "samples": len(per_sample), "agreeing": 0})
+            continue
+        gists = [gist(d["name"]) for d in column]
+        best = max(gists, key=lambda g: (gists.count(g), -gists.index(g)))
+        out.append({**column[gists.index(best)], "samples": len(per_sample), "agreeing": gists.count(best)})
+    return out
 
 
 def description_lines(basis) -> list[str]:
@@ -183,7 +233,8 @@ def description_lines(basis) -> list[str]:
         return [f"v{i + 1}  no description" for i in range(basis.k)]
     lines = [f"what each direction's + does, {reading_text(basis.descriptions)}:"]
     for i, d in enumerate(basis.descriptions):
-        lines.append(f"v{i + 1}  {d['name']} ({shares_text(d)})")
+        same = f"; the same on {d['agreeing']} of {d['samples']} samples" if d.get("samples") else ""
+        lines.append(f"v{i + 1}  {d['name']} ({shares_text(d)}){same}")
         c = d.get("condition")
         if c:
             lines.append(f"    closest {c['kind']}: {c['condition']!r} (cos {c['cosine']:+.2f} with the change of h it "
@@ -267,7 +318,9 @@ def descriptions_to_json(descriptions: list[dict] | None) -> str:
     return json.dumps([{"name": d["name"], "shares": d["shares"], "outside": d.get("outside"),
                         "reading": d.get("reading", "change"),
                         **({"strength": d["strength"]} if d.get("reading") == "edit" else {}),
-                        **({"condition": d["condition"]} if d.get("condition") else {})} for d in descriptions or []])
+                        **({"condition": d["condition"]} if d.get("condition") else {}),
+                        **({"samples": d["samples"], "agreeing": d["agreeing"]} if d.get("samples") else {})}
+                       for d in descriptions or []])
 
 
 def descriptions_from_json(text: str, k: int) -> list[dict] | None:
@@ -290,8 +343,9 @@ def descriptions_from_json(text: str, k: int) -> list[dict] | None:
         if o is not None and (isinstance(o, bool) or not isinstance(o, (int, float)) or not 0.0 <= float(o) <= 1.0):
             raise LatentBasisError("a description's outside share in the basis file is not a number in [0, 1]")
         out.append({"name": printable(d["name"][:200]), "shares": shares, "outside": o, "coefficients": {},
-                    "condition": _condition_from_json(d.get("condition")), **_reading_from_json(d)})
-    if len({(d["reading"], d.get("strength")) for d in out}) > 1:
+                    "condition": _condition_from_json(d.get("condition")), **_reading_from_json(d),
+                    **_agreement_from_json(d)})
+    if len({(d["reading"], d.get("strength"), d.get("samples")) for d in out}) > 1:
         raise LatentBasisError("the basis file's descriptions are not all of one reading")
     return out or None
 
@@ -307,6 +361,18 @@ def _reading_from_json(d: dict) -> dict:
         raise LatentBasisError("a description's reading in the basis file is not \"change\" or \"edit\" with a "
                                "positive strength")
     return {"reading": "edit", "strength": float(s)}
+
+
+def _agreement_from_json(d: dict) -> dict:
+    """A stored shared description's sample counts, checked: {"samples": n, "agreeing": m} with 0 <= m <= n, or {}
+    (a description of one sample)."""
+    if "samples" not in d and "agreeing" not in d:
+        return {}
+    n, m = d.get("samples"), d.get("agreeing")
+    if not all(isinstance(c, int) and not isinstance(c, bool) for c in (n, m)) or not 0 <= m <= n <= 10 ** 6 or n < 1:
+        raise LatentBasisError("a description's sample counts in the basis file are not whole numbers with "
+                               "0 <= agreeing <= samples")
+    return {"samples": n, "agreeing": m}
 
 
 def _condition_from_json(c) -> dict | None:

@@ -17,7 +17,7 @@ from .basisfile import load_basis, save_basis
 from .describe import describe_basis, pick_direction, summary_lines
 from .describe import shares_text as part_shares
 from .devices import DTYPE_NAMES, dtype_name
-from .registration import describe_by_edits, describe_edit
+from .registration import describe_by_edits, describe_edit, description_reading
 from .editing import METHODS, EditSettings, combine, edit_images, edit_steps, sweep_directions
 from .errors import LatentBasisError
 from .images import pixel_size, x_to_image
@@ -278,9 +278,6 @@ class BasisRun:
                 *summary_lines(b), f"wrote {out}" + (f" and {png}" if png is not None else "")]
 
 
-DESCRIBE = ("edit", "change")
-
-
 def basis_for(model, *, timestep: int, t_fraction: float | None = None, k: int = 8, seed: int = 0, image=None,
               num_steps: int = 100, prompt: str | None = None, guidance: float = 1.0, pictures: bool = True,
               describe: str | None = None, describe_strength: float = 6.0, stage=None, **basis_kw) -> BasisRun:
@@ -288,14 +285,12 @@ def basis_for(model, *, timestep: int, t_fraction: float | None = None, k: int =
     of the same seed, steps and timestep), described, with the pictures `latentbasis basis` draws when `pictures`.
     describe: "edit", what each direction's guidance edit at -describe_strength and +describe_strength does to the
     finished image (registration.describe_by_edits: 2k edits, the reading `edit` prints), or "change", the
-    first-order change of x0_hat at x_t (describe.describe_basis: k JVPs, no edits); None: "edit" where x is the
-    image, "change" where it is a VAE's latent (there each edit runs the whole network through every step after t
-    and decodes: 2k of them cost several times the basis; at Stable Diffusion size on a CPU an estimated hour).
+    first-order change of x0_hat at x_t (describe.describe_basis: k JVPs, no edits); None: as
+    registration.description_reading chooses ("edit" on pixels, "change" on a VAE's latent).
     basis_kw go to latent_basis (layer, algorithm, tol, init, space, mask, null_rank, callback, ...); the basis'
     random start is `seed`. stage: as trajectory_for's."""
     stage = stage or (lambda desc, total: None)
-    describe = ("change" if model.x_is_latent else "edit") if describe is None else v.choice(describe, "describe",
-                                                                                              DESCRIBE)
+    describe = description_reading(model, describe)
     v.number(describe_strength, "the describing strength", lo=1e-6, hi=v.MAX_STRENGTH)
     if image is None and not pictures and describe == "change":   # only down to t
         n = len([g for g in trajectory_grid(model.num_train_timesteps, num_steps, timestep) if g > timestep])

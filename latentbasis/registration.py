@@ -14,6 +14,7 @@ import torch.nn.functional as tnf
 from .describe import BANDS, PARTS, name_change, with_conditions
 from .editing import EditSettings, edit_pairs
 from .geometry import band_pass
+from . import validate
 
 
 @functools.lru_cache(maxsize=8)
@@ -263,6 +264,20 @@ def describe_pairs(images: torch.Tensor, strength: float, mask: torch.Tensor | N
     """describe_edit of each direction's pair of edited images, images [k, 2, C, H, W] at -strength and +strength
     (pixels); mask: a region's, as describe_edit's."""
     return [describe_edit(plus, minus, strength, mask=mask) for minus, plus in images]
+
+
+READINGS = ("edit", "change")
+
+
+def description_reading(model, reading: str | None) -> str:
+    """The reading a basis of `model` is described by: `reading` ("edit": registered edits, describe_by_edits;
+    "change": the first-order change of x0_hat, describe.describe_basis) checked, or where None, "edit" where x is
+    the image and "change" where it is a VAE's latent (there each edit runs the whole network through every step
+    after t and decodes: 2k of them cost several times the basis; at Stable Diffusion size on a CPU an estimated
+    hour)."""
+    if reading is None:
+        return "change" if model.x_is_latent else "edit"
+    return validate.choice(reading, "describe", READINGS)
 
 
 def describe_by_edits(model, basis, trajectory, strength: float = 6.0, settings: EditSettings | None = None,

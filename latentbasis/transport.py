@@ -14,11 +14,13 @@ from dataclasses import dataclass
 import torch
 
 from .basis import GlobalDirections, latent_basis
-from .editing import EditSettings, combine, edit_images
+from .describe import describe_basis, shared_descriptions
+from .editing import EditSettings, combine, edit_images, edit_steps
 from . import validate
 from .errors import LatentBasisError
 from .images import x_to_image
 from .motion import motion_carried_row, region_in_x
+from .registration import describe_by_edits, description_reading
 from .sampling import sample_to, sample_trajectory, trajectory_grid
 
 
@@ -135,22 +137,75 @@ def global_directions(bases: list, k: int):
         region=dataclasses.replace(first.region), extra={"samples": n})
 
 
+DESCRIBED_SAMPLES = 4     # global directions are described on (at most) this many of their samples
+
+
 def global_basis(model, seeds, *, timestep: int, k: int, num_steps: int = 100, prompt: str | None = None,
-                 guidance: float = 1.0, progress=None, t_fraction: float | None = None, **basis_kw):
+                 guidance: float = 1.0, progress=None, t_fraction: float | None = None, describe: str | None = None,
+                 describe_samples: int = DESCRIBED_SAMPLES, describe_strength: float = 6.0, stage=None, **basis_kw):
     """The global directions of the samples of `seeds` at `timestep` (global_directions of their bases, each at the
-    x_t of its DDIM trajectory, the seed also the basis' random start). basis_kw go to latent_basis (layer, space,
-    mask, null_rank). progress(1) after each sample. t_fraction: the timestep as the user gave it, a fraction of T
-    (None: timestep / T)."""
-    bases = []
-    for seed in seeds:
-        x_t = sample_to(model, seed, timestep=timestep, num_steps=num_steps, prompt=prompt, guidance=guidance)
+    x_t of its DDIM trajectory, the seed also the basis' random start), described on the first `describe_samples`
+    samples by describe_global (describe: its reading, None: registration.description_reading's choice;
+    describe_samples 0: not described). basis_kw go to latent_basis (layer, space, mask, null_rank). progress(1)
+    after each sample; stage(description, total) -> progress of the describing (as basis_for's). t_fraction: the
+    timestep as the user gave it, a fraction of T (None: timestep / T)."""
+    reading = description_reading(model, describe)
+    n_described = validate.integer(describe_samples, "describe_samples", lo=0)
+    validate.number(describe_strength, "the describing strength", lo=1e-6, hi=validate.MAX_STRENGTH)
+    bases, trajectories = [], []
+    for j, seed in enumerate(seeds):
+        if j < n_described:      # the whole trajectory: its edits continue from x_t
+            trajectories.append(sample_trajectory(model, seed, num_steps=num_steps, prompt=prompt, guidance=guidance,
+                                                  through=timestep))
+            x_t = trajectories[-1].at(timestep)
+        else:
+            x_t = sample_to(model, seed, timestep=timestep, num_steps=num_steps, prompt=prompt, guidance=guidance)
         bases.append(latent_basis(model, x_t, timestep=timestep, k=k, prompt=prompt, seed=seed, **basis_kw))
         if progress:
             progress(1)
     g = global_directions(bases, k)
     if t_fraction is not None:
         g.t_fraction = t_fraction
+    if trajectories:
+        describe_global(model, g, bases[:len(trajectories)], trajectories, reading, describe_strength, stage)
     return g
+
+
+def describe_global(model, g, bases: list, trajectories: list, reading: str = "edit", strength: float = 6.0,
+                    stage=None, settings: EditSettings | None = None) -> list[dict]:
+    """What each global direction does, read on samples: on each sample (its basis and the trajectory it was
+    computed on) the global tangent vectors are carried onto the sample's basis (transport, as `edit --basis`
+    applies them) and the carried directions described (reading "edit": registration.describe_by_edits at
+    -strength and +strength, 2k edits a sample; "change": describe.describe_basis, k JVPs); then
+    describe.shared_descriptions: the description most samples give each direction, and on how many. Stored in
+    g.descriptions (and so in the basis file); returned. stage: as global_basis'; settings: the edits' (the
+    published guidance by default)."""
+    stage = stage or (lambda desc, total: None)
+    settings, tick = settings or EditSettings("guidance"), None
+    if reading == "edit":
+        steps = sum(edit_steps(tr, int(g.timestep), settings) for tr in trajectories)
+        tick = stage(f"describing: {2 * g.k} edits on each of {len(bases)} samples", steps)
+    per_sample = []
+    for b, traj in zip(bases, trajectories):
+        held = [i for i in range(g.k) if kept_fraction(g.tangent[i], b.tangent) > 0]   # else nothing to carry
+        carried = torch.stack([transport(g.tangent[i], b.latent, b.tangent) for i in held]) if held else None
+        here = dataclasses.replace(b, latent=carried, tangent=g.tangent[held], singular_values=g.singular_values[held],
+                                   residuals=g.residuals[held])
+        if not held:
+            described = []
+            if tick:
+                tick(edit_steps(traj, int(g.timestep), settings))
+        elif reading == "edit":
+            described = describe_by_edits(model, here, traj, strength, settings, conditions=False, progress=tick)
+        else:
+            described = describe_basis(model, here, conditions=False)
+        column = [None] * g.k
+        for i, d in zip(held, described):
+            column[i] = d
+        per_sample.append(column)
+    g.descriptions = shared_descriptions(per_sample, {"reading": "edit", "strength": float(strength)}
+                                         if reading == "edit" else {"reading": "change"})
+    return g.descriptions
 
 
 def global_lines(model, g, samples: int, num_steps: int) -> list[str]:

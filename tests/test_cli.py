@@ -298,3 +298,21 @@ def test_edit_with_a_region_basis_acts_on_its_own_region(tiny_unet_dir, tmp_path
     px = {name: np.asarray(Image.open(p)) for name, p in outs.items()}
     assert np.array_equal(px["stored"], px["given"]) and np.array_equal(px["stored"], px["again"])
     assert not np.array_equal(px["stored"], px["other"])
+
+
+def test_global_directions_say_what_they_do_on_the_samples(tiny_unet_dir, tmp_path, capsys):
+    """`global` describes each direction on its first --describe-samples samples (carried onto each) and prints
+    what most of them show; --describe-samples 0 leaves the file without descriptions."""
+    from latentbasis.basisfile import info_lines
+
+    out = tmp_path / "g.safetensors"
+    assert main(["global", "--model", str(tiny_unet_dir), "--samples", "3", "--k", "2", "--steps", "5",
+                 "--describe-samples", "2", "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "as edited from -6 to +6 on each of 2 samples" in text and text.count("of 2 samples\n") == 2
+    g = load_basis(out)
+    assert [(d["reading"], d["samples"]) for d in g.descriptions] == [("edit", 2)] * 2
+    assert all(1 <= d["agreeing"] <= 2 for d in g.descriptions)
+    assert main(["global", "--model", str(tiny_unet_dir), "--samples", "2", "--k", "2", "--steps", "5",
+                 "--describe-samples", "0", "--describe", "change", "--out", str(out), "--quiet"]) == 0
+    assert load_basis(out).descriptions is None and "v1  no description" in "\n".join(info_lines(out))
