@@ -226,6 +226,21 @@ def shared_descriptions(per_sample: list[list[dict | None]], reading: dict) -> l
     return out
 
 
+def agreement_text(d: dict) -> str:
+    """How many samples a shared description holds on (shared_descriptions): "; the same on 3 of 4 samples";
+    "" for a description of one image."""
+    n, m = d.get("samples"), d.get("agreeing")
+    if not n:
+        return ""
+    if n == 1:
+        return "; on 1 sample"
+    if m == n:
+        return f"; the same on all {n} samples"
+    if m == 1:
+        return f"; no two of {n} samples agree (the first sample's shown)"
+    return f"; the same on {m} of {n} samples" if m else ""
+
+
 def description_lines(basis) -> list[str]:
     """'v1  shifts right 0.30 box (shift 0.81, fine 0.10, scale 0.05)' for every direction, after a line saying
     which reading they are (reading_text); 'v1  no description' for a basis without them (older files)."""
@@ -233,8 +248,7 @@ def description_lines(basis) -> list[str]:
         return [f"v{i + 1}  no description" for i in range(basis.k)]
     lines = [f"what each direction's + does, {reading_text(basis.descriptions)}:"]
     for i, d in enumerate(basis.descriptions):
-        same = f"; the same on {d['agreeing']} of {d['samples']} samples" if d.get("samples") else ""
-        lines.append(f"v{i + 1}  {d['name']} ({shares_text(d)}){same}")
+        lines.append(f"v{i + 1}  {d['name']} ({shares_text(d)}){agreement_text(d)}")
         c = d.get("condition")
         if c:
             lines.append(f"    closest {c['kind']}: {c['condition']!r} (cos {c['cosine']:+.2f} with the change of h it "

@@ -154,11 +154,12 @@ def global_basis(model, seeds, *, timestep: int, k: int, num_steps: int = 100, p
     validate.number(describe_strength, "the describing strength", lo=1e-6, hi=validate.MAX_STRENGTH)
     bases, trajectories = [], []
     for j, seed in enumerate(seeds):
-        if j < n_described:      # the whole trajectory: its edits continue from x_t
+        if j < n_described and reading == "edit":      # the whole trajectory: the edits continue from x_t
             trajectories.append(sample_trajectory(model, seed, num_steps=num_steps, prompt=prompt, guidance=guidance,
                                                   through=timestep))
             x_t = trajectories[-1].at(timestep)
         else:
+            trajectories.append(None)
             x_t = sample_to(model, seed, timestep=timestep, num_steps=num_steps, prompt=prompt, guidance=guidance)
         bases.append(latent_basis(model, x_t, timestep=timestep, k=k, prompt=prompt, seed=seed, **basis_kw))
         if progress:
@@ -166,15 +167,16 @@ def global_basis(model, seeds, *, timestep: int, k: int, num_steps: int = 100, p
     g = global_directions(bases, k)
     if t_fraction is not None:
         g.t_fraction = t_fraction
-    if trajectories:
-        describe_global(model, g, bases[:len(trajectories)], trajectories, reading, describe_strength, stage)
+    if n_described:
+        describe_global(model, g, bases[:n_described], trajectories[:n_described], reading, describe_strength,
+                        stage)
     return g
 
 
 def describe_global(model, g, bases: list, trajectories: list, reading: str = "edit", strength: float = 6.0,
                     stage=None, settings: EditSettings | None = None) -> list[dict]:
     """What each global direction does, read on samples: on each sample (its basis and the trajectory it was
-    computed on) the global tangent vectors are carried onto the sample's basis (transport, as `edit --basis`
+    computed on; the trajectories are not read by the reading "change") the global tangent vectors are carried onto the sample's basis (transport, as `edit --basis`
     applies them) and the carried directions described (reading "edit": registration.describe_by_edits at
     -strength and +strength, 2k edits a sample; "change": describe.describe_basis, k JVPs); then
     describe.shared_descriptions: the description most samples give each direction, and on how many. Stored in

@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -309,10 +310,13 @@ def test_global_directions_say_what_they_do_on_the_samples(tiny_unet_dir, tmp_pa
     assert main(["global", "--model", str(tiny_unet_dir), "--samples", "3", "--k", "2", "--steps", "5",
                  "--describe-samples", "2", "--out", str(out), "--quiet"]) == 0
     text = capsys.readouterr().out
-    assert "as edited from -6 to +6 on each of 2 samples" in text and text.count("of 2 samples\n") == 2
+    assert "as edited from -6 to +6 on each of 2 samples" in text and len(re.findall(r"^v\d  .*(all 2 samples|no two of 2 samples agree)", text, re.M)) == 2
     g = load_basis(out)
     assert [(d["reading"], d["samples"]) for d in g.descriptions] == [("edit", 2)] * 2
     assert all(1 <= d["agreeing"] <= 2 for d in g.descriptions)
     assert main(["global", "--model", str(tiny_unet_dir), "--samples", "2", "--k", "2", "--steps", "5",
-                 "--describe-samples", "0", "--describe", "change", "--out", str(out), "--quiet"]) == 0
+                 "--describe-samples", "1", "--describe", "change", "--out", str(out), "--quiet"]) == 0
+    assert [(d["reading"], d["samples"]) for d in load_basis(out).descriptions] == [("change", 1)] * 2
+    assert main(["global", "--model", str(tiny_unet_dir), "--samples", "2", "--k", "2", "--steps", "5",
+                 "--describe-samples", "0", "--out", str(out), "--quiet"]) == 0
     assert load_basis(out).descriptions is None and "v1  no description" in "\n".join(info_lines(out))

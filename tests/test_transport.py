@@ -105,6 +105,7 @@ def test_global_directions_are_described_by_what_they_do_on_each_sample(tmp_path
     assert [(d["agreeing"], d["samples"]) for d in load_basis(f).descriptions] == [(4, 4), (4, 4), (2, 4)]
     text = "\n".join(info_lines(f))
     assert "on each of 4 samples" in text and "; the same on 2 of 4 samples" in text
+    assert text.count("; the same on all 4 samples") == 2
 
     from safetensors import safe_open
     from safetensors.torch import save_file
