@@ -83,3 +83,15 @@ def blob(C=1, n=16, cx=7.0, cy=8.0, r=3.0):
     y, x = torch.meshgrid(torch.arange(n, dtype=torch.float64), torch.arange(n, dtype=torch.float64), indexing="ij")
     b = torch.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * r ** 2))
     return torch.stack([b * (1.0 - 0.3 * c) - 0.5 for c in range(C)])
+
+
+def isotropic_gaussian(image):
+    """A Gaussian model of one image with a tiny isotropic variance: every DDIM step is affine with one gain for
+    all of x, so a finished edit changes the image by c s v (the exact case the descriptions are tested on)."""
+    from latentbasis import GaussianModel
+    from latentbasis.families.gaussian import ddpm_linear_alphas_cumprod
+
+    D = image.numel()
+    eye = torch.eye(D, dtype=torch.float64)
+    return GaussianModel(image.reshape(-1), eye, torch.full((D,), 1e-4, dtype=torch.float64), eye,
+                         torch.ones(D, dtype=torch.float64), tuple(image.shape), ddpm_linear_alphas_cumprod())

@@ -9,7 +9,7 @@ from latentbasis.recipe import EditRecipe, EditResult
 from latentbasis.registration import _similarity_warp, describe_edit
 from latentbasis.sampling import sample_trajectory
 
-from helpers import blob
+from helpers import blob, isotropic_gaussian
 
 
 def test_an_edits_own_result_is_described_by_registration():
@@ -117,19 +117,15 @@ def test_a_basis_is_described_by_what_its_edits_do():
     directions come out named as built, the same per unit strength at s = 2 and 6; the pick by description finds
     them; the reading travels in the basis file and `info` says which it is; with a region, the share of the change
     outside it is exact (a uniform brightening: the area outside, 3/4)."""
-    from latentbasis import Basis, GaussianModel, load_basis, save_basis
+    from latentbasis import Basis, load_basis, save_basis
     from latentbasis.basis import Provenance
     from latentbasis.basisfile import info_lines
     from latentbasis.describe import pick_direction
-    from latentbasis.families.gaussian import ddpm_linear_alphas_cumprod
     from latentbasis.motion import motion_fields
     from latentbasis.registration import describe_by_edits
 
     image = blob(3, 16, cx=7.0, cy=8.0, r=2.5)
-    D = image.numel()
-    eye = torch.eye(D, dtype=torch.float64)
-    model = GaussianModel(image.reshape(-1), eye, torch.full((D,), 1e-4, dtype=torch.float64), eye,
-                          torch.ones(D, dtype=torch.float64), tuple(image.shape), ddpm_linear_alphas_cumprod())
+    model = isotropic_gaussian(image)
     ts = 599
     traj = sample_trajectory(model, 0, num_steps=20, through=[ts])
     shift = motion_fields(image, torch.ones(image.shape, dtype=torch.bool))[0]

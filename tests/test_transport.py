@@ -1,7 +1,7 @@
 """Carrying directions: global directions (the mean projector's eigenvectors) and what they do on each sample."""
 import pytest
 import torch
-from helpers import blob
+from helpers import blob, isotropic_gaussian
 
 from latentbasis import Basis, LatentBasisError, load_basis, save_basis
 from latentbasis.basis import Provenance
@@ -67,19 +67,14 @@ def test_global_directions_are_described_by_what_they_do_on_each_sample(tmp_path
     them into a shift, a brightening and more red; sample 2 into the same with less red; sample 3's span does not
     hold e3 at all. The descriptions: the shift and the brightening on 4 of 4, more red on 2 of 4; the counts
     travel in the basis file and `info` prints them; a file whose counts are off is refused."""
-    from latentbasis import GaussianModel
     from latentbasis.basis import GlobalDirections
     from latentbasis.editing import EditSettings
-    from latentbasis.families.gaussian import ddpm_linear_alphas_cumprod
     from latentbasis.motion import motion_fields
     from latentbasis.sampling import sample_trajectory
     from latentbasis.transport import describe_global
 
     image = blob(3, 16, cx=7.0, cy=8.0, r=2.5)
-    D = image.numel()
-    eye = torch.eye(D, dtype=torch.float64)
-    model = GaussianModel(image.reshape(-1), eye, torch.full((D,), 1e-4, dtype=torch.float64), eye,
-                          torch.ones(D, dtype=torch.float64), tuple(image.shape), ddpm_linear_alphas_cumprod())
+    model = isotropic_gaussian(image)
     ts = 599
     shift = motion_fields(image, torch.ones(image.shape, dtype=torch.bool))[0]
     red, green = torch.zeros_like(image), torch.zeros_like(image)
