@@ -14,7 +14,7 @@ import torch
 from . import validate as v
 from .basis import ALGORITHMS, latent_basis
 from .basisfile import load_basis, save_basis
-from .describe import describe_basis, pick_direction, summary_lines
+from .describe import agreement_text, describe_basis, pick_direction, summary_lines
 from .describe import shares_text as part_shares
 from .devices import DTYPE_NAMES, dtype_name
 from .registration import describe_by_edits, describe_edit, description_reading
@@ -242,16 +242,21 @@ class EditResult:
     def result_lines(self) -> list[str]:
         """What each row of a sweep did to the finished image, from its lowest to its highest strength
         (registration.describe_edit: a registration of the two images, about a second a row): "v1 from -6 to +6:
-        shifts right 0.03 box (shift 0.81, ...)". None for one combined edit or a single strength."""
+        shifts right 0.03 box (shift 0.81, ...)", and where the basis came from a file that describes it (and no
+        --direction picked the row), what the file says: "; the file says: darkens; the same on all 4 samples". None
+        for one combined edit or a single strength."""
         r = self.recipe
         if r.combination is not None or max(r.strengths) <= min(r.strengths):
             return []
         lo, hi = r.strengths.index(min(r.strengths)), r.strengths.index(max(r.strengths))
         half = (r.strengths[hi] - r.strengths[lo]) / 2
+        said = self.basis.extra.get("file_descriptions") if r.direction is None else None
         out = []
         for row, i in enumerate(r.directions):
             d = describe_edit(self.images[row, hi], self.images[row, lo], half)
-            out.append(f"v{i + 1} from {r.strengths[lo]:+g} to {r.strengths[hi]:+g}: {d['name']} ({part_shares(d)})")
+            file = f"; the file says: {said[i]['name']}{agreement_text(said[i])}" if said else ""
+            out.append(f"v{i + 1} from {r.strengths[lo]:+g} to {r.strengths[hi]:+g}: {d['name']} ({part_shares(d)})"
+                       + file)
         return out
 
 
@@ -407,6 +412,8 @@ def run_recipe(r: EditRecipe, model=None, progress=None) -> EditResult:
     if given is not None:
         basis = transported_basis(model, given, x_t, r.timestep, prompt=r.prompt, rank=r.transport_rank,
                                    transfer=r.transfer, **basis_kw)
+        if given.descriptions:    # what the file says each direction does, beside what it did here
+            basis.extra = {**basis.extra, "file_descriptions": given.descriptions}
     else:
         basis = latent_basis(model, x_t, timestep=r.timestep, k=r.k, prompt=r.prompt, space=r.space, **basis_kw)
     settings = EditSettings(r.method, r.n_iter, r.step, r.scale, r.keep_norm)

@@ -303,7 +303,8 @@ def test_edit_with_a_region_basis_acts_on_its_own_region(tiny_unet_dir, tmp_path
 
 def test_global_directions_say_what_they_do_on_the_samples(tiny_unet_dir, tmp_path, capsys):
     """`global` describes each direction on its first --describe-samples samples (carried onto each) and prints
-    what most of them show; --describe-samples 0 leaves the file without descriptions."""
+    what most of them show, and `edit --basis` prints it beside what each direction did on its image;
+    --describe-samples 0 leaves the file without descriptions."""
     from latentbasis.basisfile import info_lines
 
     out = tmp_path / "g.safetensors"
@@ -314,6 +315,10 @@ def test_global_directions_say_what_they_do_on_the_samples(tiny_unet_dir, tmp_pa
     g = load_basis(out)
     assert [(d["reading"], d["samples"]) for d in g.descriptions] == [("edit", 2)] * 2
     assert all(1 <= d["agreeing"] <= 2 for d in g.descriptions)
+    assert main(["edit", "--model", str(tiny_unet_dir), "--seed", "7", "--basis", str(out), "--steps", "5",
+                 "--strengths", "-2,2", "--out", str(tmp_path / "e.png"), "--quiet"]) == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if "; the file says: " in line]
+    assert [line.split("; the file says: ")[1].split(";")[0] for line in said] == [d["name"] for d in g.descriptions]
     assert main(["global", "--model", str(tiny_unet_dir), "--samples", "2", "--k", "2", "--steps", "5",
                  "--describe-samples", "1", "--describe", "change", "--out", str(out), "--quiet"]) == 0
     assert [(d["reading"], d["samples"]) for d in load_basis(out).descriptions] == [("change", 1)] * 2
