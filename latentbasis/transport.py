@@ -175,13 +175,13 @@ def global_basis(model, seeds, *, timestep: int, k: int, num_steps: int = 100, p
 
 def describe_global(model, g, bases: list, trajectories: list, reading: str = "edit", strength: float = 6.0,
                     stage=None, settings: EditSettings | None = None) -> list[dict]:
-    """What each global direction does, read on samples: on each sample (its basis and the trajectory it was
-    computed on; the trajectories are not read by the reading "change") the global tangent vectors are carried onto the sample's basis (transport, as `edit --basis`
-    applies them) and the carried directions described (reading "edit": registration.describe_by_edits at
-    -strength and +strength, 2k edits a sample; "change": describe.describe_basis, k JVPs); then
-    describe.shared_descriptions: the description most samples give each direction, and on how many. Stored in
-    g.descriptions (and so in the basis file); returned. stage: as global_basis'; settings: the edits' (the
-    published guidance by default)."""
+    """What each global direction does, read on samples: on each sample (its basis and the trajectory it was computed
+    on; the reading "change" reads no trajectory) the global tangent vectors are carried onto the sample's basis
+    (transport, as `edit --basis` applies them) and the carried directions described (reading "edit":
+    registration.describe_by_edits at -strength and +strength, 2k edits a sample; "change": describe.describe_basis,
+    k JVPs); then describe.shared_descriptions: the description most samples give each direction, and on how many.
+    Stored in g.descriptions (and so in the basis file); returned. stage: as global_basis'; settings: the edits'
+    (the published guidance by default)."""
     stage = stage or (lambda desc, total: None)
     settings, tick = settings or EditSettings("guidance"), None
     if reading == "edit":
@@ -190,17 +190,15 @@ def describe_global(model, g, bases: list, trajectories: list, reading: str = "e
     per_sample = []
     for b, traj in zip(bases, trajectories):
         held = [i for i in range(g.k) if kept_fraction(g.tangent[i], b.tangent) > 0]   # else nothing to carry
-        carried = torch.stack([transport(g.tangent[i], b.latent, b.tangent) for i in held]) if held else None
-        here = dataclasses.replace(b, latent=carried, tangent=g.tangent[held], singular_values=g.singular_values[held],
-                                   residuals=g.residuals[held])
-        if not held:
-            described = []
-            if tick:
-                tick(edit_steps(traj, int(g.timestep), settings))
-        elif reading == "edit":
-            described = describe_by_edits(model, here, traj, strength, settings, conditions=False, progress=tick)
-        else:
-            described = describe_basis(model, here, conditions=False)
+        described = []
+        if held:
+            carried = torch.stack([transport(g.tangent[i], b.latent, b.tangent) for i in held])
+            here = dataclasses.replace(b, latent=carried, tangent=g.tangent[held],
+                                       singular_values=g.singular_values[held], residuals=g.residuals[held])
+            described = describe_by_edits(model, here, traj, strength, settings, conditions=False, progress=tick) \
+                if reading == "edit" else describe_basis(model, here, conditions=False)
+        elif tick:
+            tick(edit_steps(traj, int(g.timestep), settings))
         column = [None] * g.k
         for i, d in zip(held, described):
             column[i] = d
