@@ -179,7 +179,8 @@ def describe_global(model, g, bases: list, trajectories: list, reading: str = "e
     on; the reading "change" reads no trajectory) the global tangent vectors are carried onto the sample's basis
     (transport, as `edit --basis` applies them) and the carried directions described (reading "edit":
     registration.describe_by_edits at -strength and +strength, 2k edits a sample; "change": describe.describe_basis,
-    k JVPs); then describe.shared_descriptions: the description most samples give each direction, and on how many.
+    k JVPs; on a class-conditional model with the label the global tangent vector follows there); then
+    describe.shared_descriptions: the description most samples give each direction, and on how many.
     Stored in g.descriptions (and so in the basis file); returned. stage: as global_basis'; settings: the edits'
     (the published guidance by default)."""
     stage = stage or (lambda desc, total: None)
@@ -195,8 +196,8 @@ def describe_global(model, g, bases: list, trajectories: list, reading: str = "e
             carried = torch.stack([transport(g.tangent[i], b.latent, b.tangent) for i in held])
             here = dataclasses.replace(b, latent=carried, tangent=g.tangent[held],
                                        singular_values=g.singular_values[held], residuals=g.residuals[held])
-            described = describe_by_edits(model, here, traj, strength, settings, conditions=False, progress=tick) \
-                if reading == "edit" else describe_basis(model, here, conditions=False)
+            described = describe_by_edits(model, here, traj, strength, settings, progress=tick) \
+                if reading == "edit" else describe_basis(model, here)
         elif tick:
             tick(edit_steps(traj, int(g.timestep), settings))
         column = [None] * g.k
