@@ -250,7 +250,7 @@ class EditResult:
             return []
         lo, hi = r.strengths.index(min(r.strengths)), r.strengths.index(max(r.strengths))
         half = (r.strengths[hi] - r.strengths[lo]) / 2
-        said = self.basis.extra.get("file_descriptions") if r.direction is None else None
+        said = self.basis.extra.get("file_descriptions") if self.basis is not None and r.direction is None else None
         out = []
         for row, i in enumerate(r.directions):
             d = describe_edit(self.images[row, hi], self.images[row, lo], half)
