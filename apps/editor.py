@@ -29,6 +29,7 @@ import torch
 
 from latentbasis import session
 from latentbasis import atomic
+from latentbasis.describe import agreement_text
 from latentbasis.errors import LatentBasisError, without_paths
 from latentbasis.masks import painted_mask
 from latentbasis.progress import fraction_stages, residual_progress
@@ -131,7 +132,9 @@ def _gallery(model, s: Session, progress=None) -> list[tuple[np.ndarray, str]]:
     b = s.basis
     prev = session.previews(model, s, PREVIEW,
                             progress=fraction_stages(progress)("previews", session.preview_steps(s)))
-    names = [f"  {d['name']}" for d in session.preview_descriptions(s, prev, PREVIEW)]
+    given = b.extra.get("given_descriptions")      # an imported basis: what its file says, beside what it does here
+    names = [f"  {d['name']}" + (f"  (the file: {given[i]['name']}{agreement_text(given[i])})" if given else "")
+             for i, d in enumerate(session.preview_descriptions(s, prev, PREVIEW))]
     return [(side_by_side([direction_pixels(b.latent[i], size=THUMB), display(prev[i, 0], size=THUMB),
                            display(prev[i, 1], size=THUMB)]),
              f"v{i + 1}{names[i]}  s = {float(b.singular_values[i]):.3g}   (-{PREVIEW:g} | +{PREVIEW:g})")

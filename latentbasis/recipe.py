@@ -250,7 +250,7 @@ class EditResult:
             return []
         lo, hi = r.strengths.index(min(r.strengths)), r.strengths.index(max(r.strengths))
         half = (r.strengths[hi] - r.strengths[lo]) / 2
-        said = self.basis.extra.get("file_descriptions") if self.basis is not None and r.direction is None else None
+        said = self.basis.extra.get("given_descriptions") if self.basis is not None and r.direction is None else None
         out = []
         for row, i in enumerate(r.directions):
             d = describe_edit(self.images[row, hi], self.images[row, lo], half)
@@ -412,8 +412,6 @@ def run_recipe(r: EditRecipe, model=None, progress=None) -> EditResult:
     if given is not None:
         basis = transported_basis(model, given, x_t, r.timestep, prompt=r.prompt, rank=r.transport_rank,
                                    transfer=r.transfer, **basis_kw)
-        if given.descriptions:    # what the file says each direction does, beside what it did here
-            basis.extra = {**basis.extra, "file_descriptions": given.descriptions}
     else:
         basis = latent_basis(model, x_t, timestep=r.timestep, k=r.k, prompt=r.prompt, space=r.space, **basis_kw)
     settings = EditSettings(r.method, r.n_iter, r.step, r.scale, r.keep_norm)

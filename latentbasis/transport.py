@@ -74,8 +74,9 @@ def transported_basis(model, given, x_t: torch.Tensor, timestep: int, prompt: st
     (x_t, timestep): itself when it was computed at this very point, else the local basis, of rank max(k, rank)
     (the published code transports into rank 50), with each given direction transported onto it (transport of
     given.tangent[i]). Singular values and tangent vectors are the local ones' top k; extra["kept"] lists each
-    direction's kept fraction (kept_fraction). The local basis is computed in the given basis' space (h, or x0_hat
-    with the same mask and null rank: pass mask= and null_rank= in basis_kw).
+    direction's kept fraction (kept_fraction), extra["given_descriptions"] the given basis' descriptions (what each
+    direction did where it was found) when it has them. The local basis is computed in the given basis' space (h,
+    or x0_hat with the same mask and null rank: pass mask= and null_rank= in basis_kw).
 
     transfer "motion" (x0_hat bases of one image): each given tangent vector is first re-made on this image as the
     same motion of the region's content (motion_transport, from the given basis' region on its own x0_hat to
@@ -102,6 +103,8 @@ def transported_basis(model, given, x_t: torch.Tensor, timestep: int, prompt: st
     moved = torch.stack([transport(u, local.latent, local.tangent) for u in sources])
     kept = [kept_fraction(u, local.tangent) for u in sources]
     extra = {**local.extra, "kept": kept, "transport_rank": r}
+    if given.descriptions:     # what the given basis says each direction does (where it was found)
+        extra["given_descriptions"] = given.descriptions
     if shares is not None:
         extra["motion_share"] = shares
     return dataclasses.replace(local, latent=moved, tangent=local.tangent[:k], singular_values=local.singular_values[:k],

@@ -94,6 +94,8 @@ def test_an_imported_basis_is_transported_to_this_image(model, found, tmp_path):
     assert torch.equal(other.basis.point, other.trajectory.at(other.timestep))
     assert not torch.equal(other.basis.latent, s.basis.latent)
     assert torch.allclose(other.basis.latent.flatten(1).norm(dim=1), torch.ones(4))
+    for (_, caption), d in zip(gallery, s.basis.descriptions):       # what the file says, beside what it does here
+        assert f"(the file: {d['name']})" in caption, caption
 
 
 def test_bad_input_gives_a_message(model, found, other_unet_dir, tmp_path):
