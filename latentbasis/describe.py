@@ -179,10 +179,8 @@ def reading_text(descriptions: list[dict]) -> str:
     return f"by the first-order change of x0_hat at x_t{where} (per unit strength)"
 
 
-UNITS = ("box", "%", "deg")
-
-
-WHERE = (" in the background", " in the content", " the background", " the content")   # describe._where's
+UNITS = ("box", "%", "deg")                                                             # _word's sizes
+WHERE = (" in the background", " in the content", " the background", " the content")   # _where's places
 
 
 def gist(name: str) -> str:
@@ -227,8 +225,9 @@ def shared_descriptions(per_sample: list[list[dict | None]], reading: dict) -> l
 
 
 def agreement_text(d: dict) -> str:
-    """How many samples a shared description holds on (shared_descriptions): "; the same on 3 of 4 samples";
-    "" for a description of one image."""
+    """How many samples a shared description holds on (shared_descriptions): "; the same on 3 of 4 samples", "; the
+    same on all 4 samples", "; no two of 4 samples agree (...)"; "" for a description of one image (and where no
+    sample held the direction: its name says so)."""
     n, m = d.get("samples"), d.get("agreeing")
     if not n:
         return ""
