@@ -299,14 +299,18 @@ def pullback_basis(f: FeatureMap, x: torch.Tensor, k: int, *, algorithm: str = "
         raise LatentBasisError(f"f must be a feature map (a function of x), got {type(f).__name__}")
     x = validate.point(x, tuple(getattr(x, "shape", ())), "x")
     k = validate.integer(k, "k", lo=1)
+    if algorithm == "krylov":
+        tol = validate.tolerance(tol)
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(int(seed))
     op = JacobianOperator(f, x, chunk_size=chunk_size, jvp_mode=jvp_mode, max_memory=max_memory, record=record)
     if not 1 <= k <= min(op.n, op.m):
         raise LatentBasisError(f"k = {k} is out of range: J is {op.m} x {op.n}, so 1 <= k <= {min(op.n, op.m)}")
     if init is not None:
-        if tuple(init.shape[1:]) != op.x_shape:
-            raise LatentBasisError(f"warm start has vectors of shape {tuple(init.shape[1:])}, x_t has {op.x_shape}")
+        if not isinstance(init, torch.Tensor) or tuple(init.shape[1:]) != op.x_shape:
+            raise LatentBasisError(f"warm start has vectors of shape {tuple(getattr(init, 'shape', ()))[1:]}, x_t "
+                                   f"has {op.x_shape}")
+        init = validate.directions(init, op.x_shape, "the warm start")
     if algorithm == "krylov":
         block = max(1, min(block or default_block(k, op.chunk_size), op.n))
         max_dim = min(op.n, max_dim or max(3 * k, k + 48))
@@ -370,7 +374,7 @@ def latent_basis(model, x_t: torch.Tensor, *, t: float | None = None, timestep: 
         raise LatentBasisError(f"k = {k} is out of range: x_t has {D} dimensions, so 1 <= k <= {D}")
     kwargs.setdefault("max_memory", getattr(model, "max_memory", None))
     if kwargs.get("init") is not None:
-        kwargs["init"] = kwargs["init"].to(model.device)
+        kwargs["init"] = validate.directions(kwargs["init"], tuple(model.x_shape), "the warm start").to(model.device)
     xd = x.to(model.device, torch.float32)
     if space not in SPACES:
         raise LatentBasisError(f"space {space!r} is not one of {', '.join(SPACES)}")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import devices
+from . import devices, validate
 from .devices import format_bytes
 from .errors import LatentBasisError
 from .images import x_to_image
@@ -78,8 +78,7 @@ def edit_images(model, traj: Trajectory, timestep: int, d: torch.Tensor, setting
     settings = settings or EditSettings()
     if settings.method not in METHODS:
         raise LatentBasisError(f"unknown edit method {settings.method!r}; choose one of {', '.join(METHODS)}")
-    if tuple(d.shape[1:]) != tuple(traj.xs.shape[1:]):
-        raise LatentBasisError(f"direction has shape {tuple(d.shape[1:])}, x_t has {tuple(traj.xs.shape[1:])}")
+    d = validate.directions(d, tuple(traj.xs.shape[1:]), "the edit's directions d")
     i = traj.index(timestep)
     x_t = traj.xs[i]
     out = torch.empty_like(d)
@@ -168,18 +167,25 @@ def edit_steps(traj: Trajectory, timestep: int, settings: EditSettings) -> int:
 
 
 def combine(latent: torch.Tensor, weights: dict[int, float]) -> torch.Tensor:
-    """d = sum_i w_i v_i for {index: strength}; latent [k, *x_shape]."""
+    """d = sum_i w_i v_i for {index: strength}; latent [k, *x_shape]. An index is a whole number 0..k-1, a
+    strength a finite number within the library's bounds (validate.strength); else one message."""
     k = latent.shape[0]
     d = torch.zeros_like(latent[0])
+    if not isinstance(weights, dict):
+        raise LatentBasisError(f"the weights must be a dict {{direction index: strength}}, got {type(weights).__name__}")
     for i, w in weights.items():
-        if not 0 <= int(i) < k:
+        i = validate.number(i, "a direction index", integer=True)
+        if not 0 <= i < k:
             raise LatentBasisError(f"direction index {i} is out of range: the basis has k = {k} (indices 0..{k - 1})")
-        d = d + float(w) * latent[int(i)]
+        d = d + validate.strength(w, f"the strength of direction {i + 1}") * latent[i]
     return d
 
 
 def sweep_directions(latent: torch.Tensor, indices: list[int], strengths: list[float]) -> torch.Tensor:
-    """Rows strength * v_i for every (i, strength), i-major: [len(indices) * len(strengths), *x_shape]."""
+    """Rows strength * v_i for every (i, strength), i-major: [len(indices) * len(strengths), *x_shape]; indices
+    and strengths as combine checks them, at least one of each."""
+    if not list(indices) or not list(strengths):
+        raise LatentBasisError("give at least one direction and one strength")
     rows = [combine(latent, {i: s}) for i in indices for s in strengths]
     return torch.stack(rows)
 

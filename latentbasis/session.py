@@ -198,6 +198,7 @@ def apply_edit(model, s: EditSession, strengths, method: str = "guidance") -> to
 def carry(model, s: EditSession, seeds, strengths=None, method: str | None = None, progress=None) -> list[CarriedEdit]:
     """The current edit (or `strengths`) carried to the samples of `seeds` (transport.carry_edit, in the basis'
     space and region; x0 directions of one image carried as the same motion of the region's content)."""
+    seeds = [v.seed(x, "a seed to carry to") for x in (seeds if isinstance(seeds, (list, tuple, range)) else [seeds])]
     w = weights(s, strengths) if strengths is not None else dict(s.strengths)
     if not w:
         raise LatentBasisError("move a slider first: there is no edit to carry")

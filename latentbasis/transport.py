@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .basis import GlobalDirections, latent_basis
+from .basis import Basis, GlobalDirections, latent_basis
 from .describe import describe_basis, shared_descriptions
 from .editing import EditSettings, combine, edit_images, edit_steps
 from . import validate
@@ -27,6 +27,7 @@ from .sampling import sample_to, sample_trajectory, trajectory_grid
 def transport(u0: torch.Tensor, latent1: torch.Tensor, tangent1: torch.Tensor) -> torch.Tensor:
     """Parallel transport of a tangent vector u0 [*h_shape] to a point with bases (V1 [k, *x], U1 [k, *h]):
     v' = normalise(V1^T (U1 u0)) as a latent direction [*x_shape]."""
+    validate.finite_tensor(u0, "the tangent vector to transport")
     U1 = tangent1.reshape(tangent1.shape[0], -1).double()
     if U1.shape[1] != u0.numel():
         raise LatentBasisError(f"tangent vector of size {u0.numel()} does not match the bases' h size {U1.shape[1]}")
@@ -119,6 +120,10 @@ def global_directions(bases: list, k: int):
     point: the samples' mean x_t), applied to any image by transported_basis."""
     if not bases:
         raise LatentBasisError("global directions need at least one basis")
+    if not all(isinstance(b, Basis) for b in bases):
+        raise LatentBasisError("global directions are made of bases (latent_basis' results), got "
+                               f"{', '.join(sorted({type(b).__name__ for b in bases if not isinstance(b, Basis)}))}")
+    k = validate.integer(k, "k", lo=1)
     n = len(bases)
     first = bases[0]
     for b in bases[1:]:

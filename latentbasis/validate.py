@@ -170,6 +170,22 @@ def point(x: Any, shape: tuple[int, ...], name: str = "x_t"):
     return finite_tensor(p, name)
 
 
+def directions(d: Any, shape: tuple[int, ...], name: str = "d"):
+    """d as rows of x-space directions [B, *shape], B >= 1: a torch.Tensor of floating point with every value
+    finite; anything else (an array, integers, NaN, another shape) is one message naming it."""
+    import torch
+
+    if not isinstance(d, torch.Tensor):
+        raise LatentBasisError(f"{name} must be a torch.Tensor of shape [B, {', '.join(map(str, shape))}], "
+                               f"got {type(d).__name__}")
+    if not d.is_floating_point():
+        raise LatentBasisError(f"{name} must hold floating-point numbers, got {str(d.dtype).removeprefix('torch.')}")
+    if d.dim() != len(shape) + 1 or tuple(d.shape[1:]) != tuple(shape) or d.shape[0] == 0:
+        raise LatentBasisError(f"{name} has shape {tuple(d.shape)}: directions are rows [B, "
+                               f"{', '.join(map(str, shape))}] of x, which has {tuple(shape)}")
+    return finite_tensor(d, name)
+
+
 def regular_file(path: str | os.PathLike, what: str) -> Path:
     """The path, if it is a regular file (a link to one is fine); a folder, device, FIFO or socket is refused
     without being opened (opening a FIFO waits for a writer; a device can be endless)."""

@@ -464,7 +464,70 @@ API_CASES = {   # name: (call(m, x), what the message says); every public entry 
                                                              progress=False), "settings.samples is not a whole"),
     "callback_direction_fraction": (lambda lb, m, x: lb.edit_callback(lb.latent_basis(m, x, timestep=599, k=2),
                                                                       0.5), "direction is not a whole number"),
+    # the editing and carrying functions the README shows: directions, strengths, indices, warm starts, seeds
+    "edit_numpy_directions": (lambda lb, m, x: _edit(m, np.zeros((1, *m.x_shape), np.float32)),
+                              "must be a torch.Tensor"),
+    "edit_nan_directions": (lambda lb, m, x: _edit(m, torch.full((1, *m.x_shape), float("nan"))), "NaN or infinite"),
+    "edit_one_direction_without_its_row": (lambda lb, m, x: _edit(m, torch.zeros(m.x_shape)), "directions are rows"),
+    "sweep_nan_strength": (lambda lb, m, x: _sweep(lb, m, x, [0], [float("nan")]), "not a finite number"),
+    "sweep_no_strengths": (lambda lb, m, x: _sweep(lb, m, x, [0], []), "at least one direction and one strength"),
+    "combine_infinite_weight": (lambda lb, m, x: _combine(lb, m, x, {0: float("inf")}), "not a finite number"),
+    "combine_index_text": (lambda lb, m, x: _combine(lb, m, x, {"first": 1.0}), "is not a whole number"),
+    "combine_weights_a_list": (lambda lb, m, x: _combine(lb, m, x, [1.0, 2.0]), "must be a dict"),
+    "transport_nan_vector": (lambda lb, m, x: _transport(lb, m, x, float("nan")), "NaN or infinite"),
+    "global_directions_of_numbers": (lambda lb, m, x: _global(lb, [1, 2], 2), "made of bases"),
+    "global_directions_k_zero": (lambda lb, m, x: _global(lb, [lb.latent_basis(m, x, timestep=599, k=1)] * 2, 0),
+                                 "k = 0 is out of range"),
+    "warm_start_nan": (lambda lb, m, x: lb.latent_basis(m, x, timestep=599, k=2, init=torch.full((2, *m.x_shape),
+                                                                                                  float("nan"))),
+                       "warm start holds NaN"),
+    "warm_start_numpy": (lambda lb, m, x: lb.latent_basis(m, x, timestep=599, k=2,
+                                                          init=np.zeros((2, *m.x_shape), np.float32)), "warm start"),
+    "tol_negative": (lambda lb, m, x: lb.latent_basis(m, x, timestep=599, k=2, tol=-1.0), "tol = -1"),
+    "carry_to_seeds_in_words": (lambda lb, m, x: _carry(m, "three"), "a seed to carry to is not a whole number"),
 }
+
+
+def _edit(m, d):
+    from latentbasis.editing import edit_images
+    from latentbasis.sampling import sample_trajectory
+
+    return edit_images(m, sample_trajectory(m, 0, num_steps=3, through=599), 599, d)
+
+
+def _sweep(lb, m, x, indices, strengths):
+    from latentbasis.editing import sweep_directions
+
+    return sweep_directions(lb.latent_basis(m, x, timestep=599, k=1).latent, indices, strengths)
+
+
+def _combine(lb, m, x, weights):
+    from latentbasis.editing import combine
+
+    return combine(lb.latent_basis(m, x, timestep=599, k=1).latent, weights)
+
+
+def _transport(lb, m, x, value):
+    from latentbasis.transport import transport
+
+    b = lb.latent_basis(m, x, timestep=599, k=1)
+    return transport(torch.full_like(b.tangent[0], value), b.latent, b.tangent)
+
+
+def _global(lb, bases, k):
+    from latentbasis.transport import global_directions
+
+    return global_directions(bases, k)
+
+
+def _carry(m, seeds):
+    from latentbasis import session
+
+    s = session.EditSession(num_steps=5)
+    session.sample(m, s, seed=0, t=0.6)
+    session.find_directions(m, s, t=0.6, k=1)
+    session.apply_edit(m, s, [1.0])
+    return session.carry(m, s, seeds)
 
 
 @pytest.mark.parametrize("name", sorted(API_CASES))
