@@ -366,6 +366,7 @@ def latent_basis(model, x_t: torch.Tensor, *, t: float | None = None, timestep: 
     family's, a U-Net's mid_block). Other keyword arguments go to pullback_basis (algorithm, seed, tol, init,
     chunk_size, callback, ...); max_memory defaults to the model's.
     """
+    model = validate.model(model)
     ts, frac = resolve_timestep(model.num_train_timesteps, fraction=t, timestep=timestep)
     x = validate.point(x_t, model.x_shape, "x_t")
     D = int(torch.tensor(model.x_shape).prod())

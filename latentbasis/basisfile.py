@@ -21,6 +21,7 @@ from .describe import description_lines, descriptions_from_json, descriptions_to
 from .errors import LatentBasisError, printable
 from .images import pixel_size
 from .masks import mask_in_x, mask_sha256
+from .validate import model as check_model
 from .validate import (MAX_ITERS, MAX_K, MAX_SEED, number, optional_string, parent_folder, parse_json,
                        regular_file)
 from .version import __version__
@@ -130,6 +131,8 @@ def load_basis(path: str | os.PathLike, model=None, layer: str | None = None) ->
     from safetensors import safe_open
 
     path = regular_file(path, "basis file")
+    if model is not None:
+        model = check_model(model)
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}

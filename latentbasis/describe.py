@@ -34,7 +34,7 @@ from .errors import LatentBasisError, printable
 from .geometry import band_pass
 from .jacobian import JacobianOperator
 from .motion import motion_fields, region_in_x
-from .validate import parse_json
+from .validate import model as check_model, parse_json
 
 PARTS = ("shift", "scale", "rotation", "brightness", "colour", "contrast", "coarse", "mid", "fine")
 BANDS = {"coarse": (0.0, 0.125), "mid": (0.125, 0.25), "fine": (0.25, math.inf)}
@@ -269,6 +269,7 @@ def describe_basis(model, basis, conditions: bool = True) -> list[dict]:
     within the model's memory budget). Stored in basis.descriptions (and so in the basis file). conditions: also
     the label or prompt each direction follows (condition_alignment: one forward per label); the report's grid and
     the pick of a direction by its description, which read only the shares, leave it out."""
+    model = check_model(model)
     if basis.timestep is None:
         raise LatentBasisError("the basis does not record its timestep: it cannot be described")
     x0, _ = region_maps(model, int(basis.timestep), basis.prompt, None)      # x_t [*x_shape] -> x0_hat

@@ -75,6 +75,7 @@ def edit_images(model, traj: Trajectory, timestep: int, d: torch.Tensor, setting
     image, and strength 0 is the reconstruction from t).
     progress: called with 1 after each batched network step (edit_steps(...) of them).
     """
+    model = validate.model(model)
     settings = settings or EditSettings()
     if settings.method not in METHODS:
         raise LatentBasisError(f"unknown edit method {settings.method!r}; choose one of {', '.join(METHODS)}")

@@ -294,6 +294,7 @@ def basis_for(model, *, timestep: int, t_fraction: float | None = None, k: int =
     registration.description_reading chooses ("edit" on pixels, "change" on a VAE's latent).
     basis_kw go to latent_basis (layer, algorithm, tol, init, space, mask, null_rank, callback, ...); the basis'
     random start is `seed`. stage: as trajectory_for's."""
+    model = v.model(model)
     stage = stage or (lambda desc, total: None)
     describe = description_reading(model, describe)
     v.number(describe_strength, "the describing strength", lo=1e-6, hi=v.MAX_STRENGTH)

@@ -75,6 +75,7 @@ def run_report(model, out: str | os.PathLike, settings: ReportSettings, *, progr
     """Compute, measure and write the report into `out`; returns the numbers (None on processes other than 0).
     callback(done, total): after each basis of the grid (progress: a progress bar on stderr). settings: None for
     the defaults; every number is checked before any work (validate.sampling_options)."""
+    model = v.model(model)
     settings = ReportSettings() if settings is None else settings
     if not isinstance(settings, ReportSettings):
         raise LatentBasisError(f"settings must be a ReportSettings, got {type(settings).__name__}")

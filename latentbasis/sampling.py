@@ -17,7 +17,7 @@ import torch
 from .errors import LatentBasisError
 from .images import image_to_x, pixel_size, read_image
 from .loading import resolve_timestep
-from .validate import sampling_options
+from .validate import integer, model as check_model, sampling_options
 from .schedules import clip_x0, ddim_update, to_eps_x0
 
 
@@ -72,6 +72,7 @@ def sample_to(model, seed: int = 0, *, t: float | None = None, timestep: int | N
               prompt: str | None = None, guidance: float = 1.0, progress=None) -> torch.Tensor:
     """x_t on the DDIM trajectory of `seed`: x_T ~ N(0, I), then DDIM down to t over the part of
     trajectory_grid(T, num_steps, t) above t; the same x_t as sample_trajectory(..., through=t). [*x_shape]."""
+    model = check_model(model)
     sampling_options(seed=seed, steps=num_steps, guidance=guidance)
     T = model.num_train_timesteps
     ts, _ = resolve_timestep(T, fraction=t, timestep=timestep)
@@ -124,7 +125,8 @@ def trajectory_grid(T: int, num_steps: int, through: int | Iterable[int] | None 
     bit for bit when `through` is the one timestep)."""
     grid = set(ddim_timesteps(T - 1, 0, num_steps))
     if through is not None:
-        grid.update([int(through)] if isinstance(through, int) else (int(t) for t in through))
+        wanted = [through] if not isinstance(through, Iterable) or isinstance(through, str) else list(through)
+        grid.update(integer(t, "a timestep the trajectory passes through", 0, T - 1) for t in wanted)
     return sorted(grid, reverse=True)
 
 
@@ -160,6 +162,8 @@ def sample_trajectory(model, seed: int = 0, *, num_steps: int = 100, prompt: str
                       guidance: float = 1.0, through: int | Iterable[int] | None = None, progress=None) -> Trajectory:
     """x_T ~ N(0, I) from the seed, DDIM (eta = 0) over trajectory_grid(T, num_steps, through), states kept
     (len(grid) network steps: progress(1) after each)."""
+    model = check_model(model)
+    sampling_options(seed=seed, steps=num_steps, guidance=guidance)
     grid = trajectory_grid(model.num_train_timesteps, num_steps, through)
     x0, kept, hats = denoise(model, initial_noise(model, seed)[None], grid, prompt, guidance, keep=True,
                              progress=progress)
@@ -200,6 +204,7 @@ def trajectory_for(model, *, timestep: int, seed: int | None = 0, image=None, nu
 
     stage(description, total steps) -> a step counter or None (the CLI's progress bars, the app's progress).
     Returns (trajectory, the image as read [C, H, W] in [-1, 1] or None, notes on what reading it converted)."""
+    model = check_model(model)
     stage = stage or (lambda desc, total: None)
     n = len(trajectory_grid(model.num_train_timesteps, num_steps, timestep))
     if image is None:

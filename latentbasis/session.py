@@ -78,6 +78,7 @@ def _reset(s: EditSession, **kw) -> None:
 
 def sample(model, s: EditSession, seed, t, prompt=None, guidance=1.0, stage=None) -> torch.Tensor:
     """Source = the DDIM sample of `seed` through t (a text model's prompt and guidance); returns it [C, H, W]."""
+    model = v.model(model)
     seed, guidance = v.seed(seed, "the seed"), v.guidance(guidance)
     prompt, (ts, frac) = condition_of(model, prompt), _t(model, t)
     guidance = guidance if model.conditional else 1.0
@@ -91,6 +92,7 @@ def sample(model, s: EditSession, seed, t, prompt=None, guidance=1.0, stage=None
 def upload(model, s: EditSession, path, t, prompt=None, stage=None) -> tuple[torch.Tensor, float, list[str]]:
     """Source = a real image, read for the model and DDIM-inverted through t. Returns (its reconstruction from t
     [C, H, W], the reconstruction's PSNR in dB, notes on what reading converted)."""
+    model = v.model(model)
     if not path:
         raise LatentBasisError("no image was uploaded")
     prompt, (ts, frac) = condition_of(model, prompt), _t(model, t)
@@ -106,6 +108,7 @@ def upload(model, s: EditSession, path, t, prompt=None, stage=None) -> tuple[tor
 
 def move_to(model, s: EditSession, t, stage=None) -> None:
     """Make the session's trajectory pass through t (a new t re-samples or re-inverts the same source)."""
+    model = v.model(model)
     ts, frac = _t(model, t)
     if s.trajectory is None:
         raise LatentBasisError("choose a source first: press Sample, or upload an image")
@@ -120,6 +123,7 @@ def find_directions(model, s: EditSession, t, k, method: str = "guidance", space
     """The top-k latent basis at x_t (after move_to(t)), described (what each direction does to x0_hat), kept as
     s.basis. space "x0" takes the Jacobian of x0_hat, of the region `mask` (an image mask [S, S]) when given,
     optionally kept off the rest's top null_rank directions (LOCO-Edit). callback: latent_basis's."""
+    model = v.model(model)
     k, s.method = v.count(k, "k", max_k), v.choice(method, "edit method", METHODS)
     move_to(model, s, t, stage)
     space, null_rank = v.choice(space, "space", SPACES), v.integer(null_rank or 0, "the null rank")
@@ -138,6 +142,7 @@ def find_directions(model, s: EditSession, t, k, method: str = "guidance", space
 def previews(model, s: EditSession, strength: float = 6.0, progress=None) -> torch.Tensor:
     """Each direction of the basis at -strength and +strength: images [k, 2, C, H, W] (one batch; progress(1)
     after each of its network steps)."""
+    model = v.model(model)
     return edit_pairs(model, s.trajectory, s.timestep, _basis(s).latent, strength, EditSettings(method=s.method),
                       progress)
 
@@ -178,6 +183,7 @@ def weights(s: EditSession, strengths) -> dict[int, float]:
 def preview_edit(model, s: EditSession, strengths, method: str = "guidance", steps: int = 6) -> torch.Tensor:
     """A quick look at the combined edit (editing.preview_images: DDIM in `steps` steps from t); the source itself
     when every strength is 0. [C, H, W]"""
+    model = v.model(model)
     method, w = v.choice(method, "edit method", METHODS), weights(s, strengths)
     if not w:
         return s.trajectory.x0 if s.trajectory.x0 is not None else s.edited
@@ -188,6 +194,7 @@ def preview_edit(model, s: EditSession, strengths, method: str = "guidance", ste
 
 def apply_edit(model, s: EditSession, strengths, method: str = "guidance") -> torch.Tensor:
     """The combined edit d = sum_i strength_i v_i at x_t, then DDIM on the trajectory's grid; kept as s.edited."""
+    model = v.model(model)
     w = weights(s, strengths)
     s.method, s.strengths = v.choice(method, "edit method", METHODS), w
     d = combine(s.basis.latent, w)[None]
@@ -198,7 +205,7 @@ def apply_edit(model, s: EditSession, strengths, method: str = "guidance") -> to
 def carry(model, s: EditSession, seeds, strengths=None, method: str | None = None, progress=None) -> list[CarriedEdit]:
     """The current edit (or `strengths`) carried to the samples of `seeds` (transport.carry_edit, in the basis'
     space and region; x0 directions of one image carried as the same motion of the region's content)."""
-    seeds = [v.seed(x, "a seed to carry to") for x in (seeds if isinstance(seeds, (list, tuple, range)) else [seeds])]
+    model = v.model(model)
     w = weights(s, strengths) if strengths is not None else dict(s.strengths)
     if not w:
         raise LatentBasisError("move a slider first: there is no edit to carry")
@@ -209,6 +216,7 @@ def carry(model, s: EditSession, seeds, strengths=None, method: str | None = Non
 
 def import_basis(model, s: EditSession, path, max_k: int = 1024):
     """The directions of a basis file here: checked against this model, transported to this x_t."""
+    model = v.model(model)
     if s.trajectory is None or s.timestep is None:
         raise LatentBasisError("choose a source first: press Sample, or upload an image")
     if not path:
@@ -224,6 +232,7 @@ def import_basis(model, s: EditSession, path, max_k: int = 1024):
 def recipe_of(model, s: EditSession, mask_file: str | None = None) -> EditRecipe:
     """The current edit as a recipe that run_recipe (latentbasis edit --recipe) replays to the same pixels; a
     region's mask is referenced as `mask_file` (export writes it)."""
+    model = v.model(model)
     return recipe_for(model, _basis(s), s.trajectory, s.strengths, timestep=s.timestep, t_fraction=s.t_fraction,
                       num_steps=s.num_steps, seed=s.seed, image=s.image, basis_file=s.basis_file, method=s.method,
                       mask_file=mask_file)
@@ -232,6 +241,7 @@ def recipe_of(model, s: EditSession, mask_file: str | None = None) -> EditRecipe
 def export(model, s: EditSession, folder: str | Path) -> list[Path]:
     """basis.safetensors, edited.png, recipe.json and, for a region, mask.png in `folder` (all of them or, where
     one cannot be written, none); returns their paths."""
+    model = v.model(model)
     if _basis(s) is None or s.edited is None:
         raise LatentBasisError("press Find directions first")
     d = Path(folder)

@@ -83,6 +83,12 @@ def transported_basis(model, given, x_t: torch.Tensor, timestep: int, prompt: st
     same motion of the region's content (motion_transport, from the given basis' region on its own x0_hat to
     basis_kw's mask on this x0_hat; the whole image where there is none), then transported as above;
     extra["motion_share"] lists how much of each given direction is such a motion."""
+    model = validate.model(model)
+    if not isinstance(given, Basis):
+        raise LatentBasisError("the directions to carry must be a basis (latent_basis', load_basis' or "
+                               f"global_directions' result), got {type(given).__name__}")
+    if rank is not None:
+        rank = validate.integer(rank, "the transport rank", lo=1)
     if transfer not in TRANSFERS:
         raise LatentBasisError(f"unknown transfer {transfer!r}; choose one of {', '.join(TRANSFERS)}")
     x_t = validate.point(x_t, model.x_shape, "x_t")
@@ -157,6 +163,7 @@ def global_basis(model, seeds, *, timestep: int, k: int, num_steps: int = 100, p
     describe_samples 0: not described). basis_kw go to latent_basis (layer, space, mask, null_rank). progress(1)
     after each sample; stage(description, total) -> progress of the describing (as basis_for's). t_fraction: the
     timestep as the user gave it, a fraction of T (None: timestep / T)."""
+    model = validate.model(model)
     reading = description_reading(model, describe)
     n_described = validate.integer(describe_samples, "describe_samples", lo=0)
     validate.number(describe_strength, "the describing strength", lo=1e-6, hi=validate.MAX_STRENGTH)
@@ -249,6 +256,7 @@ def carry_edit(model, basis, weights: dict[int, float], seeds, *, num_steps: int
     transported onto it (transported_basis); x0_hat directions of one image are first re-made on each sample as the
     same motion of the region's content (transfer "motion"), other bases carried as tangent vectors.
     progress(i, seed) before each sample."""
+    model = validate.model(model)
     ts = basis.timestep
     transfer = "tangent" if motion_refusal(basis) else "motion"
     out = []

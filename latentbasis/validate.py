@@ -170,6 +170,20 @@ def point(x: Any, shape: tuple[int, ...], name: str = "x_t"):
     return finite_tensor(p, name)
 
 
+def model(m: Any, name: str = "model"):
+    """m, if it is a loaded model (latentbasis.load_model's or from_pipeline's result); a name or path given in its
+    place, or anything else, is one message saying how to load it."""
+    from .families.base import DiffusionModel
+
+    if isinstance(m, DiffusionModel):
+        return m
+    if isinstance(m, (str, os.PathLike)):
+        raise LatentBasisError(f"{name} must be a loaded model, got the name {printable(str(m))[:80]!r}: load it "
+                               f"first, model = latentbasis.load_model({printable(str(m))[:80]!r})")
+    raise LatentBasisError(f"{name} must be a loaded model (latentbasis.load_model or from_pipeline), got "
+                           f"{type(m).__name__}")
+
+
 def directions(d: Any, shape: tuple[int, ...], name: str = "d"):
     """d as rows of x-space directions [B, *shape], B >= 1: a torch.Tensor of floating point with every value
     finite; anything else (an array, integers, NaN, another shape) is one message naming it."""

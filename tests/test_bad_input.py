@@ -484,7 +484,15 @@ API_CASES = {   # name: (call(m, x), what the message says); every public entry 
     "warm_start_numpy": (lambda lb, m, x: lb.latent_basis(m, x, timestep=599, k=2,
                                                           init=np.zeros((2, *m.x_shape), np.float32)), "warm start"),
     "tol_negative": (lambda lb, m, x: lb.latent_basis(m, x, timestep=599, k=2, tol=-1.0), "tol = -1"),
-    "carry_to_seeds_in_words": (lambda lb, m, x: _carry(m, "three"), "a seed to carry to is not a whole number"),
+    "carry_to_seeds_in_words": (lambda lb, m, x: _carry(m, "three"), "seed is not a whole number"),
+    "carry_to_a_negative_seed": (lambda lb, m, x: _carry(m, [-1]), "seed = -1 is out of range"),
+    "model_given_by_name": (lambda lb, m, x: lb.latent_basis("digits", x, timestep=599, k=2),
+                            "load it first, model = latentbasis.load_model('digits')"),
+    "sample_to_of_no_model": (lambda lb, m, x: lb.sample_to(None, 0, t=0.5), "must be a loaded model"),
+    "load_basis_for_a_model_name": (lambda lb, m, x: _load_for_name(lb, m, x), "must be a loaded model"),
+    "trajectory_through_a_timestep_past_T": (lambda lb, m, x: _global_at(lb, m, 5000), "out of range [0, 999]"),
+    "carry_a_file_name": (lambda lb, m, x: _transported(lb, m, x, "basis.safetensors", None), "must be a basis"),
+    "transport_rank_negative": (lambda lb, m, x: _transported(lb, m, x, None, -3), "transport rank = -3"),
 }
 
 
@@ -518,6 +526,27 @@ def _global(lb, bases, k):
     from latentbasis.transport import global_directions
 
     return global_directions(bases, k)
+
+
+def _load_for_name(lb, m, x):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = lb.save_basis(lb.latent_basis(m, x, timestep=599, k=1), f"{d}/b.safetensors")
+        return lb.load_basis(path, model="digits")
+
+
+def _global_at(lb, m, timestep):
+    from latentbasis.transport import global_basis
+
+    return global_basis(m, range(2), timestep=timestep, k=1, num_steps=3)
+
+
+def _transported(lb, m, x, given, rank):
+    from latentbasis.transport import transported_basis
+
+    given = lb.latent_basis(m, x, timestep=599, k=1) if given is None else given
+    return transported_basis(m, given, x * 0.5, 599, rank=rank)
 
 
 def _carry(m, seeds):
