@@ -307,9 +307,6 @@ def pullback_basis(f: FeatureMap, x: torch.Tensor, k: int, *, algorithm: str = "
     if not 1 <= k <= min(op.n, op.m):
         raise LatentBasisError(f"k = {k} is out of range: J is {op.m} x {op.n}, so 1 <= k <= {min(op.n, op.m)}")
     if init is not None:
-        if not isinstance(init, torch.Tensor) or tuple(init.shape[1:]) != op.x_shape:
-            raise LatentBasisError(f"warm start has vectors of shape {tuple(getattr(init, 'shape', ()))[1:]}, x_t "
-                                   f"has {op.x_shape}")
         init = validate.directions(init, op.x_shape, "the warm start")
     if algorithm == "krylov":
         block = max(1, min(block or default_block(k, op.chunk_size), op.n))

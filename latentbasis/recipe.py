@@ -297,7 +297,7 @@ def basis_for(model, *, timestep: int, t_fraction: float | None = None, k: int =
     model = v.model(model)
     stage = stage or (lambda desc, total: None)
     describe = description_reading(model, describe)
-    v.number(describe_strength, "the describing strength", lo=1e-6, hi=v.MAX_STRENGTH)
+    v.describing_strength(describe_strength)
     if image is None and not pictures and describe == "change":   # only down to t
         n = len([g for g in trajectory_grid(model.num_train_timesteps, num_steps, timestep) if g > timestep])
         x_t, traj, img, notes = sample_to(model, seed, timestep=timestep, num_steps=num_steps, prompt=prompt,

@@ -289,7 +289,7 @@ def describe_by_edits(model, basis, trajectory, strength: float = 6.0, settings:
     prints for its rows and benchmarks/describe_shapes.py measures; describe.describe_basis is the first-order one
     (the change of x0_hat at x_t, k JVPs, no edits). conditions: also the label each direction follows
     (describe.condition_alignment). Stored in basis.descriptions (and so in the basis file); returned."""
-    validate.number(strength, "the describing strength", lo=1e-6, hi=validate.MAX_STRENGTH)
+    validate.describing_strength(strength)
     images = edit_pairs(model, trajectory, int(basis.timestep), basis.latent, strength,
                         settings or EditSettings("guidance"), progress)
     basis.descriptions = with_conditions(model, basis, describe_pairs(images, strength, basis.mask), conditions)

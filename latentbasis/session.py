@@ -123,7 +123,6 @@ def find_directions(model, s: EditSession, t, k, method: str = "guidance", space
     """The top-k latent basis at x_t (after move_to(t)), described (what each direction does to x0_hat), kept as
     s.basis. space "x0" takes the Jacobian of x0_hat, of the region `mask` (an image mask [S, S]) when given,
     optionally kept off the rest's top null_rank directions (LOCO-Edit). callback: latent_basis's."""
-    model = v.model(model)
     k, s.method = v.count(k, "k", max_k), v.choice(method, "edit method", METHODS)
     move_to(model, s, t, stage)
     space, null_rank = v.choice(space, "space", SPACES), v.integer(null_rank or 0, "the null rank")
@@ -142,7 +141,6 @@ def find_directions(model, s: EditSession, t, k, method: str = "guidance", space
 def previews(model, s: EditSession, strength: float = 6.0, progress=None) -> torch.Tensor:
     """Each direction of the basis at -strength and +strength: images [k, 2, C, H, W] (one batch; progress(1)
     after each of its network steps)."""
-    model = v.model(model)
     return edit_pairs(model, s.trajectory, s.timestep, _basis(s).latent, strength, EditSettings(method=s.method),
                       progress)
 
@@ -183,7 +181,6 @@ def weights(s: EditSession, strengths) -> dict[int, float]:
 def preview_edit(model, s: EditSession, strengths, method: str = "guidance", steps: int = 6) -> torch.Tensor:
     """A quick look at the combined edit (editing.preview_images: DDIM in `steps` steps from t); the source itself
     when every strength is 0. [C, H, W]"""
-    model = v.model(model)
     method, w = v.choice(method, "edit method", METHODS), weights(s, strengths)
     if not w:
         return s.trajectory.x0 if s.trajectory.x0 is not None else s.edited
@@ -194,7 +191,6 @@ def preview_edit(model, s: EditSession, strengths, method: str = "guidance", ste
 
 def apply_edit(model, s: EditSession, strengths, method: str = "guidance") -> torch.Tensor:
     """The combined edit d = sum_i strength_i v_i at x_t, then DDIM on the trajectory's grid; kept as s.edited."""
-    model = v.model(model)
     w = weights(s, strengths)
     s.method, s.strengths = v.choice(method, "edit method", METHODS), w
     d = combine(s.basis.latent, w)[None]
@@ -205,7 +201,6 @@ def apply_edit(model, s: EditSession, strengths, method: str = "guidance") -> to
 def carry(model, s: EditSession, seeds, strengths=None, method: str | None = None, progress=None) -> list[CarriedEdit]:
     """The current edit (or `strengths`) carried to the samples of `seeds` (transport.carry_edit, in the basis'
     space and region; x0 directions of one image carried as the same motion of the region's content)."""
-    model = v.model(model)
     w = weights(s, strengths) if strengths is not None else dict(s.strengths)
     if not w:
         raise LatentBasisError("move a slider first: there is no edit to carry")

@@ -166,7 +166,7 @@ def global_basis(model, seeds, *, timestep: int, k: int, num_steps: int = 100, p
     model = validate.model(model)
     reading = description_reading(model, describe)
     n_described = validate.integer(describe_samples, "describe_samples", lo=0)
-    validate.number(describe_strength, "the describing strength", lo=1e-6, hi=validate.MAX_STRENGTH)
+    validate.describing_strength(describe_strength)
     bases, trajectories = [], []
     for j, seed in enumerate(seeds):
         if j < n_described and reading == "edit":      # the whole trajectory: the edits continue from x_t

@@ -102,6 +102,11 @@ def strength(value: Any, name: str = "strength") -> float:
     return float(number(value, name, lo=-MAX_STRENGTH, hi=MAX_STRENGTH))
 
 
+def describing_strength(value: Any, name: str = "the describing strength") -> float:
+    """The strength a basis is described at (its edits at -s and +s): positive, within the edits' bounds."""
+    return float(number(value, name, lo=1e-6, hi=MAX_STRENGTH))
+
+
 def strengths(values: Any, name: str = "strengths") -> list[float]:
     if not isinstance(values, (list, tuple)) or not values:
         raise LatentBasisError(f"{name} must be a non-empty list of numbers, got {values!r}")
