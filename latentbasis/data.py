@@ -32,6 +32,9 @@ def downsample_to_digits(images: torch.Tensor) -> np.ndarray:
 
 SHAPE_KINDS = ("square", "circle", "triangle")
 SHAPE_FACTORS = ("kind", "x", "y", "size", "hue", "background")
+# each kind's area at size (half-extent) 1, as render_shapes draws it: square (2 s)^2, circle pi s^2, triangle with
+# its vertices at distance s from the centre 3 sqrt(3) / 4 s^2; equal areas across kinds: s_b = s_a sqrt(A_a / A_b)
+SHAPE_AREA = (4.0, float(np.pi), float(3 * np.sqrt(3) / 4))
 
 
 def shape_factors(n: int, seed: int = 0) -> dict[str, np.ndarray]:

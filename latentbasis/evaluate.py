@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import CAPTION_TEMPLATES, digit_caption, digits_images, downsample_to_digits, render_shapes, shapes_images
+from .data import CAPTION_TEMPLATES, SHAPE_AREA, digit_caption, digits_images, downsample_to_digits, render_shapes, shapes_images
 from .errors import LatentBasisError
 from .sampling import generate
 from .loading import load_model
@@ -119,7 +119,7 @@ def shape_measurements(images: torch.Tensor) -> np.ndarray:
     cx = (a * g[None, None, :]).sum(axis=(1, 2)) / mass
     cy = (a * g[None, :, None]).sum(axis=(1, 2)) / mass
     area = mass / R ** 2
-    sizes = np.stack([np.sqrt(area) / 2, np.sqrt(area / np.pi), np.sqrt(area / (3 * np.sqrt(3) / 4))], axis=1)
+    sizes = np.stack([np.sqrt(area / a) for a in SHAPE_AREA], axis=1)
     errs = []
     for kind in range(3):
         f = {"kind": np.full(N, kind), "x": cx, "y": cy, "size": sizes[:, kind], "hue": np.zeros(N),
@@ -174,7 +174,7 @@ def _r2(y, p) -> float:
     return float(1 - ((y - p) ** 2).sum() / ((y - y.mean()) ** 2).sum())
 
 
-MIN_SHAPE_AREA = 0.5 * (3 * np.sqrt(3) / 4) * 0.10 ** 2  # half the smallest shape the generator draws
+MIN_SHAPE_AREA = 0.5 * SHAPE_AREA[2] * 0.10 ** 2  # half the smallest shape the generator draws
 
 
 def recovery(reader, images: torch.Tensor) -> tuple[dict, np.ndarray, np.ndarray]:
