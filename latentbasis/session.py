@@ -171,10 +171,22 @@ def _basis(s: EditSession):
 
 
 def weights(s: EditSession, strengths) -> dict[int, float]:
-    """{direction: strength} of a list of strengths (one per direction of the basis), those at 0 left out, each
-    held to the library's bounds."""
+    """{direction: strength} of a list of strengths (one per direction of the basis, in order), those at 0 left
+    out, each held to the library's bounds. More values than directions may follow only at 0 (the app's hidden
+    sliders): a nonzero strength past the basis' k directions names no direction and is refused, not dropped."""
     b = _basis(s)
-    w = {i: v.strength(x, f"the strength of direction {i + 1}") for i, x in enumerate(list(strengths)[:b.k])}
+    if isinstance(strengths, torch.Tensor) or type(strengths).__module__ == "numpy":
+        strengths = strengths.tolist()      # a NumPy array or a tensor of strengths: its numbers
+    if not isinstance(strengths, (list, tuple)):
+        raise LatentBasisError(f"the strengths must be a list of numbers, one per direction, got "
+                               f"{type(strengths).__name__}")
+    if len(strengths) > v.MAX_STRENGTHS:
+        raise LatentBasisError(f"the strengths: {len(strengths)} values, at most {v.MAX_STRENGTHS}")
+    w = {i: v.strength(x, f"the strength of direction {i + 1}") for i, x in enumerate(strengths)}
+    extra = [i for i, x in w.items() if i >= b.k and x != 0]
+    if extra:
+        raise LatentBasisError(f"direction {extra[0] + 1} has strength {w[extra[0]]:g}, but the basis has {b.k} "
+                               f"direction{'s' if b.k != 1 else ''}")
     return {i: x for i, x in w.items() if x != 0}
 
 

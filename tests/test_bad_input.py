@@ -486,6 +486,9 @@ API_CASES = {   # name: (call(m, x), what the message says); every public entry 
     "tol_negative": (lambda lb, m, x: lb.latent_basis(m, x, timestep=599, k=2, tol=-1.0), "tol = -1"),
     "carry_to_seeds_in_words": (lambda lb, m, x: _carry(m, "three"), "seed is not a whole number"),
     "carry_to_a_negative_seed": (lambda lb, m, x: _carry(m, [-1]), "seed = -1 is out of range"),
+    "edit_a_direction_past_k": (lambda lb, m, x: _carry(m, [1], strengths=[1.0, 0.0, 2.0]),
+                                "direction 3 has strength 2, but the basis has 1 direction"),
+    "edit_strengths_as_a_number": (lambda lb, m, x: _carry(m, [1], strengths=1.0), "must be a list of numbers"),
     "model_given_by_name": (lambda lb, m, x: lb.latent_basis("digits", x, timestep=599, k=2),
                             "load it first, model = latentbasis.load_model('digits')"),
     "sample_to_of_no_model": (lambda lb, m, x: lb.sample_to(None, 0, t=0.5), "must be a loaded model"),
@@ -549,13 +552,16 @@ def _transported(lb, m, x, given, rank):
     return transported_basis(m, given, x * 0.5, 599, rank=rank)
 
 
-def _carry(m, seeds):
+def _carry(m, seeds, strengths=(1.0, 0.0)):
+    """A session's edit (strengths: one per direction of its k = 1 basis, then the app's hidden sliders at 0)
+    carried to seeds."""
     from latentbasis import session
 
     s = session.EditSession(num_steps=5)
     session.sample(m, s, seed=0, t=0.6)
     session.find_directions(m, s, t=0.6, k=1)
-    session.apply_edit(m, s, [1.0])
+    session.apply_edit(m, s, strengths if not isinstance(strengths, tuple) else list(strengths))
+    assert s.strengths == {0: 1.0}
     return session.carry(m, s, seeds)
 
 
