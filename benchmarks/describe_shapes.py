@@ -102,6 +102,20 @@ once, on fresh seeds: at +-2, 96 samples from seed 12000 (`--reading edit --firs
 +-2 run's last column (pixels at equal area, the bands as one part), as every +-2 run before; the target is met
 only if it is >= 80 %; the +-6 run (what `basis` stores) is reported beside it whatever it is. Every column is
 printed and reported, the old judges included.
+
+Seventh reading, a turn only where the outline turns (declared 2026-12-07 before its runs, after the sixth reading's
+runs were started and before any of their results was seen): at +-6 on 0.2 T the development edits turn a circle
+into a tilted square or a triangle into a square, and the registration fitted such changes of outline with a
+least-squares turn of 30-75 degrees ("turns clockwise 4.7 deg"). A turn is now kept only where the turned content's
+outline covers the edited one's (soft intersection over union of the content masks >= 0.9; a square against the
+circle of its area reads 0.84, a true turn of a square or triangle by 10-30 degrees 0.94-1.0 after the fit, the
+changes of outline above 0.59-0.83); elsewhere the registration is fitted again without a turn
+(registration.TURN_OVERLAP). The judges are the sixth reading's. Development on the cached edits of 0..7 and
+4500..4516: at +-6 on 4500..4516, pixels at equal area with the bands as one part 134 / 175 (76.6 %) -> 141 / 175
+(80.6 %; 0.2 T 38 % -> 51 %); at +-2 177 / 201 -> 176 / 201 on both sets (88.1 % -> 87.6 %). Runs, declared now, each
+once, on fresh seeds: at +-2, 96 samples from seed 14000 (`--reading edit --first-seed 14000 --samples 96`); at +-6,
+48 samples from seed 15000 (`--reading edit --first-seed 15000 --samples 48 --strength 6`). Primary figure as the
+sixth reading's (the +-2 run's last column); the +-6 run reported beside it whatever it is.
 """
 from __future__ import annotations
 

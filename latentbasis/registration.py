@@ -101,14 +101,14 @@ def _modelled(src: torch.Tensor, mask: torch.Tensor, theta: torch.Tensor, centre
 
 
 def _register(src: torch.Tensor, dst: torch.Tensor, mask: torch.Tensor, motion: bool, colour: bool,
-              centre: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+              centre: torch.Tensor, start: torch.Tensor | None = None, rotation: bool = True) -> torch.Tensor:
     """The parameters theta of _modelled closest to dst in least squares, the motion and the colour map each free
     or held at the identity: Levenberg-Marquardt on the few parameters (Jacobian by central differences:
     grid_sample has no forward-mode derivative), from `start` (theta's first entries, the motion's or all; None:
-    the identity), first on images blurred by 2 pixels, then sharp."""
+    the identity), first on images blurred by 2 pixels, then sharp. rotation=False holds the motion's angle at 0."""
     C = src.shape[0]
     identity = torch.cat([torch.zeros(4), torch.ones(C), torch.zeros(2 * C)]).double()
-    free = torch.tensor([motion] * 4 + [colour] * (3 * C))
+    free = torch.tensor([motion] * 3 + [motion and rotation] + [colour] * (3 * C))
     theta = identity.clone()
     if start is not None:                    # the free parameters it gives (the motion's, or the motion's and colour's)
         theta[:len(start)] = torch.where(free[:len(start)], start.to(theta.dtype), theta[:len(start)])
@@ -143,6 +143,17 @@ def _register(src: torch.Tensor, dst: torch.Tensor, mask: torch.Tensor, motion: 
     return torch.where(free, theta, identity)
 
 
+TURN_OVERLAP = 0.9   # a turn is named only where the turned content's outline covers the edited one's this well
+
+
+def outline_overlap(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The soft intersection over union of two content masks [h, w] in [0, 1], sum min(a, b) / sum max(a, b): 1 for
+    one outline, about 0.83 for a square against the circle of its area, 0.79 for a square against itself turned by
+    20 degrees; 1 where both are empty."""
+    union = float(torch.maximum(a, b).sum())
+    return float(torch.minimum(a, b).sum()) / union if union > 0 else 1.0
+
+
 def _error(src, dst, mask, theta, centre) -> float:
     return float(((_modelled(src, mask, theta, centre)[0] - dst) ** 2).sum())
 
@@ -157,7 +168,10 @@ def register_change(minus: torch.Tensor, plus: torch.Tensor, strength: float) ->
     no motion, from the motion the contents' centroids and areas suggest (a jump is out of a local fit's reach),
     and from that motion with the contents' and backgrounds' mean colour change (a large recolouring is too), the
     best kept (or none, where no fit comes closer than the image at -strength itself). With E0 = ||plus -
-    minus||^2 and E the joint fit's error, the explained 1 - E / E0 goes to motion and to colour in proportion to
+    minus||^2 and E the joint fit's error (a fit that turns the content is kept only where the turned content's
+outline covers the edited one's, outline_overlap >= TURN_OVERLAP; elsewhere the turn was a least-squares stand-in
+for a change of outline, and the fit is made again without one), the explained 1 - E / E0 goes to motion and to
+colour in proportion to
     the pixel change each makes alone, ||warp(minus, p) - minus||^2 against ||colour map(minus) - minus||^2 (the
     currency of the shares: a jump of the object counts its whole area twice, a recolouring once). Motion splits
     into shift, scale and rotation the same way (||warp(minus, that part of p) - minus||^2); colour by the energy
@@ -184,11 +198,17 @@ def register_change(minus: torch.Tensor, plus: torch.Tensor, strength: float) ->
     mask1 = content_mask(dst)
     mean0, mean1 = ((x * mk).sum((1, 2)) / mk.sum().clamp(min=1e-12) for x, mk in ((src, mask), (dst, mask1)))
     recoloured = torch.cat([start, torch.ones(C, dtype=start.dtype), mean1 - mean0, bg1 - bg0])
-    fits = [_register(src, dst, mask, True, True, centre, s) for s in (start, None, recoloured)]
     identity = torch.cat([torch.zeros(4), torch.ones(C), torch.zeros(2 * C)]).double()
-    # the identity too: a fit refined on blurred images can end sharp farther off than no change at all, and then
-    # the rest would hold more than the whole change (shares over 1)
-    theta = min(fits + [identity], key=lambda th: _error(src, dst, mask, th, centre))
+
+    def best(rotation: bool) -> torch.Tensor:
+        fits = [_register(src, dst, mask, True, True, centre, s, rotation) for s in (start, None, recoloured)]
+        # the identity too: a fit refined on blurred images can end sharp farther off than no change at all, and
+        # then the rest would hold more than the whole change (shares over 1)
+        return min(fits + [identity], key=lambda th: _error(src, dst, mask, th, centre))
+
+    theta = best(rotation=True)
+    if float(theta[3]) != 0.0 and outline_overlap(_modelled(src, mask, theta, centre)[2], mask1) < TURN_OVERLAP:
+        theta = best(rotation=False)   # the turn did not carry the outline onto the outline: a change of outline
     fitted, warped, m = _modelled(src, mask, theta, centre)
     rest = dst - fitted
     e = float((rest ** 2).sum())
