@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import CAPTION_TEMPLATES, SHAPE_AREA, digit_caption, digits_images, downsample_to_digits, render_shapes, shapes_images
+from .data import (CAPTION_TEMPLATES, SHAPE_AREA, digit_caption, digits_images, downsample_to_digits, render_shapes,
+                   shapes_images)
 from .errors import LatentBasisError
 from .sampling import generate
 from .loading import load_model
