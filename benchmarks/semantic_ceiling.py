@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from edit_ground_truth import rate
-from semantic_transfer import RANK, STRENGTH, Judge, samples_of, unit
+from semantic_transfer import RANK, STRENGTH, Judge, moves_toward as toward, samples_of, unit
 
 from latentbasis import latent_basis, load_model
 from latentbasis.editing import EditSettings, edit_images
@@ -40,14 +40,6 @@ from latentbasis.transport import transport
 
 K = 4
 COLUMNS = ("as-is", "transport 50", "matched pixels", "matched h", "ceiling")
-
-
-def toward(proba: np.ndarray, p0: np.ndarray, target: int, own: int) -> bool:
-    """The primary reading: the target's probability rises, by at least as much as any class but the target and B's
-    own."""
-    gain = proba - p0
-    rivals = [gain[c] for c in range(len(gain)) if c not in (target, own)]
-    return bool(gain[target] > 0 and gain[target] >= max(rivals))
 
 
 def main():

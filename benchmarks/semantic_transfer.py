@@ -82,6 +82,14 @@ class Judge:
         return {"proba": proba, "label": proba.argmax(1), "clean": proba.max(1) >= 0.5}
 
 
+def moves_toward(proba: np.ndarray, p0: np.ndarray, target: int, own: int) -> bool:
+    """The primary reading for kind and identity: the target's probability rises from p0, by at least as much as
+    any class's but the target's and B's own (`own`)."""
+    gain = proba - p0
+    rivals = [gain[c] for c in range(len(gain)) if c not in (target, own)]
+    return bool(gain[target] > 0 and gain[target] >= max(rivals, default=-np.inf))
+
+
 def hue_change(h1, h0):
     return (np.asarray(h1) - np.asarray(h0) + 0.5) % 1.0 - 0.5
 
@@ -195,9 +203,7 @@ def main():
                         prim = np.sign(dh) == target
                         sec = prim and abs(dh) >= HUE_MARGIN
                     else:
-                        gain = j["proba"][r] - p0
-                        rivals = [gain[cl] for cl in range(len(gain)) if cl not in (target, B["j0"]["label"])]
-                        prim = gain[target] > 0 and gain[target] >= max(rivals, default=-np.inf)
+                        prim = moves_toward(j["proba"][r], p0, target, B["j0"]["label"])
                         sec = j["label"][r] == target and j["clean"][r]
                     rows.append((name, factor, frac, c, seedA, bool(prim), bool(sec)))
         print(f"{name}: {time.time() - t0:.0f} s, load average {os.getloadavg()[0]:.2f}", flush=True)

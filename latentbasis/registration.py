@@ -100,15 +100,15 @@ def _modelled(src: torch.Tensor, mask: torch.Tensor, theta: torch.Tensor, centre
     return (model[0], w[0], m[0]) if one else (model, w, m)
 
 
-def _register(src: torch.Tensor, dst: torch.Tensor, mask: torch.Tensor, motion: bool, colour: bool,
-              centre: torch.Tensor, start: torch.Tensor | None = None, rotation: bool = True) -> torch.Tensor:
-    """The parameters theta of _modelled closest to dst in least squares, the motion and the colour map each free
-    or held at the identity: Levenberg-Marquardt on the few parameters (Jacobian by central differences:
-    grid_sample has no forward-mode derivative), from `start` (theta's first entries, the motion's or all; None:
-    the identity), first on images blurred by 2 pixels, then sharp. rotation=False holds the motion's angle at 0."""
+def _register(src: torch.Tensor, dst: torch.Tensor, mask: torch.Tensor, centre: torch.Tensor,
+              start: torch.Tensor | None = None, rotation: bool = True) -> torch.Tensor:
+    """The parameters theta of _modelled closest to dst in least squares, the motion and the colour map together
+    (rotation=False: the motion's angle held at 0): Levenberg-Marquardt on the few parameters (Jacobian by central
+    differences: grid_sample has no forward-mode derivative), from `start` (theta's first entries, the motion's or
+    all; None: the identity), first on images blurred by 2 pixels, then sharp."""
     C = src.shape[0]
     identity = torch.cat([torch.zeros(4), torch.ones(C), torch.zeros(2 * C)]).double()
-    free = torch.tensor([motion] * 3 + [motion and rotation] + [colour] * (3 * C))
+    free = torch.tensor([True] * 3 + [rotation] + [True] * (3 * C))
     theta = identity.clone()
     if start is not None:                    # the free parameters it gives (the motion's, or the motion's and colour's)
         theta[:len(start)] = torch.where(free[:len(start)], start.to(theta.dtype), theta[:len(start)])
@@ -201,7 +201,7 @@ def register_change(minus: torch.Tensor, plus: torch.Tensor, strength: float) ->
     identity = torch.cat([torch.zeros(4), torch.ones(C), torch.zeros(2 * C)]).double()
 
     def best(rotation: bool) -> torch.Tensor:
-        fits = [_register(src, dst, mask, True, True, centre, s, rotation) for s in (start, None, recoloured)]
+        fits = [_register(src, dst, mask, centre, s, rotation) for s in (start, None, recoloured)]
         # the identity too: a fit refined on blurred images can end sharp farther off than no change at all, and
         # then the rest would hold more than the whole change (shares over 1)
         return min(fits + [identity], key=lambda th: _error(src, dst, mask, th, centre))
